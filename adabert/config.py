@@ -1,0 +1,253 @@
+"""Dataclass configs: the single source of truth for every stage.
+
+Each stage's config is saved as ``config.json`` beside that stage's outputs, and the command line is
+generated from these classes (field ``help`` metadata becomes ``--help`` text), so a flag, a config
+file key and a saved value are always the same name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from adabert.io import atomic_write_text
+
+C = TypeVar("C")
+
+DEFAULT_TEACHER = "default"
+
+
+class ConfigError(ValueError):
+    """A config file or value that cannot be used."""
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tune a BERT-family teacher on a task."""
+
+    task: str = _f("sst2", "GLUE task name (sst2, mrpc, qqp, mnli, qnli, rte, cola, stsb)")
+    data_dir: str | None = _f(None, "local GLUE directory (release layout); omit to load from the hub")
+    model: str = _f(DEFAULT_TEACHER, "checkpoint directory or hub id; 'default' = bundled MiniLM-L6-H384")
+    output_dir: str = _f("runs/sst2/teacher", "where the fine-tuned teacher and its metrics are written")
+    max_length: int = _f(128, "maximum tokens per example (pairs: both sentences together)")
+    epochs: int = _f(3, "training epochs")
+    batch_size: int = _f(32, "training batch size")
+    lr: float = _f(5e-5, "AdamW learning rate")
+    weight_decay: float = _f(0.01, "AdamW weight decay")
+    warmup_ratio: float = _f(0.1, "fraction of steps with linear learning-rate warm-up")
+    train_limit: int | None = _f(None, "use a seeded random subset of this many training rows")
+    dev_limit: int | None = _f(None, "evaluate on a seeded random subset of this many dev rows")
+    seed: int = _f(0, "random seed")
+
+
+@dataclass
+class ProbeConfig:
+    """Train per-layer probes on a frozen teacher and write the knowledge store."""
+
+    teacher: str = _f("runs/sst2/teacher", "fine-tuned teacher directory (output of 'teacher finetune')")
+    data_dir: str | None = _f(None, "local GLUE directory; default: the one the teacher was trained on")
+    output_dir: str = _f("runs/sst2/store", "knowledge store directory")
+    epochs: int = _f(3, "probe training epochs")
+    batch_size: int = _f(64, "batch size for feature extraction and probe training")
+    lr: float = _f(1e-3, "probe learning rate (Adam)")
+    train_limit: int | None = _f(None, "seeded random subset of training rows (default: the teacher's)")
+    dev_limit: int | None = _f(None, "seeded random subset of dev rows (default: the teacher's)")
+    augment_factor: int = _f(0, "augmented rows per training row (0 = no augmentation)")
+    augment_replace_prob: float = _f(0.3, "per-word probability of replacement by an embedding neighbour")
+    augment_mask_prob: float = _f(0.1, "per-word probability of replacement by [MASK]")
+    augment_neighbours: int = _f(15, "nearest neighbours in the teacher's embedding table to draw from")
+    seed: int = _f(0, "random seed")
+
+
+@dataclass
+class SearchConfig:
+    """Differentiable architecture search over a cell space, distilled from the knowledge store."""
+
+    store: str = _f("runs/sst2/store", "knowledge store directory (output of 'teacher probe')")
+    output_dir: str = _f("runs/sst2/search", "search directory: log, checkpoints, genotype, plots")
+    space: str = _f("adabert_cnn", "search space name (see 'adabert spaces')")
+    hidden_size: int | None = _f(None, "cell channels (default: the space's)")
+    max_cells: int | None = _f(None, "maximum depth K_max (default: the space's)")
+    epochs: int = _f(10, "search epochs")
+    batch_size: int = _f(64, "batch size")
+    w_lr: float = _f(5e-4, "Adam learning rate of the network weights")
+    w_weight_decay: float = _f(3e-4, "weight decay of the network weights")
+    arch_lr: float = _f(1e-4, "Adam learning rate of the architecture logits")
+    arch_weight_decay: float = _f(1e-3, "weight decay of the architecture logits")
+    grad_clip: float = _f(5.0, "gradient norm clipping")
+    gamma: float = _f(0.8, "weight of the knowledge-distillation loss (0 = no KD)")
+    beta: float = _f(4.0, "weight of the efficiency loss (0 = no efficiency loss)")
+    beta_warmup_epochs: int = _f(0, "anneal beta linearly from 0 over this many epochs")
+    tau_start: float = _f(1.0, "initial Gumbel-softmax temperature")
+    tau_end: float = _f(0.2, "final Gumbel-softmax temperature")
+    tau_anneal_fraction: float = _f(0.8, "fraction of steps over which the temperature is annealed")
+    kd_temperature: float = _f(1.0, "softmax temperature of the KD soft targets")
+    arch_fraction: float = _f(0.5, "fraction of training rows held out for architecture steps")
+    cost_seq_len: int = _f(128, "reference sequence length for op FLOPs in the efficiency loss")
+    dropout: float = _f(0.1, "dropout on embeddings and classifier")
+    train_limit: int | None = _f(None, "use only the first N rows of the stored training split")
+    use_augmented: bool = _f(True, "also train on the store's augmented rows when present")
+    random_architecture: bool = _f(False, "ablation: skip the search, draw a random genotype from the space")
+    seed: int = _f(0, "random seed")
+    resume: bool = _f(False, "continue from the last checkpoint in output_dir")
+    num_workers: int = _f(0, "data loader worker processes")
+
+
+@dataclass
+class TrainConfig:
+    """Train a compact student from a genotype with distillation from the knowledge store."""
+
+    genotype: str = _f("runs/sst2/search/genotype.json", "genotype JSON (output of 'search')")
+    store: str = _f("runs/sst2/store", "knowledge store directory")
+    output_dir: str = _f("runs/sst2/student", "student directory (save_pretrained layout)")
+    supernet: str | None = _f(None, "search checkpoint to initialise the cells from (default: scratch)")
+    epochs: int = _f(10, "training epochs")
+    batch_size: int = _f(64, "batch size")
+    lr: float = _f(1e-3, "AdamW learning rate")
+    weight_decay: float = _f(1e-4, "AdamW weight decay")
+    gamma: float = _f(0.8, "weight of the KD loss on logits against the stored teacher logits")
+    probe_kd: float = _f(0.0, "weight of the hierarchical probe KD loss")
+    kd_temperature: float = _f(1.0, "softmax temperature of the KD soft targets")
+    dropout: float = _f(0.1, "dropout on embeddings and classifier")
+    grad_clip: float = _f(5.0, "gradient norm clipping")
+    train_limit: int | None = _f(None, "use only the first N rows of the stored training split")
+    use_augmented: bool = _f(True, "also train on the store's augmented rows when present")
+    seed: int = _f(0, "random seed")
+    resume: bool = _f(False, "continue from the last checkpoint in output_dir")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluate a model on the dev split: task metrics, loyalty, size, FLOPs and latency."""
+
+    model: str = _f("runs/sst2/student", "model directory (student, teacher or compressed model)")
+    store: str = _f("runs/sst2/store", "knowledge store directory (dev rows and teacher predictions)")
+    teacher: str | None = _f(None, "teacher directory for the latency comparison (default: the store's)")
+    output_dir: str = _f("runs/sst2/eval", "where report.json and report.md are written")
+    batch_sizes: tuple[int, ...] = _f((1, 32), "latency batch sizes")
+    seq_len: int = _f(128, "latency sequence length")
+    repeats: int = _f(20, "timed repeats per latency measurement")
+    warmup: int = _f(3, "untimed warm-up runs per latency measurement")
+    threads: int | None = _f(None, "torch threads for latency (default: torch's)")
+    skip_latency: bool = _f(False, "skip latency measurement")
+
+
+STAGE_CONFIGS: dict[str, type] = {
+    "finetune": FinetuneConfig,
+    "probe": ProbeConfig,
+    "search": SearchConfig,
+    "train": TrainConfig,
+    "evaluate": EvalConfig,
+}
+
+
+def _unwrap(tp: Any) -> tuple[type, bool]:
+    """(base type, optional?) of a field annotation such as ``int | None``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """Add one ``--flag`` per field of the dataclass ``cls``, with its help text and default."""
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        base, optional = _unwrap(hints[f.name])
+        help_text = f.metadata.get("help", "")
+        if base is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"{help_text} (default: {f.default})")
+        elif typing.get_origin(base) is tuple:
+            item = typing.get_args(base)[0]
+            parser.add_argument(flag, type=item, nargs="+", default=None,
+                                help=f"{help_text} (default: {' '.join(map(str, f.default))})")
+        else:
+            metavar = base.__name__.upper()
+            parser.add_argument(flag, type=base, default=None, metavar=metavar,
+                                help=f"{help_text} (default: {f.default})")
+
+
+def from_dict(cls: type[C], values: dict[str, Any], source: str = "config") -> C:
+    """Build ``cls`` from a mapping, refusing unknown keys and values of the wrong type."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: expected a JSON object of settings, got {type(values).__name__}")
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"{source}: unknown setting(s) {unknown}; known: {sorted(names)}")
+    kwargs = {}
+    for name, value in values.items():
+        base, optional = _unwrap(hints[name])
+        if value is None:
+            if not optional:
+                raise ConfigError(f"{source}: setting {name!r} cannot be null")
+            kwargs[name] = None
+            continue
+        kwargs[name] = _coerce(value, base, f"{source}: setting {name!r}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, base: Any, where: str) -> Any:
+    if typing.get_origin(base) is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} expects a list, got {value!r}")
+        item = typing.get_args(base)[0]
+        return tuple(_coerce(v, item, where) for v in value)
+    if base is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} expects true or false, got {value!r}")
+        return value
+    if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if base is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if base is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"{where} expects {base.__name__}, got {value!r}")
+
+
+def from_args(cls: type[C], ns: argparse.Namespace, base: C | None = None) -> C:
+    """Overlay parsed flags (those given) on ``base`` (or the defaults)."""
+    cfg = base if base is not None else cls()
+    given = {f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)
+             if getattr(ns, f.name, None) is not None}
+    return dataclasses.replace(cfg, **given)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    atomic_write_text(Path(path), json.dumps(to_dict(cfg), indent=2) + "\n")
+
+
+def load_config(cls: type[C], path: str | Path) -> C:
+    path = Path(path)
+    try:
+        values = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+    return from_dict(cls, values, source=str(path))
