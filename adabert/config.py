@@ -231,6 +231,7 @@ def from_args(cls: type[C], ns: argparse.Namespace, base: C | None = None) -> C:
     cfg = base if base is not None else cls()
     given = {f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)
              if getattr(ns, f.name, None) is not None}
+    given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}
     return dataclasses.replace(cfg, **given)
 
 

@@ -15,7 +15,7 @@ import importlib.metadata
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import torch
 from torch import nn
@@ -165,7 +165,7 @@ def list_spaces() -> list[str]:
     return sorted(_SPACES)
 
 
-@lru_cache(maxsize=None)
+@cache
 def op_cost(name: str, channels: int, seq_len: int) -> OpCost:
     """Parameters and forward FLOPs of one instance, counted by torch's own FLOP counter."""
     from torch.utils.flop_counter import FlopCounterMode
