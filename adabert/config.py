@@ -47,6 +47,8 @@ class FinetuneConfig:
     warmup_ratio: float = _f(0.1, "fraction of steps with linear learning-rate warm-up")
     train_limit: int | None = _f(None, "use a seeded random subset of this many training rows")
     dev_limit: int | None = _f(None, "evaluate on a seeded random subset of this many dev rows")
+    group_by_length: bool = _f(True, "batch rows of similar length together: less padding, faster steps")
+    device: str = _f("auto", "torch device (cpu, cuda, cuda:1, ...); auto = cuda when available, else cpu")
     seed: int = _f(0, "random seed")
 
 
@@ -55,7 +57,9 @@ class ProbeConfig:
     """Train per-layer probes on a frozen teacher and write the knowledge store."""
 
     teacher: str = _f("runs/sst2/teacher", "fine-tuned teacher directory (output of 'teacher finetune')")
+    task: str | None = _f(None, "task name; default: the task the teacher was fine-tuned on")
     data_dir: str | None = _f(None, "local GLUE directory; default: the one the teacher was trained on")
+    max_length: int | None = _f(None, "maximum tokens per example; default: the teacher's fine-tuning value")
     output_dir: str = _f("runs/sst2/store", "knowledge store directory")
     epochs: int = _f(3, "probe training epochs")
     batch_size: int = _f(64, "batch size for feature extraction and probe training")
@@ -66,6 +70,7 @@ class ProbeConfig:
     augment_replace_prob: float = _f(0.3, "per-word probability of replacement by an embedding neighbour")
     augment_mask_prob: float = _f(0.1, "per-word probability of replacement by [MASK]")
     augment_neighbours: int = _f(15, "nearest neighbours in the teacher's embedding table to draw from")
+    device: str = _f("auto", "torch device for the teacher pass; auto = cuda when available, else cpu")
     seed: int = _f(0, "random seed")
 
 
@@ -142,12 +147,51 @@ class EvalConfig:
     skip_latency: bool = _f(False, "skip latency measurement")
 
 
+@dataclass
+class CompressConfig:
+    """Compress a fine-tuned classifier (teacher or student): prune, factorize, distil from the store."""
+
+    model: str = _f("runs/sst2/student", "model directory to compress (student, teacher or compressed model)")
+    store: str = _f("runs/sst2/store", "knowledge store directory (rows and teacher logits for KD)")
+    output_dir: str = _f("runs/sst2/compressed", "compressed model (save_pretrained layout) and its report")
+    methods: str = _f("svd,magnitude", "comma-separated methods, applied in order: magnitude, block, svd")
+    target_sparsity: float = _f(0.5, "fraction of each layer's weights pruned (magnitude and block)")
+    block_size: tuple[int, ...] = _f((0, 0), "block (rows, cols) of block pruning; 0 = the whole dimension")
+    group: str = _f("row", "block-pruning group inside each block: row or col")
+    lasso_lambda: float = _f(1e-3, "weight of the reweighted group-lasso penalty during block pruning")
+    lasso_eps: float = _f(1e-6, "epsilon of the reweighting gamma = 1 / (||W_g||^2 + eps)")
+    reweight_every: int = _f(20, "training steps between group-lasso reweightings")
+    prune_rounds: int = _f(10, "magnitude-pruning rounds T: keep_t = (1 - target_sparsity)^(t/T)")
+    rank_ratio: float = _f(0.5, "SVD rank as a fraction of each layer's full rank")
+    energy: float | None = _f(None, "choose each SVD rank to keep this fraction of spectral energy instead")
+    exclude: str = _f(r"(^|\.)(classifier|head)(\.|$)", "regex of module names never pruned or factorized")
+    kd_epochs: float = _f(1.0, "KD epochs per method (magnitude: all rounds; block: with the group lasso)")
+    retrain_epochs: float = _f(1.0, "KD epochs with the masks fixed after magnitude / block pruning")
+    batch_size: int = _f(32, "training batch size")
+    lr: float | None = _f(None, "AdamW learning rate (default: 1e-3 for an AdaBERT student, else 5e-5)")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    gamma: float = _f(0.8, "weight of the KD loss on logits against the stored teacher logits")
+    kd_temperature: float = _f(1.0, "softmax temperature of the KD soft targets")
+    grad_clip: float = _f(5.0, "gradient norm clipping")
+    train_limit: int | None = _f(None, "use only the first N rows of the stored training split")
+    use_augmented: bool = _f(True, "also train on the store's augmented rows when present")
+    device: str = _f("auto", "torch device for training (auto = cuda when available, else cpu)")
+    seed: int = _f(0, "random seed")
+    batch_sizes: tuple[int, ...] = _f((1, 32), "latency batch sizes")
+    seq_len: int = _f(128, "latency and FLOPs sequence length")
+    repeats: int = _f(20, "timed repeats per latency measurement")
+    warmup: int = _f(3, "untimed warm-up runs per latency measurement")
+    threads: int | None = _f(None, "torch threads for latency (default: torch's)")
+    skip_latency: bool = _f(False, "skip latency measurement")
+
+
 STAGE_CONFIGS: dict[str, type] = {
     "finetune": FinetuneConfig,
     "probe": ProbeConfig,
     "search": SearchConfig,
     "train": TrainConfig,
     "evaluate": EvalConfig,
+    "compress": CompressConfig,
 }
 
 
@@ -174,16 +218,26 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
         base, optional = _unwrap(hints[f.name])
         help_text = f.metadata.get("help", "")
         if base is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                                help=f"{help_text} (default: {f.default})")
+            parser.add_argument(
+                flag,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"{help_text} (default: {f.default})",
+            )
         elif typing.get_origin(base) is tuple:
             item = typing.get_args(base)[0]
-            parser.add_argument(flag, type=item, nargs="+", default=None,
-                                help=f"{help_text} (default: {' '.join(map(str, f.default))})")
+            parser.add_argument(
+                flag,
+                type=item,
+                nargs="+",
+                default=None,
+                help=f"{help_text} (default: {' '.join(map(str, f.default))})",
+            )
         else:
             metavar = base.__name__.upper()
-            parser.add_argument(flag, type=base, default=None, metavar=metavar,
-                                help=f"{help_text} (default: {f.default})")
+            parser.add_argument(
+                flag, type=base, default=None, metavar=metavar, help=f"{help_text} (default: {f.default})"
+            )
 
 
 def from_dict(cls: type[C], values: dict[str, Any], source: str = "config") -> C:
@@ -229,8 +283,9 @@ def _coerce(value: Any, base: Any, where: str) -> Any:
 def from_args(cls: type[C], ns: argparse.Namespace, base: C | None = None) -> C:
     """Overlay parsed flags (those given) on ``base`` (or the defaults)."""
     cfg = base if base is not None else cls()
-    given = {f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)
-             if getattr(ns, f.name, None) is not None}
+    given = {
+        f.name: getattr(ns, f.name) for f in dataclasses.fields(cls) if getattr(ns, f.name, None) is not None
+    }
     given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}
     return dataclasses.replace(cfg, **given)
 

@@ -47,3 +47,23 @@ def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
         fh.write(json.dumps(record) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def save_pretrained_atomic(directory: str | Path, *objects: Any) -> Path:
+    """``save_pretrained`` each object (model, tokenizer) into a temp dir, then move the files in.
+
+    Every file lands by rename, so a killed run leaves either the old or the new version of each.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".save.", dir=directory))
+    try:
+        for obj in objects:
+            obj.save_pretrained(tmp)
+        for item in sorted(tmp.iterdir(), key=lambda p: p.suffix == ".safetensors", reverse=True):
+            os.replace(item, directory / item.name)
+    finally:
+        for leftover in tmp.iterdir():
+            leftover.unlink()
+        tmp.rmdir()
+    return directory

@@ -8,6 +8,7 @@ identity and zero. A cell has 2 input nodes and 3 intermediate nodes (9 edges); 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from search_spaces.registry import SearchSpace, register_op, register_space
@@ -41,14 +42,34 @@ for _k in (3, 5, 7):
     )
 
 
-@register_op("avg_pool3", "average pooling over 3 tokens, stride 1")
+class MaskedAvgPool(nn.Module):
+    """Average over the real tokens of a window of 3 (padding never counts)."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is None:
+            return F.avg_pool1d(x, 3, stride=1, padding=1, count_include_pad=False)
+        total = F.avg_pool1d(x * mask, 3, stride=1, padding=1)
+        count = F.avg_pool1d(mask, 3, stride=1, padding=1)
+        return total / count.clamp(min=1e-6)
+
+
+class MaskedMaxPool(nn.Module):
+    """Max over the real tokens of a window of 3 (padding never wins)."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is not None:
+            x = x.masked_fill(mask == 0, -1e4)
+        return F.max_pool1d(x, 3, stride=1, padding=1)
+
+
+@register_op("avg_pool3", "average pooling over 3 tokens, stride 1", takes_mask=True)
 def _avg_pool(channels: int) -> nn.Module:
-    return nn.AvgPool1d(3, stride=1, padding=1, count_include_pad=False)
+    return MaskedAvgPool()
 
 
-@register_op("max_pool3", "max pooling over 3 tokens, stride 1")
+@register_op("max_pool3", "max pooling over 3 tokens, stride 1", takes_mask=True)
 def _max_pool(channels: int) -> nn.Module:
-    return nn.MaxPool1d(3, stride=1, padding=1)
+    return MaskedMaxPool()
 
 
 @register_op("identity", "skip connection")
@@ -65,9 +86,16 @@ ADABERT_CNN = register_space(
     SearchSpace(
         name="adabert_cnn",
         ops=(
-            "conv3", "conv5", "conv7",
-            "dil_conv3", "dil_conv5", "dil_conv7",
-            "avg_pool3", "max_pool3", "identity", "zero",
+            "conv3",
+            "conv5",
+            "conv7",
+            "dil_conv3",
+            "dil_conv5",
+            "dil_conv7",
+            "avg_pool3",
+            "max_pool3",
+            "identity",
+            "zero",
         ),
         num_input_nodes=2,
         num_nodes=3,

@@ -37,6 +37,7 @@ class OpSpec:
     name: str
     build: OpBuilder
     description: str = ""
+    takes_mask: bool = False  # forward(x, mask) with mask [batch, 1, tokens], 1 = real token
 
 
 @dataclass(frozen=True)
@@ -97,15 +98,29 @@ class SearchSpace:
 _OPS: dict[str, OpSpec] = {}
 _SPACES: dict[str, SearchSpace] = {}
 _discovered = False
+_discovering = False
 
 
-def register_op(name: str, description: str = "") -> Callable[[OpBuilder], OpBuilder]:
-    """Decorator registering ``builder(channels) -> nn.Module`` as the operation ``name``."""
+def _same_definition(a: OpBuilder, b: OpBuilder) -> bool:
+    """True when ``b`` is ``a`` re-created by re-importing its module (a reload, a retried failed import)."""
+    key = lambda f: (getattr(f, "__module__", None), getattr(f, "__qualname__", None))
+    return a is b or (key(a) == key(b) and key(a) != (None, None))
+
+
+def register_op(
+    name: str, description: str = "", takes_mask: bool = False
+) -> Callable[[OpBuilder], OpBuilder]:
+    """Decorator registering ``builder(channels) -> nn.Module`` as the operation ``name``.
+
+    With ``takes_mask`` the module is called as ``module(x, mask)``, ``mask`` being ``[batch, 1,
+    tokens]`` with 1 on real tokens and 0 on padding: ops that mix neighbours in a way zero padding
+    would bias (pooling, attention) use it so that outputs do not depend on how a batch is padded.
+    """
 
     def decorator(builder: OpBuilder) -> OpBuilder:
-        if name in _OPS and _OPS[name].build is not builder:
+        if name in _OPS and not _same_definition(_OPS[name].build, builder):
             raise SearchSpaceError(f"operation {name!r} is already registered")
-        _OPS[name] = OpSpec(name, builder, description or (builder.__doc__ or "").strip())
+        _OPS[name] = OpSpec(name, builder, description or (builder.__doc__ or "").strip(), takes_mask)
         return builder
 
     return decorator
@@ -122,12 +137,7 @@ def register_space(space: SearchSpace) -> SearchSpace:
     return space
 
 
-def _discover() -> None:
-    """Import every module of this package and every ``adabert.search_spaces`` entry point once."""
-    global _discovered
-    if _discovered:
-        return
-    _discovered = True
+def _import_all() -> None:
     import search_spaces
 
     for info in pkgutil.iter_modules(search_spaces.__path__):
@@ -137,22 +147,44 @@ def _discover() -> None:
         entry.load()
 
 
-def get_op(name: str) -> OpSpec:
-    _discover()
+def _discover() -> None:
+    """Import every module of this package and every ``adabert.search_spaces`` entry point once.
+
+    A failed import propagates and discovery is retried on the next lookup, so a broken space file is
+    reported every time instead of once and then silently missing.
+    """
+    global _discovered, _discovering
+    if _discovered or _discovering:
+        return
+    _discovering = True
     try:
-        return _OPS[name]
-    except KeyError:
-        raise SearchSpaceError(f"unknown operation {name!r}; registered: {', '.join(sorted(_OPS))}") from None
+        _import_all()
+        _discovered = True
+    finally:
+        _discovering = False
+
+
+def _lookup(table: dict, name: str) -> object | None:
+    _discover()
+    if name not in table and _discovering:
+        # A module being discovered (e.g. a space extending another) asked for something that may live
+        # in a module not imported yet: import the rest now. Modules mid-import are returned as they are.
+        _import_all()
+    return table.get(name)
+
+
+def get_op(name: str) -> OpSpec:
+    spec = _lookup(_OPS, name)
+    if not isinstance(spec, OpSpec):
+        raise SearchSpaceError(f"unknown operation {name!r}; registered: {', '.join(sorted(_OPS))}")
+    return spec
 
 
 def get_space(name: str) -> SearchSpace:
-    _discover()
-    try:
-        return _SPACES[name]
-    except KeyError:
-        raise SearchSpaceError(
-            f"unknown search space {name!r}; registered: {', '.join(sorted(_SPACES))}"
-        ) from None
+    space = _lookup(_SPACES, name)
+    if not isinstance(space, SearchSpace):
+        raise SearchSpaceError(f"unknown search space {name!r}; registered: {', '.join(sorted(_SPACES))}")
+    return space
 
 
 def list_ops() -> list[str]:

@@ -1,0 +1,242 @@
+"""The ``adabert`` command: one sub-command per pipeline stage.
+
+Every stage's flags are generated from its dataclass config (``adabert/config.py``), and every stage
+accepts ``--config FILE`` (a JSON object of the same settings; flags override it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import textwrap
+from collections.abc import Callable
+from typing import Any
+
+from adabert import config as cfgmod
+
+EPILOG = textwrap.dedent(
+    """\
+    The pipeline, one stage per command, each reading the previous stage's directory:
+      adabert teacher finetune --task sst2 --data-dir GLUE --output-dir runs/sst2/teacher
+      adabert teacher probe    --teacher runs/sst2/teacher --output-dir runs/sst2/store
+      adabert search           --store runs/sst2/store --output-dir runs/sst2/search
+      adabert genotype show    runs/sst2/search/genotype.json
+      adabert train            --genotype runs/sst2/search/genotype.json --store runs/sst2/store
+      adabert evaluate         --model runs/sst2/student --store runs/sst2/store
+      adabert export           --model runs/sst2/student --format onnx
+    Run 'adabert COMMAND --help' for a command's settings.
+    """
+)
+
+
+def _stage(
+    subparsers: Any, name: str, cls: type, run: Callable[[Any], Any], help_text: str
+) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        name,
+        help=help_text,
+        description=f"{help_text}\n\n{(cls.__doc__ or '').strip()}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", metavar="FILE", help="JSON file of settings (flags override it)")
+    cfgmod.add_arguments(parser, cls)
+    parser.set_defaults(handler=lambda ns: run(_config(cls, ns)))
+    return parser
+
+
+def _config(cls: type, ns: argparse.Namespace) -> Any:
+    base = cfgmod.load_config(cls, ns.config) if ns.config else None
+    return cfgmod.from_args(cls, ns, base)
+
+
+def _finetune(cfg: cfgmod.FinetuneConfig) -> None:
+    from adabert.teacher import finetune
+
+    _print_json(finetune(cfg))
+
+
+def _probe(cfg: cfgmod.ProbeConfig) -> None:
+    from adabert.teacher import probe
+
+    store = probe(cfg)
+    print(f"knowledge store written to {store.path}")
+
+
+def _search(cfg: cfgmod.SearchConfig) -> None:
+    from adabert.search import run_search
+
+    genotype = run_search(cfg)
+    print(genotype)
+    print(f"genotype written to {cfg.output_dir}/genotype.json")
+
+
+def _train(cfg: cfgmod.TrainConfig) -> None:
+    from adabert.train import train_student
+
+    _print_json(train_student(cfg))
+
+
+def _evaluate(cfg: cfgmod.EvalConfig) -> None:
+    from adabert.evaluate import run_evaluation
+
+    report = run_evaluation(cfg)
+    print(f"report written to {cfg.output_dir}/report.md")
+    _print_json(report.get("metrics", {}))
+
+
+def _genotype_show(ns: argparse.Namespace) -> None:
+    from adabert.genotype import Genotype, draw_genotype
+
+    genotype = Genotype.load(ns.file)
+    print(genotype)
+    if not ns.no_draw:
+        path = ns.output or str(ns.file).rsplit(".", 1)[0] + ".png"
+        print(f"picture written to {draw_genotype(genotype, path)}")
+
+
+def _spaces(ns: argparse.Namespace) -> None:
+    from search_spaces import get_op, get_space, list_spaces
+    from search_spaces.registry import op_cost
+
+    for name in list_spaces():
+        space = get_space(name)
+        print(f"{space.name}: {space.description}")
+        print(
+            f"  {space.num_input_nodes} input + {space.num_nodes} intermediate nodes, "
+            f"{len(space.edges)} edges, up to {space.max_cells} cells, hidden {space.hidden_size}"
+        )
+        for op in space.ops:
+            cost = op_cost(op, space.hidden_size, ns.seq_len)
+            print(
+                f"  {op:<12} {cost.params:>9,d} params {cost.flops:>13,d} FLOPs@{ns.seq_len}  "
+                f"{get_op(op).description}"
+            )
+
+
+def _export(ns: argparse.Namespace) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    import adabert.student  # noqa: F401  (registers the student with the Auto classes)
+    from adabert.evaluate import dummy_batch
+    from adabert.export import check_parity, export_onnx, export_torchscript
+
+    model = AutoModelForSequenceClassification.from_pretrained(ns.model).eval()
+    pair = bool(getattr(model.config, "pair", True))
+    suffix = "onnx" if ns.format == "onnx" else "pt"
+    output = ns.output or f"{ns.model.rstrip('/')}/model.{suffix}"
+    exporter = export_onnx if ns.format == "onnx" else export_torchscript
+    path = exporter(model, output, seq_len=ns.seq_len, pair=pair)
+    diff = check_parity(model, path, dummy_batch(model, 4, ns.seq_len, pair=pair), atol=ns.atol)
+    print(f"exported {path} (max |difference| vs PyTorch: {diff:.2e})")
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="adabert",
+        description="Compress a BERT-family model into a small task-specific student by "
+        "differentiable architecture search (AdaBERT), distillation and compression.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    teacher = commands.add_parser(
+        "teacher",
+        help="fine-tune a teacher, train probes, write the store",
+        description="Teacher stages: 'finetune', then 'probe'.",
+    )
+    teacher_commands = teacher.add_subparsers(dest="teacher_command", metavar="STAGE", required=True)
+    _stage(
+        teacher_commands,
+        "finetune",
+        cfgmod.FinetuneConfig,
+        _finetune,
+        "fine-tune a BERT-family checkpoint on a task",
+    )
+    _stage(
+        teacher_commands,
+        "probe",
+        cfgmod.ProbeConfig,
+        _probe,
+        "train per-layer probes and write the knowledge store",
+    )
+
+    _stage(
+        commands,
+        "search",
+        cfgmod.SearchConfig,
+        _search,
+        "search a student architecture (genotype) from a knowledge store",
+    )
+    _stage(
+        commands,
+        "train",
+        cfgmod.TrainConfig,
+        _train,
+        "train a compact student from a genotype with distillation",
+    )
+    _stage(
+        commands,
+        "evaluate",
+        cfgmod.EvalConfig,
+        _evaluate,
+        "task metrics, loyalty, size, FLOPs and latency against the teacher and BERT-base",
+    )
+
+    genotype = commands.add_parser("genotype", help="inspect genotype files")
+    genotype_commands = genotype.add_subparsers(dest="genotype_command", metavar="ACTION", required=True)
+    show = genotype_commands.add_parser(
+        "show",
+        help="print a genotype and draw its cell",
+        description="Print a genotype and draw its cell (PNG or SVG).",
+    )
+    show.add_argument("file", help="genotype JSON file")
+    show.add_argument("--output", help="picture path, .png or .svg (default: beside the file)")
+    show.add_argument("--no-draw", action="store_true", help="only print")
+    show.set_defaults(handler=_genotype_show)
+
+    spaces = commands.add_parser(
+        "spaces",
+        help="list search spaces, their ops and costs",
+        description="List the registered search spaces with each op's cost.",
+    )
+    spaces.add_argument("--seq-len", type=int, default=128, help="sequence length for FLOPs (default: 128)")
+    spaces.set_defaults(handler=_spaces)
+
+    export = commands.add_parser(
+        "export",
+        help="export a model to ONNX or TorchScript",
+        description="Export a saved model and check its outputs against PyTorch.",
+    )
+    export.add_argument("--model", required=True, help="model directory (save_pretrained layout)")
+    export.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    export.add_argument("--output", help="output file (default: MODEL/model.onnx or MODEL/model.pt)")
+    export.add_argument("--seq-len", type=int, default=128, help="example sequence length (default: 128)")
+    export.add_argument("--atol", type=float, default=1e-4, help="parity tolerance (default: 1e-4)")
+    export.set_defaults(handler=_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    logging.basicConfig(level=ns.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        ns.handler(ns)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        if ns.log_level == "DEBUG":
+            raise
+        print(f"adabert: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

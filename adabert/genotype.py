@@ -1,0 +1,655 @@
+"""The searched architecture as data: a small, versioned, validated value.
+
+A genotype names its search space, the searched depth and the kept edges of the one cell shared by
+every layer of the stack, and nothing else the student cannot rebuild from the space. It is JSON on
+disk (one edge per line, so two searches diff line by line), a networkx graph for analysis and
+drawing, and it is validated whenever it is read, so a hand-edited or stale file fails at load with
+the file, the field and what was expected, not deep inside the student builder.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+import torch
+
+from adabert.io import atomic_path, atomic_write_text
+from search_spaces.registry import SearchSpace, SearchSpaceError, get_space
+
+GENOTYPE_VERSION = 1
+
+_KEYS = ("version", "space", "num_cells", "hidden_size", "num_input_nodes", "num_nodes", "edges", "embedding")
+_OPTIONAL_KEYS = frozenset({"embedding"})
+_EDGE_KEYS = ("source", "target", "op")
+OUTPUT_NODE = "output"
+
+
+class GenotypeError(ValueError):
+    """A genotype that is malformed or does not fit its search space; says where and what was expected."""
+
+
+@dataclass(frozen=True)
+class Edge:
+    """A kept edge of the cell: ``target`` sums ``op(source)`` over its incoming edges."""
+
+    source: int
+    target: int
+    op: str
+
+
+@dataclass(frozen=True)
+class Genotype:
+    """A derived architecture. Edges are kept sorted by (target, source) so equal cells compare equal.
+
+    Nodes ``0 .. num_input_nodes-1`` are the cell inputs (the two previous cells' outputs), nodes
+    ``num_input_nodes .. num_input_nodes+num_nodes-1`` the intermediate nodes; the cell output mixes
+    every intermediate node. Construction does not validate (so invalid values can be built and
+    reported); everything that reads or derives a genotype calls :meth:`validate`.
+    """
+
+    space: str
+    num_cells: int
+    edges: tuple[Edge, ...]
+    hidden_size: int
+    num_input_nodes: int = 2
+    num_nodes: int = 3
+    embedding: dict = field(default_factory=dict, hash=False)
+    version: int = GENOTYPE_VERSION
+
+    def __post_init__(self) -> None:
+        edges = self.edges
+        if isinstance(edges, (list, tuple)):
+            edges = tuple(edges)
+            if all(_is_edge(e) for e in edges):
+                edges = tuple(sorted(edges, key=lambda e: (e.target, e.source, e.op)))
+            object.__setattr__(self, "edges", edges)
+
+    # ----------------------------------------------------------------------------------- validation
+    @property
+    def intermediate_nodes(self) -> range:
+        return range(self.num_input_nodes, self.num_input_nodes + self.num_nodes)
+
+    @property
+    def search_space(self) -> SearchSpace:
+        """The registered space this genotype's op names refer to."""
+        try:
+            return get_space(self.space)
+        except SearchSpaceError as e:
+            raise GenotypeError(f"genotype: space: {e}") from None
+
+    def validate(self, source: str = "genotype") -> Genotype:
+        """Return ``self`` if it is a well-formed architecture of its space, else raise GenotypeError."""
+
+        def fail(where: str, message: str) -> GenotypeError:
+            return GenotypeError(f"{source}: {where}: {message}")
+
+        if not _is_int(self.version) or self.version != GENOTYPE_VERSION:
+            raise fail(
+                "version",
+                f"expected {GENOTYPE_VERSION}, got {_short(self.version)}{_version_hint(self.version)}",
+            )
+        if not isinstance(self.space, str):
+            raise fail("space", f"expected a search space name, got {_short(self.space)}")
+        try:
+            space = get_space(self.space)
+        except SearchSpaceError as e:
+            raise fail("space", str(e)) from None
+        for name in ("num_input_nodes", "num_nodes"):
+            value, expected = getattr(self, name), getattr(space, name)
+            if not _is_int(value) or value != expected:
+                raise fail(
+                    name, f"expected {expected} (the cell shape of space {space.name!r}), got {_short(value)}"
+                )
+        if not _is_int(self.num_cells) or not 1 <= self.num_cells <= space.max_cells:
+            raise fail(
+                "num_cells", f"expected an integer in 1..{space.max_cells}, got {_short(self.num_cells)}"
+            )
+        if not _is_int(self.hidden_size) or self.hidden_size < 1:
+            raise fail("hidden_size", f"expected a positive integer, got {_short(self.hidden_size)}")
+        if not isinstance(self.embedding, dict) or not all(isinstance(k, str) for k in self.embedding):
+            raise fail("embedding", f"expected an object with string keys, got {_short(self.embedding)}")
+        try:
+            json.dumps(self.embedding, allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as e:
+            raise fail("embedding", f"expected JSON-serialisable values: {e}") from None
+        if not isinstance(self.edges, tuple):
+            raise fail("edges", f"expected a sequence of edges, got {_short(self.edges)}")
+
+        total = self.num_input_nodes + self.num_nodes
+        allowed = [op for op in space.ops if op != space.zero_op]
+        seen: set[tuple[int, int]] = set()
+        for i, e in enumerate(self.edges):
+            if not _is_edge(e):
+                raise fail(
+                    f"edges[{i}]", f"expected Edge(source: int, target: int, op: str), got {_short(e)}"
+                )
+            where = f"edge {e.source} -> {e.target} ({e.op})"
+            for end in ("source", "target"):
+                if not 0 <= getattr(e, end) < total:
+                    raise fail(where, f"{end} node out of range: the cell has nodes 0..{total - 1}")
+            if e.target < self.num_input_nodes:
+                raise fail(
+                    where,
+                    f"target {e.target} is a cell input; targets must be intermediate nodes "
+                    f"{self.intermediate_nodes.start}..{total - 1}",
+                )
+            if e.op == space.zero_op:
+                raise fail(where, f"the zero op {e.op!r} means 'no edge': drop the edge instead")
+            if e.op not in space.ops:
+                raise fail(
+                    where,
+                    f"operation {e.op!r} is not in search space {space.name!r} "
+                    f"(expected one of: {', '.join(allowed)})",
+                )
+            if (e.source, e.target) in seen:
+                raise fail(where, "duplicate edge: each (source, target) pair may carry one op")
+            seen.add((e.source, e.target))
+
+        graph = nx.DiGraph((e.source, e.target) for e in self.edges)
+        try:
+            cycle = nx.find_cycle(graph)
+        except nx.NetworkXNoCycle:
+            cycle = None
+        if cycle:
+            path = " -> ".join(str(u) for u, _ in cycle) + f" -> {cycle[0][0]}"
+            raise fail("edges", f"the edges form a cycle: {path}")
+        for e in self.edges:
+            if e.source >= e.target:
+                raise fail(
+                    f"edge {e.source} -> {e.target} ({e.op})",
+                    "edges must go forward (source < target): a node reads only earlier nodes",
+                )
+        fed = {e.target for e in self.edges}
+        missing = [n for n in self.intermediate_nodes if n not in fed]
+        if missing:
+            raise fail("edges", f"intermediate node(s) {missing} have no incoming edge")
+        return self
+
+    # ---------------------------------------------------------------------------------------- JSON
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "space": self.space,
+            "num_cells": self.num_cells,
+            "hidden_size": self.hidden_size,
+            "num_input_nodes": self.num_input_nodes,
+            "num_nodes": self.num_nodes,
+            "edges": [{"source": e.source, "target": e.target, "op": e.op} for e in self.edges],
+            "embedding": dict(self.embedding),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str = "genotype") -> Genotype:
+        """Build and validate a genotype from its JSON structure; any defect raises GenotypeError."""
+
+        def fail(where: str, message: str) -> GenotypeError:
+            return GenotypeError(f"{source}: {where}: {message}")
+
+        if not isinstance(d, dict):
+            raise fail("top level", f"expected a JSON object with keys {', '.join(_KEYS)}, got {_short(d)}")
+        unknown = [k for k in d if k not in _KEYS]
+        if unknown:
+            raise fail(repr(unknown[0]), f"unknown key (expected keys: {', '.join(_KEYS)})")
+        for key in _KEYS:
+            if key not in d and key not in _OPTIONAL_KEYS:
+                raise fail(key, "missing")
+        for key in ("version", "num_cells", "hidden_size", "num_input_nodes", "num_nodes"):
+            if not _is_int(d[key]):
+                raise fail(key, f"expected an integer, got {_short(d[key])}")
+        if d["version"] != GENOTYPE_VERSION:  # checked first: another version may differ anywhere
+            raise fail(
+                "version", f"expected {GENOTYPE_VERSION}, got {d['version']}{_version_hint(d['version'])}"
+            )
+        if not isinstance(d["space"], str):
+            raise fail("space", f"expected a search space name (string), got {_short(d['space'])}")
+        embedding = d.get("embedding", {})
+        if not isinstance(embedding, dict):
+            raise fail("embedding", f"expected an object, got {_short(embedding)}")
+        if not isinstance(d["edges"], list):
+            raise fail(
+                "edges", f"expected a list of {{source, target, op}} objects, got {_short(d['edges'])}"
+            )
+        edges = []
+        for i, e in enumerate(d["edges"]):
+            if not isinstance(e, dict):
+                raise fail(f"edges[{i}]", f"expected an object {{source, target, op}}, got {_short(e)}")
+            for key in _EDGE_KEYS:
+                if key not in e:
+                    raise fail(f"edges[{i}].{key}", "missing")
+            for key in e:
+                if key not in _EDGE_KEYS:
+                    raise fail(f"edges[{i}].{key}", "unknown key (expected source, target, op)")
+            for key in ("source", "target"):
+                if not _is_int(e[key]):
+                    raise fail(f"edges[{i}].{key}", f"expected a node index (integer), got {_short(e[key])}")
+            if not isinstance(e["op"], str):
+                raise fail(f"edges[{i}].op", f"expected an operation name (string), got {_short(e['op'])}")
+            edges.append(Edge(e["source"], e["target"], e["op"]))
+        genotype = cls(
+            space=d["space"],
+            num_cells=d["num_cells"],
+            edges=tuple(edges),
+            hidden_size=d["hidden_size"],
+            num_input_nodes=d["num_input_nodes"],
+            num_nodes=d["num_nodes"],
+            embedding=dict(embedding),
+            version=d["version"],
+        )
+        return genotype.validate(source)
+
+    def to_json(self) -> str:
+        """Pretty JSON with one edge per line, so two genotypes diff edge by edge."""
+        d = self.to_dict()
+        lines = []
+        for key, value in d.items():
+            if key == "edges" and value:
+                body = ",\n".join(f"    {json.dumps(e)}" for e in value)
+                lines.append(f'  "edges": [\n{body}\n  ]')
+            else:
+                lines.append(f"  {json.dumps(key)}: {json.dumps(value)}")
+        return "{\n" + ",\n".join(lines) + "\n}\n"
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "genotype") -> Genotype:
+        try:
+            d = json.loads(text, object_pairs_hook=lambda pairs: _no_duplicate_keys(pairs, source))
+        except json.JSONDecodeError as e:
+            raise GenotypeError(f"{source}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from None
+        except RecursionError:
+            raise GenotypeError(f"{source}: invalid JSON: nested too deeply") from None
+        return cls.from_dict(d, source)
+
+    def save(self, path: str | Path) -> Path:
+        """Validate, then write atomically: an invalid genotype is never written, a killed run leaves none."""
+        path = Path(path)
+        self.validate(str(path))
+        atomic_write_text(path, self.to_json())
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Genotype:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise GenotypeError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        return cls.from_json(text, str(path))
+
+    # ------------------------------------------------------------------------------------ networkx
+    def to_networkx(self) -> nx.DiGraph:
+        """The cell as a DAG: inputs, intermediate nodes and an ``"output"`` node fed by each (op "mix").
+
+        Nodes carry ``kind`` and a ``label`` (``c_{k-2}``, ``c_{k-1}``, the node number, ``c_{k}``);
+        edges carry ``op``; the graph carries the remaining genotype fields so it round-trips alone.
+        """
+        g = nx.DiGraph(
+            space=self.space,
+            num_cells=self.num_cells,
+            hidden_size=self.hidden_size,
+            embedding=dict(self.embedding),
+            version=self.version,
+        )
+        for n in range(self.num_input_nodes):
+            g.add_node(n, kind="input", label=f"c_{{k-{self.num_input_nodes - n}}}")
+        for n in self.intermediate_nodes:
+            g.add_node(n, kind="intermediate", label=str(n))
+        g.add_node(OUTPUT_NODE, kind="output", label="c_{k}")
+        for e in self.edges:
+            g.add_edge(e.source, e.target, op=e.op)
+        for n in self.intermediate_nodes:
+            g.add_edge(n, OUTPUT_NODE, op="mix")
+        return g
+
+    @classmethod
+    def from_networkx(
+        cls,
+        g: nx.DiGraph,
+        space: str | SearchSpace | None = None,
+        num_cells: int | None = None,
+        hidden_size: int | None = None,
+        embedding: dict | None = None,
+    ) -> Genotype:
+        """Read a cell graph back; fields not given come from ``g.graph`` (as written by to_networkx)."""
+        meta = g.graph
+
+        def pick(value: Any, key: str) -> Any:
+            if value is not None:
+                return value
+            if key not in meta:
+                raise GenotypeError(f"networkx graph: {key}: not given and not in the graph's attributes")
+            return meta[key]
+
+        space_name = space.name if isinstance(space, SearchSpace) else pick(space, "space")
+        kinds = dict(g.nodes(data="kind"))
+        num_input_nodes = sum(k == "input" for k in kinds.values())
+        num_nodes = sum(k == "intermediate" for k in kinds.values())
+        if not num_input_nodes or not num_nodes:
+            try:  # a bare graph without kinds: trust the space's cell shape
+                sp = space if isinstance(space, SearchSpace) else get_space(space_name)
+            except (SearchSpaceError, TypeError):
+                raise GenotypeError(f"networkx graph: space: unknown search space {space_name!r}") from None
+            num_input_nodes, num_nodes = sp.num_input_nodes, sp.num_nodes
+        edges = []
+        for u, v, op in g.edges(data="op"):
+            if v == OUTPUT_NODE or kinds.get(v) == "output":
+                continue
+            if op is None:
+                raise GenotypeError(f"networkx graph: edge {u} -> {v}: missing the 'op' attribute")
+            edges.append(Edge(u, v, op))
+        return cls(
+            space=space_name,
+            num_cells=pick(num_cells, "num_cells"),
+            edges=tuple(edges),
+            hidden_size=pick(hidden_size, "hidden_size"),
+            num_input_nodes=num_input_nodes,
+            num_nodes=num_nodes,
+            embedding=dict(embedding if embedding is not None else meta.get("embedding", {})),
+            version=meta.get("version", GENOTYPE_VERSION),
+        ).validate("networkx graph")
+
+    # -------------------------------------------------------------------------------------- reading
+    def node_inputs(self, node: int) -> list[Edge]:
+        """The kept incoming edges of intermediate node ``node``, by source: what the student sums there."""
+        if node not in self.intermediate_nodes:
+            raise GenotypeError(
+                f"node {node!r} is not an intermediate node (expected {self.intermediate_nodes.start}.."
+                f"{self.intermediate_nodes.stop - 1})"
+            )
+        return sorted((e for e in self.edges if e.target == node), key=lambda e: e.source)
+
+    def __str__(self) -> str:
+        lines = [
+            f"Genotype v{self.version}: space {self.space}, {self.num_cells} cell(s), "
+            f"hidden {self.hidden_size}",
+        ]
+        for n in self.intermediate_nodes:
+            inputs = ", ".join(f"{e.op}({e.source})" for e in self.node_inputs(n))
+            lines.append(f"  node {n} <- {inputs or '(none)'}")
+        lines.append(f"  output <- mix({', '.join(str(n) for n in self.intermediate_nodes)})")
+        if self.embedding:
+            lines.append("  embedding: " + ", ".join(f"{k}={v}" for k, v in self.embedding.items()))
+        return "\n".join(lines)
+
+
+def _version_hint(version: Any) -> str:
+    return " (written by a newer adabert?)" if _is_int(version) and version > GENOTYPE_VERSION else ""
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_edge(e: Any) -> bool:
+    return isinstance(e, Edge) and _is_int(e.source) and _is_int(e.target) and isinstance(e.op, str)
+
+
+def _short(x: Any, limit: int = 60) -> str:
+    text = repr(x)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]], source: str) -> dict[str, Any]:
+    """json object hook: a key given twice is an editing mistake, not 'the last one wins'."""
+    d: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in d:
+            raise GenotypeError(f"{source}: {k!r}: key given twice")
+        d[k] = v
+    return d
+
+
+def _resolve(space: str | SearchSpace) -> SearchSpace:
+    try:
+        return space if isinstance(space, SearchSpace) else get_space(space)
+    except SearchSpaceError as e:
+        raise GenotypeError(str(e)) from None
+
+
+def derive_genotype(
+    space: str | SearchSpace,
+    edge_logits: torch.Tensor,
+    depth_logits: torch.Tensor,
+    hidden_size: int | None = None,
+    embedding: dict | None = None,
+    edges_per_node: int = 2,
+) -> Genotype:
+    """DARTS derivation from the shared architecture logits.
+
+    Depth is ``argmax(depth_logits) + 1``; ``depth_logits`` has one entry per candidate depth
+    (``K_max <= space.max_cells``). Each edge's strength is its largest softmax weight over the
+    ops other than the zero op (so a strong "zero" never makes its edge look strong), and each
+    intermediate node keeps its ``edges_per_node`` strongest incoming edges (ties: earlier in
+    ``space.edges``), each with its argmax non-zero op. ``hidden_size`` defaults to the space's.
+    """
+    space = _resolve(space)
+    edge_logits = torch.as_tensor(edge_logits).detach().cpu().double()
+    depth_logits = torch.as_tensor(depth_logits).detach().cpu().double()
+    edges = space.edges
+    if tuple(edge_logits.shape) != (len(edges), len(space.ops)):
+        raise GenotypeError(
+            f"edge_logits: expected shape ({len(edges)} edges, {len(space.ops)} ops) for space "
+            f"{space.name!r}, got {tuple(edge_logits.shape)}"
+        )
+    if depth_logits.dim() != 1 or not 1 <= len(depth_logits) <= space.max_cells:
+        # Shorter than the space's max_cells when the search capped K_max lower (config.max_cells).
+        raise GenotypeError(
+            f"depth_logits: expected shape (K_max,) with 1 <= K_max <= {space.max_cells}, "
+            f"got {tuple(depth_logits.shape)}"
+        )
+    for name, t in (("edge_logits", edge_logits), ("depth_logits", depth_logits)):
+        if not torch.isfinite(t).all():  # a diverged search must not yield a silently arbitrary cell
+            raise GenotypeError(f"{name}: contains NaN or infinite values")
+    if edges_per_node < 1:
+        raise GenotypeError(f"edges_per_node: expected >= 1, got {edges_per_node}")
+    keep = [i for i, op in enumerate(space.ops) if op != space.zero_op]
+    if not keep:
+        raise GenotypeError(f"space {space.name!r} has no operation other than its zero op")
+
+    weights = edge_logits.softmax(dim=-1)[:, keep]
+    strength, best = weights.max(dim=-1)
+    kept = []
+    for node in range(space.num_input_nodes, space.num_input_nodes + space.num_nodes):
+        incoming = [i for i, (_, dst) in enumerate(edges) if dst == node]
+        ranked = sorted(incoming, key=lambda i: -strength[i].item())  # stable: ties keep edge order
+        for i in sorted(ranked[:edges_per_node]):
+            kept.append(Edge(edges[i][0], node, space.ops[keep[best[i].item()]]))
+    return Genotype(
+        space=space.name,
+        num_cells=int(depth_logits.argmax().item()) + 1,
+        edges=tuple(kept),
+        hidden_size=space.hidden_size if hidden_size is None else hidden_size,
+        num_input_nodes=space.num_input_nodes,
+        num_nodes=space.num_nodes,
+        embedding=dict(embedding or {}),
+    ).validate("derived genotype")
+
+
+def random_genotype(
+    space: str | SearchSpace,
+    generator: random.Random | int,
+    hidden_size: int | None = None,
+    embedding: dict | None = None,
+    edges_per_node: int = 2,
+) -> Genotype:
+    """A uniformly random architecture of the space: the ablation baseline a searched cell must beat.
+
+    Depth is uniform in ``1..max_cells``; each intermediate node draws ``edges_per_node`` distinct
+    earlier nodes (all of them if it has fewer) and a uniform non-zero op per edge.
+    """
+    space = _resolve(space)
+    rng = generator if isinstance(generator, random.Random) else random.Random(generator)
+    if edges_per_node < 1:
+        raise GenotypeError(f"edges_per_node: expected >= 1, got {edges_per_node}")
+    ops = [op for op in space.ops if op != space.zero_op]
+    if not ops:
+        raise GenotypeError(f"space {space.name!r} has no operation other than its zero op")
+    depth = rng.randint(1, space.max_cells)
+    edges = []
+    for node in range(space.num_input_nodes, space.num_input_nodes + space.num_nodes):
+        for src in sorted(rng.sample(range(node), min(edges_per_node, node))):
+            edges.append(Edge(src, node, rng.choice(ops)))
+    return Genotype(
+        space=space.name,
+        num_cells=depth,
+        edges=tuple(edges),
+        hidden_size=space.hidden_size if hidden_size is None else hidden_size,
+        num_input_nodes=space.num_input_nodes,
+        num_nodes=space.num_nodes,
+        embedding=dict(embedding or {}),
+    ).validate("random genotype")
+
+
+def _cell_layout(genotype: Genotype) -> dict[Any, tuple[float, float]]:
+    """Inputs stacked in the left column (c_{k-2} on top), one column per intermediate node, staggered
+    up and down so no three nodes line up, and the output on the right."""
+    n_in = genotype.num_input_nodes
+    pos: dict[Any, tuple[float, float]] = {i: (0.0, float(n_in - 1 - 2 * i)) for i in range(n_in)}
+    for j, n in enumerate(genotype.intermediate_nodes):
+        pos[n] = (float(j + 1), 0.6 if j % 2 == 0 else -0.6)
+    pos[OUTPUT_NODE] = (float(genotype.num_nodes + 1), 0.0)
+    return pos
+
+
+def _bend(pos: dict[Any, tuple[float, float]], u: Any, v: Any, clearance: float = 0.4) -> float:
+    """Arc radius for edge u -> v: 0 unless the straight line passes close to another node, then bulge
+    away from the nearest such node (matplotlib's arc3 puts the control point at mid + rad * (dy, -dx))."""
+    (x1, y1), (x2, y2) = pos[u], pos[v]
+    dx, dy = x2 - x1, y2 - y1
+    nearest, best = None, clearance
+    for n, (px, py) in pos.items():
+        if n in (u, v):
+            continue
+        t = min(1.0, max(0.0, ((px - x1) * dx + (py - y1) * dy) / (dx * dx + dy * dy)))
+        dist = ((x1 + t * dx - px) ** 2 + (y1 + t * dy - py) ** 2) ** 0.5
+        if dist < best:
+            nearest, best = (px, py), dist
+    if nearest is None:
+        return 0.0
+    mx, my = (x1 + x2) / 2 - nearest[0], (y1 + y2) / 2 - nearest[1]
+    return 0.3 if dy * mx - dx * my >= 0 else -0.3
+
+
+_LABEL_SPOTS = (0.5, 0.38, 0.62, 0.28, 0.72)  # where an edge label may sit, as fractions from the source
+_NODE_SIZE = 1400  # points^2, as networkx takes it
+
+
+def _arc_point(p0: Any, p2: Any, rad: float, t: float) -> tuple[Any, float]:
+    """Point at fraction ``t`` of matplotlib's arc3 curve from ``p0`` to ``p2`` (display coordinates:
+    control point = midpoint + rad * (dy, -dx)) and the curve's angle there in degrees, kept upright."""
+    import numpy as np
+
+    p0, p2 = np.asarray(p0, dtype=float), np.asarray(p2, dtype=float)
+    d = p2 - p0
+    c = (p0 + p2) / 2 + rad * np.array([d[1], -d[0]])
+    point = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * c + t**2 * p2
+    tangent = 2 * (1 - t) * (c - p0) + 2 * t * (p2 - c)
+    angle = float(np.degrees(np.arctan2(tangent[1], tangent[0])))
+    return point, angle - 180 if angle > 90 else angle + 180 if angle < -90 else angle
+
+
+def _place_edge_labels(fig: Any, ax: Any, g: nx.DiGraph, pos: dict[Any, tuple[float, float]]) -> None:
+    """Write each op name along its edge, slid to the first spot whose rendered box overlaps no node and
+    no earlier label (crossing edges would otherwise stack their labels at the shared midpoint)."""
+    from matplotlib.transforms import Bbox
+
+    renderer = fig.canvas.get_renderer()
+    to_px, to_data = ax.transData.transform, ax.transData.inverted().transform
+    r = (_NODE_SIZE**0.5 / 2) * fig.dpi / 72  # node radius in pixels
+    taken = [Bbox.from_extents(x - r, y - r, x + r, y + r) for x, y in to_px(list(pos.values()))]
+    for u, v, op in g.edges(data="op"):
+        if op == "mix":
+            continue
+        rad = _bend(pos, u, v)
+        best = None
+        for t in _LABEL_SPOTS:
+            point, angle = _arc_point(to_px(pos[u]), to_px(pos[v]), rad, t)
+            text = ax.text(
+                *to_data(point), op, rotation=angle, rotation_mode="anchor", ha="center", va="center",
+                fontsize=9, bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.85},
+            )  # fmt: skip
+            box = text.get_window_extent(renderer)
+            clashes = sum(box.overlaps(other) for other in taken)
+            if best is None or clashes < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (clashes, text, box)
+            else:
+                text.remove()
+            if clashes == 0:
+                break
+        taken.append(best[2])
+
+
+def draw_genotype(genotype: Genotype, path: str | Path) -> Path:
+    """Draw the cell to PNG or SVG (by suffix) with edge labels naming the ops; written atomically.
+
+    Uses a bare matplotlib Figure on an Agg canvas (no pyplot), so it never switches the global backend
+    or leaks figures in a long-running search process.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    fmt = path.suffix.lower().lstrip(".")
+    if fmt not in ("png", "svg"):
+        raise ValueError(f"{path}: expected a .png or .svg file name")
+    g = genotype.to_networkx()
+    pos = _cell_layout(genotype)
+
+    fig = Figure(
+        figsize=(2.2 * (genotype.num_nodes + 2), 1.4 * max(genotype.num_input_nodes, 2) + 2), dpi=120
+    )
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.set_axis_off()
+    colors = {"input": "#a6cee3", "intermediate": "#fdbf6f", "output": "#b2df8a"}
+    nx.draw_networkx_nodes(
+        g,
+        pos,
+        ax=ax,
+        node_color=[colors[g.nodes[n]["kind"]] for n in g],
+        node_size=_NODE_SIZE,
+        edgecolors="#333",
+    )
+    nx.draw_networkx_labels(g, pos, ax=ax, labels={n: f"${g.nodes[n]['label']}$" for n in g}, font_size=11)
+    groups: dict[tuple[float, bool], list[tuple[Any, Any]]] = {}
+    for u, v, op in g.edges(data="op"):
+        groups.setdefault((_bend(pos, u, v), op == "mix"), []).append((u, v))
+    for (rad, mix), edgelist in groups.items():
+        style = f"arc3,rad={rad}"
+        nx.draw_networkx_edges(
+            g,
+            pos,
+            ax=ax,
+            edgelist=edgelist,
+            node_size=_NODE_SIZE,
+            arrowsize=14,
+            connectionstyle=style,
+            edge_color="#999" if mix else "#444",
+            style="dashed" if mix else "solid",
+        )
+    ax.set_title(f"{genotype.space}: depth {genotype.num_cells} (cells), hidden {genotype.hidden_size}")
+    ax.margins(0.1)
+    fig.tight_layout()
+    ax.set_xlim(ax.get_xlim())  # freeze the transform: labels are placed in display coordinates below
+    ax.set_ylim(ax.get_ylim())
+    _place_edge_labels(fig, ax, g, pos)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=fmt)
+    return path
+
+
+__all__ = [
+    "GENOTYPE_VERSION",
+    "Edge",
+    "Genotype",
+    "GenotypeError",
+    "derive_genotype",
+    "draw_genotype",
+    "random_genotype",
+]

@@ -1,0 +1,321 @@
+"""The architecture search loop, derivation, and its log and plots.
+
+Alternating first-order updates (DARTS): a weight step on one half of the training rows, then an
+architecture step on the other half, both on ``(1 - gamma) CE + gamma KD + beta L_E`` of a freshly
+sampled sub-network. Each epoch ends with the derived genotype, its dev metric, and an atomic
+checkpoint, so ``--resume`` continues from the last finished epoch with the same random state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from adabert import data
+from adabert.config import SearchConfig, save_config, to_dict
+from adabert.distill import hierarchical_kd, task_loss
+from adabert.genotype import Genotype, derive_genotype, draw_genotype, random_genotype
+from adabert.io import atomic_save, atomic_write_text
+from adabert.store import KnowledgeStore
+from adabert.supernet import Sample, Supernet
+from adabert.tasks import compute_metrics, predictions_from_logits
+from search_spaces import get_space
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+GENOTYPE = "genotype.json"
+LOG = "search_log.jsonl"
+# Settings that may change between an interrupted run and its resumption.
+RESUMABLE_CHANGES = {"resume", "epochs", "num_workers", "output_dir", "store"}
+
+
+class DivergenceError(RuntimeError):
+    """The loss became NaN or infinite; the last checkpoint is left as it was."""
+
+
+def temperature(cfg: SearchConfig, step: int, total_steps: int) -> float:
+    """Exponential anneal from tau_start to tau_end over the first ``tau_anneal_fraction`` of steps."""
+    span = max(1.0, cfg.tau_anneal_fraction * total_steps)
+    progress = min(1.0, step / span)
+    return cfg.tau_start * (cfg.tau_end / cfg.tau_start) ** progress
+
+
+def genotype_embedding(store: KnowledgeStore) -> dict[str, Any]:
+    config = store.manifest["teacher"]["config"]
+    return {
+        "vocab_size": config["vocab_size"],
+        "max_position_embeddings": config["max_position_embeddings"],
+        "teacher_hidden_size": config["hidden_size"],
+        "pair": store.task.is_pair,
+    }
+
+
+def build_supernet(cfg: SearchConfig, store: KnowledgeStore) -> Supernet:
+    return Supernet(
+        get_space(cfg.space),
+        store.num_labels,
+        store.embeddings(),
+        hidden_size=cfg.hidden_size,
+        max_cells=cfg.max_cells,
+        dropout=cfg.dropout,
+        pair=store.task.is_pair,
+        cost_seq_len=cfg.cost_seq_len,
+    )
+
+
+def search_loss(
+    net: Supernet,
+    batch: dict[str, torch.Tensor],
+    sample: Sample,
+    cfg: SearchConfig,
+    beta: float,
+    regression: bool,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    out = net(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], sample)
+    ce = task_loss(out.logits, batch["labels"], regression)
+    kd = (
+        hierarchical_kd(
+            out.probe_logits, batch["probe_logits"], batch["labels"], regression, cfg.kd_temperature
+        )
+        if cfg.gamma > 0
+        else torch.zeros(())
+    )
+    eff = net.efficiency_loss(sample)
+    total = (1 - cfg.gamma) * ce + cfg.gamma * kd + beta * eff
+    return total, {"loss": total.item(), "ce": ce.item(), "kd": kd.item(), "efficiency": eff.item()}
+
+
+@torch.no_grad()
+def evaluate_genotype(
+    net: Supernet, genotype: Genotype, loader: torch.utils.data.DataLoader, task: Any
+) -> dict[str, float]:
+    """Dev metrics of the derived sub-network, run inside the supernet with its searched weights."""
+    net.eval()
+    sample = net.fixed_sample(genotype)
+    logits, labels = [], []
+    for batch in loader:
+        out = net(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], sample)
+        logits.append(out.logits.float().numpy())
+        labels.append(batch["labels"].numpy())
+    net.train()
+    return compute_metrics(
+        task, predictions_from_logits(task, np.concatenate(logits)), np.concatenate(labels)
+    )
+
+
+def _check_resumable(cfg: SearchConfig, saved: dict[str, Any], path: Path) -> None:
+    current = to_dict(cfg)
+    changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
+    if changed:
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
+        raise ValueError(
+            f"{path}: cannot resume, the settings changed ({details}); "
+            "use a new --output-dir or restore the settings"
+        )
+
+
+def run_search(cfg: SearchConfig) -> Genotype:
+    """Search an architecture for the store's task; writes genotype, picture, log and checkpoints."""
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    store = KnowledgeStore.open(cfg.store)
+    space = get_space(cfg.space)
+    hidden = cfg.hidden_size or space.hidden_size
+    save_config(cfg, out / "config.json")
+
+    if cfg.random_architecture:
+        genotype = random_genotype(space, cfg.seed, hidden_size=hidden, embedding=genotype_embedding(store))
+        _write_genotype(genotype, out)
+        log.info("random architecture from %s:\n%s", space.name, genotype)
+        return genotype
+
+    torch.manual_seed(cfg.seed)
+    regression = store.task.is_regression
+    train = data.load_split(store, "train", cfg.train_limit, cfg.use_augmented)
+    dev = data.load_split(store, store.dev_split)
+    order = np.random.default_rng(cfg.seed).permutation(len(train))
+    n_arch = max(1, int(round(cfg.arch_fraction * len(train))))
+    weight_rows, arch_rows = train.subset(order[n_arch:]), train.subset(order[:n_arch])
+    pad_id = store.tokenizer().pad_token_id or 0
+    dev_loader = data.loader(dev, cfg.batch_size * 2, shuffle=False, pad_token_id=pad_id)
+
+    net = build_supernet(cfg, store)
+    w_opt = torch.optim.Adam(net.weight_parameters(), lr=cfg.w_lr, weight_decay=cfg.w_weight_decay)
+    a_opt = torch.optim.Adam(net.arch_parameters(), lr=cfg.arch_lr, weight_decay=cfg.arch_weight_decay)
+    history: list[dict[str, Any]] = []
+    start_epoch, step = 0, 0
+    checkpoint_path = out / CHECKPOINT
+    if cfg.resume and checkpoint_path.exists():
+        state = torch.load(checkpoint_path, weights_only=False)
+        _check_resumable(cfg, state["config"], checkpoint_path)
+        net.load_state_dict(state["model"])
+        w_opt.load_state_dict(state["w_opt"])
+        a_opt.load_state_dict(state["a_opt"])
+        torch.set_rng_state(state["rng"])
+        start_epoch, step, history = state["epoch"], state["step"], state["history"]
+        log.info("resuming from %s after epoch %d", checkpoint_path, start_epoch)
+    elif cfg.resume:
+        log.warning("--resume: no checkpoint in %s, starting from scratch", out)
+
+    steps_per_epoch = math.ceil(len(weight_rows) / cfg.batch_size)
+    total_steps = cfg.epochs * steps_per_epoch
+    weight_params, arch_params = net.weight_parameters(), net.arch_parameters()
+    net.train()
+    for epoch in range(start_epoch, cfg.epochs):
+        started = time.perf_counter()
+        beta = (
+            cfg.beta * min(1.0, (epoch + 1) / cfg.beta_warmup_epochs) if cfg.beta_warmup_epochs else cfg.beta
+        )
+        w_loader = data.loader(
+            weight_rows, cfg.batch_size, True, cfg.seed * 100_003 + epoch, pad_id, cfg.num_workers
+        )
+        a_iter = _cycle(
+            data.loader(arch_rows, cfg.batch_size, True, cfg.seed * 100_019 + epoch, pad_id, cfg.num_workers)
+        )
+        sums: dict[str, float] = {}
+        bar = tqdm(w_loader, desc=f"search epoch {epoch + 1}/{cfg.epochs}", leave=False)
+        for batch in bar:
+            tau = temperature(cfg, step, total_steps)
+            for params, optimizer, rows in (
+                (weight_params, w_opt, batch),
+                (arch_params, a_opt, next(a_iter)),
+            ):
+                loss, terms = search_loss(net, rows, net.sample(tau), cfg, beta, regression)
+                if not torch.isfinite(loss):
+                    raise DivergenceError(
+                        f"search loss became {loss.item()} at epoch {epoch + 1}, step {step}; "
+                        f"the last good checkpoint ({checkpoint_path}, epoch {start_epoch}) is intact. "
+                        "Lower --w-lr / --arch-lr or --beta and resume with --resume."
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                optimizer.step()
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + value
+            step += 1
+            bar.set_postfix(loss=f"{terms['loss']:.3f}", tau=f"{tau:.2f}")
+        n = max(1, len(w_loader))
+        genotype = derive_genotype(
+            space,
+            net.edge_logits.detach(),
+            net.depth_logits.detach(),
+            hidden,
+            embedding=genotype_embedding(store),
+        )
+        record = {
+            "epoch": epoch + 1,
+            "step": step,
+            **{k: v / n for k, v in sums.items()},
+            "tau": tau,
+            "beta": beta,
+            "dev": evaluate_genotype(net, genotype, dev_loader, store.task),
+            "depth": genotype.num_cells,
+            "op_probabilities": torch.softmax(net.edge_logits.detach(), -1).tolist(),
+            "depth_probabilities": torch.softmax(net.depth_logits.detach(), -1).tolist(),
+            "genotype": genotype.to_dict(),
+            "seconds": time.perf_counter() - started,
+        }
+        history.append(record)
+        log.info(
+            "epoch %d: loss %.4f (ce %.4f kd %.4f eff %.4f) tau %.3f dev %s depth %d",
+            epoch + 1,
+            record["loss"],
+            record["ce"],
+            record["kd"],
+            record["efficiency"],
+            tau,
+            record["dev"],
+            genotype.num_cells,
+        )
+        state = {
+            "model": net.state_dict(),
+            "w_opt": w_opt.state_dict(),
+            "a_opt": a_opt.state_dict(),
+            "rng": torch.get_rng_state(),
+            "epoch": epoch + 1,
+            "step": step,
+            "history": history,
+            "config": to_dict(cfg),
+        }
+        atomic_save(checkpoint_path, lambda p, s=state: torch.save(s, p))
+        _write_log(history, out)
+        _write_genotype(genotype, out)
+
+    if not history:
+        raise ValueError(f"{out}: nothing to search (epochs={cfg.epochs})")
+    genotype = Genotype.from_dict(history[-1]["genotype"])
+    plot_search(history, space.ops, out)
+    return genotype
+
+
+def _cycle(loader: torch.utils.data.DataLoader):
+    while True:
+        yield from loader
+
+
+def _write_log(history: list[dict[str, Any]], out: Path) -> None:
+    atomic_write_text(out / LOG, "".join(json.dumps(r) + "\n" for r in history))
+
+
+def _write_genotype(genotype: Genotype, out: Path) -> None:
+    genotype.save(out / GENOTYPE)
+    draw_genotype(genotype, out / "genotype.png")
+
+
+def plot_search(history: list[dict[str, Any]], ops: tuple[str, ...], out: Path) -> list[Path]:
+    """Op probabilities per edge and the depth distribution over epochs, as PNG files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    probs = np.array([r["op_probabilities"] for r in history])  # [epochs, edges, ops]
+    n_edges = probs.shape[1]
+    cols = 3
+    rows = math.ceil(n_edges / cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(4 * cols, 2.6 * rows), sharex=True, sharey=True, squeeze=False
+    )
+    for e in range(rows * cols):
+        ax = axes[e // cols][e % cols]
+        if e >= n_edges:
+            ax.axis("off")
+            continue
+        for o, name in enumerate(ops):
+            ax.plot(epochs, probs[:, e, o], label=name)
+        ax.set_title(f"edge {e}", fontsize=9)
+    axes[0][0].legend(fontsize=6, ncol=2)
+    fig.suptitle("operation probabilities per edge")
+    fig.supxlabel("epoch")
+    fig.tight_layout()
+    paths = [out / "op_probabilities.png", out / "depth_distribution.png"]
+    _save_figure(fig, paths[0])
+
+    depth = np.array([r["depth_probabilities"] for r in history])
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.stackplot(epochs, depth.T, labels=[f"K={k + 1}" for k in range(depth.shape[1])])
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("probability")
+    ax.set_title("depth distribution")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
+    fig.tight_layout()
+    _save_figure(fig, paths[1])
+    return paths
+
+
+def _save_figure(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    atomic_save(path, lambda p: fig.savefig(p, format=path.suffix.lstrip("."), dpi=110))
+    plt.close(fig)

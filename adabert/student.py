@@ -1,0 +1,205 @@
+"""The compact student: a transformers config/model pair built from a genotype alone.
+
+Only the genotype's ops exist (nothing of the supernet remains). The model takes the usual batch
+dict (``input_ids``, ``attention_mask``, ``token_type_ids``, optional ``labels``), returns
+``.loss`` / ``.logits``, saves with ``save_pretrained`` and reloads through the Auto classes, so
+it works with ``transformers`` pipelines.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    PretrainedConfig,
+    PreTrainedModel,
+)
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from adabert.distill import task_loss
+from adabert.genotype import Genotype
+from adabert.modules import Cell, ClassifierHead, Embeddings, masked_mean
+from search_spaces import get_space
+
+
+class AdaBertStudentConfig(PretrainedConfig):
+    model_type = "adabert-student"
+
+    def __init__(
+        self,
+        genotype: dict[str, Any] | None = None,
+        vocab_size: int = 30522,
+        max_position_embeddings: int = 512,
+        hidden_size: int = 128,
+        hidden_dropout_prob: float = 0.1,
+        pair: bool = True,
+        pad_token_id: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(pad_token_id=pad_token_id, **kwargs)
+        self.genotype = genotype
+        self.vocab_size = vocab_size
+        self.max_position_embeddings = max_position_embeddings
+        self.hidden_size = hidden_size
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.pair = pair
+
+
+class AdaBertStudentForSequenceClassification(PreTrainedModel):
+    config_class = AdaBertStudentConfig
+    base_model_prefix = "adabert"
+    main_input_name = "input_ids"
+
+    def __init__(self, config: AdaBertStudentConfig) -> None:
+        super().__init__(config)
+        if config.genotype is None:
+            raise ValueError("AdaBertStudentConfig.genotype is required to build a student")
+        genotype = Genotype.from_dict(config.genotype)
+        space = get_space(genotype.space)
+        edges = [(e.source, e.target) for e in genotype.edges]
+        ops = [[e.op] for e in genotype.edges]
+        self.embeddings = Embeddings(
+            config.vocab_size,
+            config.max_position_embeddings,
+            config.hidden_size,
+            dropout=config.hidden_dropout_prob,
+            pair=config.pair,
+        )
+        self.cells = nn.ModuleList(
+            Cell(space, edges, ops, config.hidden_size) for _ in range(genotype.num_cells)
+        )
+        self.head = ClassifierHead(config.hidden_size, config.num_labels, config.hidden_dropout_prob)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Keep PyTorch's per-layer defaults: they suit convolutions better than a flat normal init."""
+
+    @property
+    def genotype(self) -> Genotype:
+        return Genotype.from_dict(self.config.genotype)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> SequenceClassifierOutput | tuple:
+        """``hidden_states`` (when asked): ``[batch, tokens, hidden]`` for the embedding and each cell."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        inputs, mask = self.embeddings(input_ids, attention_mask, token_type_ids)
+        levels = [inputs[0] + inputs[1] if self.config.pair else inputs[0]]
+        states = inputs
+        for cell in self.cells:
+            out = cell(states, mask)
+            states = [states[-1], out]
+            levels.append(out)
+        logits = self.head([masked_mean(x, mask) for x in levels[1:]])
+        loss = None
+        if labels is not None:
+            loss = task_loss(logits, labels, regression=self.config.num_labels == 1)
+        hidden = tuple(x.transpose(1, 2) for x in levels) if output_hidden_states else None
+        if return_dict is False:
+            return tuple(v for v in (loss, logits, hidden) if v is not None)
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=hidden)
+
+
+AutoConfig.register(AdaBertStudentConfig.model_type, AdaBertStudentConfig, exist_ok=True)
+AutoModelForSequenceClassification.register(
+    AdaBertStudentConfig, AdaBertStudentForSequenceClassification, exist_ok=True
+)
+
+
+def pca_projection(word: torch.Tensor, hidden_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Linear map (weight, bias) onto the top principal directions of the teacher's word table.
+
+    Used to initialise the student's tables when no searched projection is available: it keeps as
+    much of the teacher's embedding geometry as ``hidden_size`` dimensions can.
+    """
+    mean = word.mean(0)
+    _, _, v = torch.linalg.svd(word - mean, full_matrices=False)
+    weight = v[:hidden_size]
+    return weight, -(weight @ mean)
+
+
+def build_student(
+    genotype: Genotype,
+    num_labels: int,
+    tables: dict[str, torch.Tensor],
+    pair: bool,
+    dropout: float = 0.1,
+    supernet_state: dict[str, torch.Tensor] | None = None,
+    **config_kwargs: Any,
+) -> AdaBertStudentForSequenceClassification:
+    """A student whose embedding tables are the teacher's, projected to the cell width.
+
+    The projection is the searched one when ``supernet_state`` is given (and the cells, head and
+    LayerNorm start from the searched weights too); otherwise it is a PCA of the teacher's table.
+    """
+    word, position = tables["word_embeddings"], tables["position_embeddings"]
+    config = AdaBertStudentConfig(
+        genotype=genotype.to_dict(),
+        vocab_size=word.shape[0],
+        max_position_embeddings=position.shape[0],
+        hidden_size=genotype.hidden_size,
+        hidden_dropout_prob=dropout,
+        pair=pair,
+        num_labels=num_labels,
+        **config_kwargs,
+    )
+    model = AdaBertStudentForSequenceClassification(config)
+    teacher_embeddings = Embeddings(word.shape[0], position.shape[0], genotype.hidden_size, dim=word.shape[1])
+    teacher_embeddings.word.weight.data.copy_(word)
+    teacher_embeddings.position.weight.data.copy_(position)
+    if supernet_state is not None:
+        teacher_embeddings.projection.load_state_dict(
+            {
+                k.removeprefix("embeddings.projection."): v
+                for k, v in supernet_state.items()
+                if k.startswith("embeddings.projection.")
+            }
+        )
+        _load_searched_weights(model, genotype, supernet_state)
+    else:
+        weight, bias = pca_projection(word, genotype.hidden_size)
+        teacher_embeddings.projection.weight.data.copy_(weight)
+        teacher_embeddings.projection.bias.data.copy_(bias)
+    word_table, position_table = teacher_embeddings.projected_tables()
+    model.embeddings.word.weight.data.copy_(word_table)
+    model.embeddings.position.weight.data.copy_(position_table)
+    return model
+
+
+def _load_searched_weights(
+    model: AdaBertStudentForSequenceClassification, genotype: Genotype, state: dict[str, torch.Tensor]
+) -> None:
+    """Copy the searched cells (chosen ops only), the depth's head and the LayerNorm into the student."""
+    space = get_space(genotype.space)
+    mapped: dict[str, torch.Tensor] = {}
+    for kept, edge in enumerate(genotype.edges):
+        source_edge = space.edges.index((edge.source, edge.target))
+        op = space.op_index(edge.op)
+        for k in range(genotype.num_cells):
+            prefix = f"cells.{k}.ops.{source_edge}.{op}."
+            for key, value in state.items():
+                if key.startswith(prefix):
+                    mapped[f"cells.{k}.ops.{kept}.0.{key[len(prefix) :]}"] = value
+    for k in range(genotype.num_cells):
+        mapped[f"cells.{k}.node_mix"] = state[f"cells.{k}.node_mix"]
+    head = f"heads.{genotype.num_cells - 1}."
+    mapped.update({"head." + key[len(head) :]: v for key, v in state.items() if key.startswith(head)})
+    mapped.update({key: v for key, v in state.items() if key.startswith("embeddings.norm.")})
+    missing, unexpected = model.load_state_dict(mapped, strict=False)
+    if unexpected:
+        raise ValueError(f"searched weights do not fit the student: unexpected {unexpected[:5]}")
+    expected_missing = {"embeddings.word.weight", "embeddings.position.weight"}
+    if set(missing) - expected_missing:
+        raise ValueError(f"searched weights do not fit the student: missing {sorted(set(missing))[:5]}")

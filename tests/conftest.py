@@ -1,0 +1,106 @@
+"""Shared fixtures: a tiny random BERT classifier and a tiny GLUE-layout SST-2 task.
+
+Both are built in a temporary directory in well under a second, so tests of the teacher stage, the
+knowledge store and everything downstream run without the network or the real teacher.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+# Nothing in the tests may reach the hub, and tiny models run fastest (and steadiest on a busy
+# machine) on one thread.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(1)
+
+SPECIAL_TOKENS = ["[PAD]", "[unused0]", "[unused1]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+POSITIVE_WORDS = ["good", "great", "fun", "lovely", "charming", "moving", "clever", "warm"]
+NEGATIVE_WORDS = ["bad", "awful", "boring", "dull", "tedious", "flat", "silly", "cold"]
+NEUTRAL_WORDS = [
+    "the",
+    "a",
+    "movie",
+    "film",
+    "story",
+    "acting",
+    "is",
+    "was",
+    "very",
+    "and",
+    "it",
+    "plot",
+    "cast",
+    "quite",
+    "really",
+    "this",
+    "ending",
+    "script",
+    ",",
+    ".",
+    "!",
+    "'s",
+    "not",
+]
+TINY_VOCAB = (
+    SPECIAL_TOKENS + NEUTRAL_WORDS + POSITIVE_WORDS + NEGATIVE_WORDS + ["##s", "##ly", "##ing", "##ed"]
+)
+
+
+@pytest.fixture
+def tiny_bert_dir(tmp_path: Path) -> Path:
+    """A random 2-layer, 32-wide BertForSequenceClassification (2 labels) + its tokenizer, saved to disk."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    out = tmp_path / "tiny_bert"
+    out.mkdir()
+    vocab_file = out / "vocab.txt"
+    vocab_file.write_text("\n".join(TINY_VOCAB) + "\n")
+    tokenizer = BertTokenizerFast(vocab=str(vocab_file))
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(TINY_VOCAB),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=64,
+        num_labels=2,
+    )
+    BertForSequenceClassification(config).save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    return out
+
+
+def tiny_sentence(rng: random.Random, positive: bool) -> str:
+    """A short sentence from the tiny vocabulary whose polarity words give away the label."""
+    polar = POSITIVE_WORDS if positive else NEGATIVE_WORDS
+    words = [
+        rng.choice(["the", "this", "a"]),
+        rng.choice(["movie", "film", "story", "plot"]),
+        rng.choice(["is", "was"]),
+        rng.choice(["very", "quite", "really"]),
+        rng.choice(polar),
+    ]
+    if rng.random() < 0.5:
+        words += ["and", rng.choice(polar)]
+    return " ".join(words + ["."])
+
+
+@pytest.fixture
+def tiny_glue_dir(tmp_path: Path) -> Path:
+    """A GLUE root with SST-2/{train,dev}.tsv (release layout): 48 train and 16 dev rows, balanced."""
+    rng = random.Random(0)
+    root = tmp_path / "glue"
+    (root / "SST-2").mkdir(parents=True)
+    for split, n in (("train", 48), ("dev", 16)):
+        lines = ["sentence\tlabel"]
+        for i in range(n):
+            label = i % 2
+            lines.append(f"{tiny_sentence(rng, bool(label))} \t{label}")
+        (root / "SST-2" / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    return root
