@@ -25,6 +25,7 @@ EPILOG = textwrap.dedent(
       adabert genotype show    runs/sst2/search/genotype.json
       adabert train            --genotype runs/sst2/search/genotype.json --store runs/sst2/store
       adabert evaluate         --model runs/sst2/student --store runs/sst2/store
+      adabert compress         --model runs/sst2/student --store runs/sst2/store --methods svd,magnitude
       adabert export           --model runs/sst2/student --format onnx
     Run 'adabert COMMAND --help' for a command's settings.
     """
@@ -86,6 +87,14 @@ def _evaluate(cfg: cfgmod.EvalConfig) -> None:
     _print_json(report.get("metrics", {}))
 
 
+def _compress(cfg: cfgmod.CompressConfig) -> None:
+    from adabert.compress import compress
+
+    report = compress(cfg)
+    print(f"compressed model and report written to {cfg.output_dir}")
+    _print_json(report.get("metrics", {}))
+
+
 def _genotype_show(ns: argparse.Namespace) -> None:
     from adabert.genotype import Genotype, draw_genotype
 
@@ -116,13 +125,10 @@ def _spaces(ns: argparse.Namespace) -> None:
 
 
 def _export(ns: argparse.Namespace) -> None:
-    from transformers import AutoModelForSequenceClassification
-
-    import adabert.student  # noqa: F401  (registers the student with the Auto classes)
-    from adabert.evaluate import dummy_batch
+    from adabert.evaluate import dummy_batch, load_classifier
     from adabert.export import check_parity, export_onnx, export_torchscript
 
-    model = AutoModelForSequenceClassification.from_pretrained(ns.model).eval()
+    model = load_classifier(ns.model)
     pair = bool(getattr(model.config, "pair", True))
     suffix = "onnx" if ns.format == "onnx" else "pt"
     output = ns.output or f"{ns.model.rstrip('/')}/model.{suffix}"
@@ -189,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
         _evaluate,
         "task metrics, loyalty, size, FLOPs and latency against the teacher and BERT-base",
     )
+
+    _stage(commands, "compress", cfgmod.CompressConfig, _compress,
+           "prune / factorize a model (student or teacher) with distillation from the store")
 
     genotype = commands.add_parser("genotype", help="inspect genotype files")
     genotype_commands = genotype.add_subparsers(dest="genotype_command", metavar="ACTION", required=True)

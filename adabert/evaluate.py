@@ -585,8 +585,6 @@ def load_classifier(path: str | Path) -> PreTrainedModel:
     """Any saved sequence classifier (teacher, student, compressed student) through the Auto classes."""
     from transformers import AutoModelForSequenceClassification
 
-    import adabert.student  # noqa: F401  (registers the student with the Auto classes)
-
     if not Path(path).is_dir():
         raise FileNotFoundError(f"{path}: no model directory (expected a save_pretrained output)")
     return AutoModelForSequenceClassification.from_pretrained(path).eval()

@@ -48,12 +48,20 @@ def straight_through_gumbel(
     return hard - soft.detach() + soft, index
 
 
+# AdaBERT scores an op by softmax(params / 1e5) and softmax(FLOPs / 1e7) over the ops, averaged. Those
+# constants fit its 128-channel, 128-token setting, where the largest op (conv7) scores 1.15 and 2.94.
+# Scaling by the space's largest op instead keeps exactly those scores there and any other width sane.
+PARAM_SCALE, FLOP_SCALE = 1.15, 2.94
+
+
 def normalised_op_costs(space: SearchSpace, hidden_size: int, seq_len: int) -> torch.Tensor:
-    """Cost per op in [0, 1]: mean of params and FLOPs, each divided by the space's largest."""
+    """Cost per op (sums to 1, cheapest for parameter-free ops): AdaBERT's averaged size/FLOP softmaxes."""
     costs = [op_cost(name, hidden_size, seq_len) for name in space.ops]
-    max_params = max(c.params for c in costs) or 1
-    max_flops = max(c.flops for c in costs) or 1
-    return torch.tensor([0.5 * (c.params / max_params + c.flops / max_flops) for c in costs])
+    params = torch.tensor([float(c.params) for c in costs])
+    flops = torch.tensor([float(c.flops) for c in costs])
+    by_params = torch.softmax(PARAM_SCALE * params / params.max().clamp(min=1), 0)
+    by_flops = torch.softmax(FLOP_SCALE * flops / flops.max().clamp(min=1), 0)
+    return 0.5 * (by_params + by_flops)
 
 
 class Supernet(nn.Module):
