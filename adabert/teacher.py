@@ -272,8 +272,9 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         record = {"epoch": epoch, "train_loss": running / max(seen, 1), "dev": dev,
                   "seconds": round(time.perf_counter() - e0, 2)}
         metrics["history"].append(record)
-        logger.info("epoch %d: train loss %.4f, dev %s", epoch, record["train_loss"],
-                    ", ".join(f"{s} {k} {v:.4f}" for s, m in dev.items() for k, v in m.items()))
+        summary = "; ".join(f"{s}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items())
+                            for s, m in dev.items())
+        logger.info("epoch %d: train loss %.4f; %s", epoch, record["train_loss"], summary)
         if score > best or metrics["best_epoch"] is None:
             best = score
             metrics["best_epoch"], metrics["best"] = epoch, dev
