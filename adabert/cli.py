@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import textwrap
 from collections.abc import Callable
@@ -28,6 +27,8 @@ EPILOG = textwrap.dedent(
       adabert evaluate         --model runs/sst2/student --store runs/sst2/store
       adabert compress         --model runs/sst2/student --store runs/sst2/store --methods svd,magnitude
       adabert export           --model runs/sst2/student --format onnx
+    Or every stage in one run directory, skipping stages already done:
+      adabert pipeline         --task sst2 --data-dir GLUE --run-dir runs/sst2
     Run 'adabert COMMAND --help' for a command's settings.
     """
 )
@@ -139,6 +140,132 @@ def _export(ns: argparse.Namespace) -> None:
     print(f"exported {path} (max |difference| vs PyTorch: {diff:.2e})")
 
 
+PIPELINE_DESCRIPTION = """\
+Run every stage, task to deployable model, into one run directory (one folder per stage):
+  teacher/   fine-tune the teacher (--teacher DIR: use an already fine-tuned one instead)
+  store/     per-layer probes and the knowledge store
+  search/    architecture search and the derived genotype
+  student/   the student, trained from the searched supernet's weights (--no-from-supernet: scratch)
+  compress/  optional compression (--compress, or a "compress" object in --config)
+  eval/      metrics, loyalty, size and latency against the teacher and BERT-base
+  export/    ONNX model checked against PyTorch, with its tokenizer and config
+then RUN_DIR/report.md and the self-contained RUN_DIR/report.html, and RUN_DIR/pipeline.json (status
+and seconds per stage).
+
+Running it again skips every stage whose settings and upstream stages are unchanged (each folder's
+stage.json records them), re-runs a changed stage and everything after it, and continues an
+interrupted search or student training where it stopped.
+
+Budgets (--budget; your stage settings override them):
+{budgets}
+
+Stage settings: --set STAGE.KEY=VALUE (repeatable; STAGE is finetune, probe, search, train, compress
+or evaluate; KEY is a setting of that stage, as in its --help with underscores; VALUE is JSON or
+plain text), or per-stage objects in --config FILE, e.g.
+  {{"task": "sst2", "data_dir": "GLUE", "run_dir": "runs/sst2", "budget": "quick",
+   "search": {{"epochs": 8}}, "train": {{"epochs": 12}}, "compress": {{"methods": "svd"}}}}
+The paths between stages are set by the pipeline.
+
+Examples:
+  adabert pipeline --task sst2 --data-dir GLUE --run-dir runs/sst2
+  adabert pipeline --config sst2.json --set search.beta=0 --compress
+  adabert pipeline --task sst2 --data-dir GLUE --run-dir runs/sst2-b --teacher runs/sst2/teacher
+  adabert report runs/sst2
+"""
+
+
+def _parse_stage_setting(text: str) -> tuple[str, str, Any]:
+    """'search.epochs=3' -> ('search', 'epochs', 3); the value is JSON when it parses, else text."""
+    target, sep, raw = text.partition("=")
+    stage, dot, key = target.strip().partition(".")
+    if not sep or not dot or not key:
+        raise cfgmod.ConfigError(f"--set {text!r}: expected STAGE.KEY=VALUE, e.g. search.epochs=8")
+    if stage not in cfgmod.PIPELINE_STAGE_FIELDS:
+        raise cfgmod.ConfigError(
+            f"--set {text!r}: unknown stage {stage!r}; stages: {', '.join(cfgmod.PIPELINE_STAGE_FIELDS)}"
+        )
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return stage, key.strip().replace("-", "_"), value
+
+
+def _pipeline_config(ns: argparse.Namespace) -> cfgmod.PipelineConfig:
+    import dataclasses
+
+    base = cfgmod.PipelineConfig.load(ns.config) if ns.config else None
+    cfg = cfgmod.from_args(cfgmod.PipelineConfig, ns, base)
+    stages: dict[str, dict[str, Any] | None] = {}
+    if ns.enable_compress is not None:
+        stages["compress"] = (cfg.compress or {}) if ns.enable_compress else None
+    for text in ns.stage_settings:
+        stage, key, value = _parse_stage_setting(text)
+        current = stages.get(stage, getattr(cfg, stage))
+        stages[stage] = {**(current or {}), key: value}
+    return dataclasses.replace(cfg, **stages) if stages else cfg
+
+
+def _pipeline(ns: argparse.Namespace) -> None:
+    from adabert.pipeline import run_pipeline
+
+    result = run_pipeline(_pipeline_config(ns))
+    width = max(len(name) for name in result["stages"])
+    for name, info in result["stages"].items():
+        seconds = f"{info['seconds']:.1f}s" if info.get("seconds") is not None else ""
+        print(f"  {name:<{width}}  {info['status']:<9} {seconds}")
+    print(f"report: {result['report']['md']} and {result['report']['html']}")
+
+
+def _report(ns: argparse.Namespace) -> None:
+    from adabert.report import build_report
+
+    md_path, html_path = build_report(ns.run_dir)
+    print(f"report written to {md_path} and {html_path}")
+
+
+def _add_pipeline(commands: Any) -> None:
+    from adabert.pipeline import describe_budgets
+
+    parser = commands.add_parser(
+        "pipeline",
+        help="every stage, task to deployable model, into one run directory, with a report",
+        description=PIPELINE_DESCRIPTION.format(budgets=describe_budgets()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="JSON file of pipeline settings with per-stage objects (flags override it)",
+    )
+    cfgmod.add_arguments(parser, cfgmod.PipelineConfig, skip=cfgmod.PIPELINE_STAGE_FIELDS)
+    parser.add_argument(
+        "--set",
+        dest="stage_settings",
+        action="append",
+        default=[],
+        metavar="STAGE.KEY=VALUE",
+        help="a setting of one stage, e.g. search.epochs=8 or compress.methods=svd (repeatable)",
+    )
+    parser.add_argument(
+        "--compress",
+        dest="enable_compress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run the compression stage on the student (default: only when the config file has 'compress')",
+    )
+    parser.set_defaults(handler=_pipeline)
+
+    report = commands.add_parser(
+        "report",
+        help="(re)build a run directory's report.md and report.html",
+        description="Build RUN_DIR/report.md and the self-contained RUN_DIR/report.html from a pipeline run "
+        "directory (works on partial runs: missing parts are marked as such).",
+    )
+    report.add_argument("run_dir", metavar="RUN_DIR", help="the pipeline's run directory")
+    report.set_defaults(handler=_report)
+
+
 def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, default=str))
 
@@ -200,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     _stage(commands, "compress", cfgmod.CompressConfig, _compress,
            "prune / factorize a model (student or teacher) with distillation from the store")
 
+    _add_pipeline(commands)
+
     genotype = commands.add_parser("genotype", help="inspect genotype files")
     genotype_commands = genotype.add_subparsers(dest="genotype_command", metavar="ACTION", required=True)
     show = genotype_commands.add_parser(
@@ -237,8 +366,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
-    if not sys.stderr.isatty():  # progress bars in a log file: one update every 30 s, not every step
-        os.environ.setdefault("TQDM_MININTERVAL", "30")
     logging.basicConfig(level=ns.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         ns.handler(ns)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -215,29 +216,18 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
-        base, optional = _unwrap(hints[f.name])
+        base, _ = _unwrap(hints[f.name])
         help_text = f.metadata.get("help", "")
+        shown = " ".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
+        if not (f.default is None and "default" in help_text):  # else the help says what None means
+            help_text = f"{help_text} (default: {shown})"
         if base is bool:
-            parser.add_argument(
-                flag,
-                action=argparse.BooleanOptionalAction,
-                default=None,
-                help=f"{help_text} (default: {f.default})",
-            )
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif typing.get_origin(base) is tuple:
             item = typing.get_args(base)[0]
-            parser.add_argument(
-                flag,
-                type=item,
-                nargs="+",
-                default=None,
-                help=f"{help_text} (default: {' '.join(map(str, f.default))})",
-            )
+            parser.add_argument(flag, type=item, nargs="+", default=None, help=help_text)
         else:
-            metavar = base.__name__.upper()
-            parser.add_argument(
-                flag, type=base, default=None, metavar=metavar, help=f"{help_text} (default: {f.default})"
-            )
+            parser.add_argument(flag, type=base, default=None, metavar=base.__name__.upper(), help=help_text)
 
 
 def from_dict(cls: type[C], values: dict[str, Any], source: str = "config") -> C:
@@ -264,20 +254,31 @@ def from_dict(cls: type[C], values: dict[str, Any], source: str = "config") -> C
 def _coerce(value: Any, base: Any, where: str) -> Any:
     if typing.get_origin(base) is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where} expects a list, got {value!r}")
+            raise ConfigError(f"{where} expects a list, got {_short(value)}")
         item = typing.get_args(base)[0]
         return tuple(_coerce(v, item, where) for v in value)
     if base is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where} expects true or false, got {value!r}")
+            raise ConfigError(f"{where} expects true or false, got {_short(value)}")
         return value
     if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            raise ConfigError(f"{where} expects a finite number, got {_short(value)}")
+        return number
     if base is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if base is str and isinstance(value, str):
         return value
-    raise ConfigError(f"{where} expects {base.__name__}, got {value!r}")
+    raise ConfigError(f"{where} expects {base.__name__}, got {_short(value)}")
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def from_args(cls: type[C], ns: argparse.Namespace, base: C | None = None) -> C:
@@ -299,11 +300,130 @@ def save_config(cfg: Any, path: str | Path) -> None:
 
 
 def load_config(cls: type[C], path: str | Path) -> C:
+    """Read a JSON config file; anything wrong with it raises ConfigError naming the file."""
     path = Path(path)
     try:
-        values = json.loads(path.read_text())
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except OSError as err:  # a directory, no permission, ...
+        raise ConfigError(f"{path}: config file cannot be read ({err.strerror or err})") from None
+    except UnicodeDecodeError as err:
+        line = err.object[: err.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    try:
+        values = json.loads(text)
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+    except ValueError as err:  # e.g. an integer longer than Python converts
+        raise ConfigError(f"{path}: not valid JSON ({err})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid JSON (nested too deeply)") from None
     return from_dict(cls, values, source=str(path))
+
+
+PIPELINE_STAGE_FIELDS = ("finetune", "probe", "search", "train", "compress", "evaluate")
+
+
+@dataclass
+class PipelineConfig:
+    """Every stage, task to deployable model, into one run directory (see 'adabert pipeline --help').
+
+    The per-stage fields (``finetune``, ``probe``, ``search``, ``train``, ``compress``, ``evaluate``)
+    are JSON objects of that stage config's settings; they override the budget's settings, which
+    override the stage defaults. Paths between stages are set by the pipeline and cannot be overridden.
+    ``compress`` is null (no compression stage) or an object (compress, with those settings).
+    """
+
+    task: str = _f("sst2", "GLUE task name (sst2, mrpc, qqp, mnli, qnli, rte, cola, stsb)")
+    data_dir: str | None = _f(None, "local GLUE directory (release layout); omit to load from the hub")
+    run_dir: str = _f("runs/sst2", "run directory: one folder per stage, pipeline.json, report.md/.html")
+    teacher: str | None = _f(None, "an already fine-tuned teacher directory: skip fine-tuning and use it")
+    model: str = _f(DEFAULT_TEACHER, "checkpoint to fine-tune as the teacher; 'default' = bundled MiniLM-L6")
+    budget: str = _f("quick", "settings preset: quick, paper or custom (stage defaults), see above")
+    from_supernet: bool = _f(True, "initialise the student's cells from the searched supernet's weights")
+    export_seq_len: int | None = _f(None, "ONNX export example length; unset = the store's max_length")
+    export_atol: float = _f(1e-4, "largest |logit difference| allowed between ONNX Runtime and PyTorch")
+    finetune: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "FinetuneConfig settings for the teacher stage"}
+    )
+    probe: dict[str, Any] = field(default_factory=dict, metadata={"help": "ProbeConfig settings"})
+    search: dict[str, Any] = field(default_factory=dict, metadata={"help": "SearchConfig settings"})
+    train: dict[str, Any] = field(default_factory=dict, metadata={"help": "TrainConfig settings"})
+    compress: dict[str, Any] | None = field(
+        default=None, metadata={"help": "CompressConfig settings; null = no compression stage"}
+    )
+    evaluate: dict[str, Any] = field(default_factory=dict, metadata={"help": "EvalConfig settings"})
+
+    BUDGETS: typing.ClassVar[tuple[str, ...]] = ("quick", "paper", "custom")
+    # settings the pipeline sets itself: the paths that connect the stages, and resumption
+    MANAGED: typing.ClassVar[dict[str, tuple[str, ...]]] = {
+        "finetune": ("task", "data_dir", "model", "output_dir"),
+        "probe": ("teacher", "task", "data_dir", "output_dir"),
+        "search": ("store", "output_dir", "resume"),
+        "train": ("genotype", "store", "output_dir", "supernet", "resume"),
+        "compress": ("model", "store", "output_dir"),
+        "evaluate": ("model", "store", "teacher", "output_dir"),
+    }
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self, source: str = "pipeline config") -> None:
+        """Refuse an unknown budget and stage settings that are unknown, mistyped or set by the pipeline."""
+        if self.budget not in self.BUDGETS:
+            raise ConfigError(f"{source}: budget must be one of {list(self.BUDGETS)}, got {self.budget!r}")
+        for name in PIPELINE_STAGE_FIELDS:
+            values = getattr(self, name)
+            if values is None and name == "compress":
+                continue
+            if not isinstance(values, dict):
+                kind = "a JSON object of settings" + (" or null" if name == "compress" else "")
+                raise ConfigError(f"{source}: {name!r} must be {kind}, got {values!r}")
+            managed = sorted(set(values) & set(self.MANAGED[name]))
+            if managed:
+                raise ConfigError(
+                    f"{source}: {name}: setting(s) {managed} are set by the pipeline (the paths between "
+                    "stages, resumption, and the top-level task/data_dir/model); remove them"
+                )
+            from_dict(STAGE_CONFIGS[name], values, source=f"{source}: {name}")
+
+    def stage_settings(self, name: str) -> dict[str, Any]:
+        """The overrides of one stage, coerced to the stage config's types (lists become tuples, ...)."""
+        values = getattr(self, name) or {}
+        parsed = from_dict(STAGE_CONFIGS[name], values, source=f"pipeline config: {name}")
+        return {key: getattr(parsed, key) for key in values}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> PipelineConfig:
+        """Like :func:`from_dict`, with the per-stage objects validated against their stage configs."""
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: expected a JSON object of settings, got {type(values).__name__}")
+        if "budget" in values and values["budget"] not in cls.BUDGETS:
+            budget = values["budget"]
+            raise ConfigError(f"{source}: budget must be one of {list(cls.BUDGETS)}, got {budget!r}")
+        stages = {k: v for k, v in values.items() if k in PIPELINE_STAGE_FIELDS}
+        base = from_dict(cls, {k: v for k, v in values.items() if k not in PIPELINE_STAGE_FIELDS}, source)
+        cfg = dataclasses.replace(base, **{k: {} if k != "compress" else None for k in stages})
+        for key, value in stages.items():
+            setattr(cfg, key, value)
+        cfg.validate(source)
+        return cfg
+
+    @classmethod
+    def load(cls, path: str | Path) -> PipelineConfig:
+        """Read a JSON pipeline config file; anything wrong with it raises ConfigError naming the file."""
+        path = Path(path)
+        try:
+            values = json.loads(path.read_bytes().decode("utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except OSError as err:  # a directory, no permission, ...
+            raise ConfigError(f"{path}: config file cannot be read ({err.strerror or err})") from None
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+        except (ValueError, RecursionError) as err:  # huge integers, deep nesting
+            raise ConfigError(f"{path}: not valid JSON ({type(err).__name__})") from None
+        return cls.from_dict(values, source=str(path))
