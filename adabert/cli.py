@@ -68,17 +68,22 @@ def _probe(cfg: cfgmod.ProbeConfig) -> None:
 
 
 def _search(cfg: cfgmod.SearchConfig) -> None:
+    from adabert.distributed import is_main
     from adabert.search import run_search
 
     genotype = run_search(cfg)
-    print(genotype)
-    print(f"genotype written to {cfg.output_dir}/genotype.json")
+    if is_main():
+        print(genotype)
+        print(f"genotype written to {cfg.output_dir}/genotype.json")
 
 
 def _train(cfg: cfgmod.TrainConfig) -> None:
+    from adabert.distributed import is_main
     from adabert.train import train_student
 
-    _print_json(train_student(cfg))
+    result = train_student(cfg)
+    if is_main():
+        _print_json(result)
 
 
 def _evaluate(cfg: cfgmod.EvalConfig) -> None:

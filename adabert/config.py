@@ -88,12 +88,16 @@ class SearchConfig:
     batch_size: int = _f(64, "batch size")
     w_lr: float = _f(5e-4, "Adam learning rate of the network weights")
     w_weight_decay: float = _f(3e-4, "weight decay of the network weights")
-    arch_lr: float = _f(1e-4, "Adam learning rate of the architecture logits")
+    # Adam moves each logit by at most ~lr per step: the paper's 1e-4 suits its ~100k-step searches;
+    # a search of a few thousand steps needs ~3e-3 for the logits to leave their N(0, 0.01) start.
+    arch_lr: float = _f(3e-3, "Adam learning rate of the architecture logits (paper: 1e-4, far more steps)")
     arch_weight_decay: float = _f(1e-3, "weight decay of the architecture logits")
     grad_clip: float = _f(5.0, "gradient norm clipping")
     gamma: float = _f(0.8, "weight of the knowledge-distillation loss (0 = no KD)")
     beta: float = _f(4.0, "weight of the efficiency loss (0 = no efficiency loss)")
-    beta_warmup_epochs: int = _f(0, "anneal beta linearly from 0 over this many epochs")
+    beta_warmup_epochs: int = _f(
+        5, "ramp beta linearly from 0 over this many epochs, so untrained convolutions are not pruned "
+        "for their cost before they can show their use (0 = full beta from the start)")
     tau_start: float = _f(1.0, "initial Gumbel-softmax temperature")
     tau_end: float = _f(0.2, "final Gumbel-softmax temperature")
     tau_anneal_fraction: float = _f(0.8, "fraction of steps over which the temperature is annealed")

@@ -2,17 +2,21 @@
 
 Everything comes from the knowledge store (rows, tokenizer, teacher and probe logits), so these
 stages never need the task files or the teacher.
+
+Under ``torchrun`` each global batch is split across the ranks (:class:`ShardedBatchSampler`): the
+batch order depends only on the seed, never on the number of processes, so one process and N
+processes step through the same batches, deterministically.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from adabert.store import KnowledgeStore
 from adabert.tasks import encode
@@ -81,16 +85,85 @@ def collate(batch: list[dict[str, Any]], pad_token_id: int = 0) -> dict[str, tor
     return out
 
 
+class ShardedBatchSampler(Sampler[list[int]]):
+    """Global batches of ``batch_size`` rows in a seeded order, each split across ``world_size`` ranks.
+
+    Rank ``r`` gets the ``r``-th contiguous part of every global batch (parts differ by at most one
+    row). :attr:`shares` gives, per batch, the fraction of the global batch this rank holds: the
+    weight of its gradient when the ranks' gradients are summed. A rank left without rows (a last
+    batch smaller than the number of ranks) gets the batch's first row with share 0, so that every
+    rank runs every step. With ``world_size`` 1 each batch is whole and its share is 1.
+
+    The order is drawn from a generator seeded once with ``seed``: a second pass over the sampler
+    (cycling through a small split) continues that generator, and gives a new, reproducible order.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
+        self.size, self.batch_size, self.shuffle = size, batch_size, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.shares = [share for _, share in self._parts(list(range(size)))]
+
+    def _parts(self, order: list[int]) -> Iterator[tuple[list[int], float]]:
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            lo, hi = shard_bounds(len(batch), self.rank, self.world_size)
+            yield (batch[lo:hi], (hi - lo) / len(batch)) if hi > lo else (batch[:1], 0.0)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = (
+            torch.randperm(self.size, generator=self.generator).tolist() if self.shuffle else range(self.size)
+        )
+        for part, _ in self._parts(list(order)):
+            yield part
+
+    def __len__(self) -> int:
+        return len(self.shares)
+
+
+def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """``[lo, hi)`` of rank ``rank``'s contiguous part of ``n`` rows (parts differ by at most one row)."""
+    base, extra = divmod(n, world_size)
+    lo = rank * base + min(rank, extra)
+    return lo, lo + base + (1 if rank < extra else 0)
+
+
 def loader(
-    data: Dataset, batch_size: int, shuffle: bool, seed: int = 0, pad_token_id: int = 0, num_workers: int = 0
+    data: Dataset,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    pad_token_id: int = 0,
+    num_workers: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader:
-    """A DataLoader whose shuffle order depends only on ``seed`` (set a new seed per epoch)."""
-    generator = torch.Generator().manual_seed(seed)
+    """A DataLoader whose order depends only on ``seed`` (set a new seed per epoch).
+
+    With ``world_size`` > 1 it yields this rank's part of each global batch of ``batch_size`` rows;
+    :func:`with_shares` pairs each batch with its share of the global batch.
+    """
+    sampler = ShardedBatchSampler(len(data), batch_size, shuffle, seed, rank, world_size)
     return DataLoader(
         data,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        generator=generator,
+        batch_sampler=sampler,
         collate_fn=partial(collate, pad_token_id=pad_token_id),
         num_workers=num_workers,
     )
+
+
+def with_shares(batches: DataLoader) -> Iterator[tuple[dict[str, torch.Tensor], float]]:
+    """``(batch, share)`` pairs: the share of the global batch that this rank's batch holds."""
+    yield from zip(batches, batches.batch_sampler.shares, strict=True)

@@ -601,6 +601,10 @@ def run_evaluation(cfg: Any) -> dict[str, Any]:
 
     store = KnowledgeStore.open(cfg.store)
     task = store.task
+    if cfg.teacher:  # refused up front: a teacher other than the store's would skew every comparison
+        if not Path(cfg.teacher).is_dir():
+            raise FileNotFoundError(f"{cfg.teacher}: no teacher directory (a save_pretrained output)")
+        store.check_teacher(cfg.teacher)
     model = load_classifier(cfg.model)
     if model.config.num_labels != store.num_labels:
         raise ValueError(

@@ -4,6 +4,10 @@ Alternating first-order updates (DARTS): a weight step on one half of the traini
 architecture step on the other half, both on ``(1 - gamma) CE + gamma KD + beta L_E`` of a freshly
 sampled sub-network. Each epoch ends with the derived genotype, its dev metric, and an atomic
 checkpoint, so ``--resume`` continues from the last finished epoch with the same random state.
+
+The same code runs in one process or under ``torchrun`` (``adabert.distributed``): the processes
+split each batch, sum their weighted gradients, draw the same Gumbel samples, and so hold the same
+architecture logits; rank 0 writes the checkpoint, log and genotype while the others wait.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from adabert import data
+from adabert import data, distributed
 from adabert.config import SearchConfig, save_config, to_dict
 from adabert.distill import hierarchical_kd, task_loss
 from adabert.genotype import Genotype, derive_genotype, draw_genotype, random_genotype
@@ -98,7 +103,11 @@ def search_loss(
 def evaluate_genotype(
     net: Supernet, genotype: Genotype, loader: torch.utils.data.DataLoader, task: Any
 ) -> dict[str, float]:
-    """Dev metrics of the derived sub-network, run inside the supernet with its searched weights."""
+    """Dev metrics of the derived sub-network, run inside the supernet with its searched weights.
+
+    Under torchrun each rank passes the loader of its part of the dev rows; the parts are gathered
+    in rank order, so every rank computes the metrics over all rows.
+    """
     net.eval()
     sample = net.fixed_sample(genotype)
     logits, labels = [], []
@@ -107,9 +116,18 @@ def evaluate_genotype(
         logits.append(out.logits.float().numpy())
         labels.append(batch["labels"].numpy())
     net.train()
-    return compute_metrics(
-        task, predictions_from_logits(task, np.concatenate(logits)), np.concatenate(labels)
-    )
+    logits, labels = gather_predictions(logits, labels)
+    return compute_metrics(task, predictions_from_logits(task, logits), labels)
+
+
+def gather_predictions(logits: list[np.ndarray], labels: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate the batches' logits and labels of every rank, in rank order."""
+    parts = distributed.all_gather_object((logits, labels))
+    logits = [x for rank_logits, _ in parts for x in rank_logits]
+    labels = [y for _, rank_labels in parts for y in rank_labels]
+    if not logits:
+        raise ValueError("no dev rows to evaluate")
+    return np.concatenate(logits), np.concatenate(labels)
 
 
 def _check_resumable(cfg: SearchConfig, saved: dict[str, Any], path: Path) -> None:
@@ -123,19 +141,120 @@ def _check_resumable(cfg: SearchConfig, saved: dict[str, Any], path: Path) -> No
         )
 
 
+def check_positions(store: KnowledgeStore) -> None:
+    """Refuse a store whose rows may be longer than the teacher's position table (the model's positions)."""
+    positions = store.manifest["teacher"]["config"]["max_position_embeddings"]
+    if store.max_length > positions:
+        raise ValueError(
+            f"{store.path}: the store's rows are up to max_length={store.max_length} tokens but its teacher "
+            f"has only {positions} positions; rebuild the store with --max-length {positions} or less"
+        )
+
+
+def remove_stale_temporaries(directory: Path, names: tuple[str, ...]) -> None:
+    """Delete temp files that a killed run left beside its outputs (``.NAME.*.tmp``, see adabert.io)."""
+    for name in names:
+        for leftover in directory.glob(f".{name}.*.tmp"):
+            leftover.unlink(missing_ok=True)
+    for leftover in directory.glob(".save.*"):  # save_pretrained_atomic's temp dirs
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def divergence_advice(checkpoint: Path, finished_epochs: int, settings: str) -> str:
+    """What is left on disk after a diverged step, and what to do next."""
+    if finished_epochs:
+        return (
+            f"the last good checkpoint ({checkpoint}, epoch {finished_epochs}) is intact. "
+            f"Lower {settings} and resume with --resume."
+        )
+    return f"no epoch finished, so no checkpoint was written. Lower {settings} and start again."
+
+
+def load_checkpoint(path: Path, resume: bool, what: str = "checkpoint") -> dict[str, Any] | None:
+    """Rank 0 reads the checkpoint (if resuming and it exists) and hands it to every rank.
+
+    Only rank 0's file system needs the output directory: the other ranks get the state over the
+    process group.
+    """
+    state = None
+    if distributed.is_main() and resume:
+        if path.exists():
+            try:
+                state = torch.load(path, weights_only=False)
+            except Exception as err:  # pickle / zip / runtime errors of a damaged file
+                raise ValueError(
+                    f"{path}: the {what} cannot be read ({err}); restore it, or move it away to start afresh"
+                ) from None
+            if not isinstance(state, dict) or "config" not in state or "epoch" not in state:
+                raise ValueError(f"{path}: not an adabert {what}; move it away to start afresh")
+        else:
+            log.warning("--resume: no %s in %s, starting from scratch", what, path.parent)
+    return distributed.broadcast_object(state)
+
+
+def gather_rng_states() -> list[torch.Tensor]:
+    """Every rank's CPU random state (dropout draws differ per rank), in rank order."""
+    return distributed.all_gather_object(torch.get_rng_state())
+
+
+def restore_rng_state(state: dict[str, Any], seed: int) -> None:
+    """Put back this rank's random state, or reseed when the checkpoint came from another world size."""
+    states = state.get("rng_per_rank") or [state["rng"]]
+    rank, world = distributed.rank(), distributed.world_size()
+    if len(states) == world:
+        torch.set_rng_state(states[rank])
+    else:
+        log.warning(
+            "the checkpoint was written by %d process(es), this run has %d: the batches and Gumbel "
+            "samples continue as before, the dropout draws do not",
+            len(states),
+            world,
+        )
+        if rank == 0:
+            torch.set_rng_state(states[0])
+        else:
+            torch.manual_seed(seed + 7919 * rank)
+
+
+TERMS = ("loss", "ce", "kd", "efficiency")
+
+
 def run_search(cfg: SearchConfig) -> Genotype:
-    """Search an architecture for the store's task; writes genotype, picture, log and checkpoints."""
+    """Search an architecture for the store's task; writes genotype, picture, log and checkpoints.
+
+    Runs the same under ``torchrun``: each global batch is split across the processes, their gradients
+    are summed with weights (see :func:`adabert.distributed.reduce_gradients`), every process draws the
+    same Gumbel samples and so holds the same architecture logits; rank 0 alone writes.
+    """
+    ctx = distributed.setup()
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     store = KnowledgeStore.open(cfg.store)
+    check_positions(store)
     space = get_space(cfg.space)
     hidden = cfg.hidden_size or space.hidden_size
-    save_config(cfg, out / "config.json")
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(
+            out,
+            (
+                CHECKPOINT,
+                GENOTYPE,
+                LOG,
+                "genotype.png",
+                "config.json",
+                "op_probabilities.png",
+                "depth_distribution.png",
+            ),
+        )
+        save_config(cfg, out / "config.json")
 
     if cfg.random_architecture:
         genotype = random_genotype(space, cfg.seed, hidden_size=hidden, embedding=genotype_embedding(store))
-        _write_genotype(genotype, out)
-        log.info("random architecture from %s:\n%s", space.name, genotype)
+        if ctx.is_main:
+            _write_genotype(genotype, out)
+            log.info("random architecture from %s:\n%s", space.name, genotype)
+        distributed.barrier()
         return genotype
 
     torch.manual_seed(cfg.seed)
@@ -144,67 +263,98 @@ def run_search(cfg: SearchConfig) -> Genotype:
     dev = data.load_split(store, store.dev_split)
     order = np.random.default_rng(cfg.seed).permutation(len(train))
     n_arch = max(1, int(round(cfg.arch_fraction * len(train))))
+    if n_arch >= len(train):
+        raise ValueError(
+            f"{cfg.store}: {len(train)} training row(s) leave none for the weight steps after "
+            f"arch_fraction={cfg.arch_fraction}; use more rows or a smaller --arch-fraction"
+        )
     weight_rows, arch_rows = train.subset(order[n_arch:]), train.subset(order[:n_arch])
     pad_id = store.tokenizer().pad_token_id or 0
-    dev_loader = data.loader(dev, cfg.batch_size * 2, shuffle=False, pad_token_id=pad_id)
+    # each rank scores its contiguous part of the dev rows; the parts are gathered in order
+    dev_lo, dev_hi = data.shard_bounds(len(dev), ctx.rank, ctx.world_size)
+    dev_loader = data.loader(
+        dev.subset(range(dev_lo, dev_hi)), cfg.batch_size * 2, False, pad_token_id=pad_id
+    )
 
     net = build_supernet(cfg, store)
+    # the same initial weights everywhere (the same seed builds the same net; this makes it certain)
+    distributed.broadcast_parameters([*net.parameters(), *net.buffers()])
+    # dropout: a stream of its own per rank, seeded after the build (whose draws may vary, e.g. the op
+    # costs are measured on freshly built ops only the first time in a process)
+    torch.manual_seed(cfg.seed + 7919 * ctx.rank)
+    # Gumbel samples: one generator, seeded alike on every rank, so all ranks run the same sub-network
+    sampler = torch.Generator().manual_seed(cfg.seed * 100_043 + 17)
     w_opt = torch.optim.Adam(net.weight_parameters(), lr=cfg.w_lr, weight_decay=cfg.w_weight_decay)
     a_opt = torch.optim.Adam(net.arch_parameters(), lr=cfg.arch_lr, weight_decay=cfg.arch_weight_decay)
     history: list[dict[str, Any]] = []
     start_epoch, step = 0, 0
     checkpoint_path = out / CHECKPOINT
-    if cfg.resume and checkpoint_path.exists():
-        state = torch.load(checkpoint_path, weights_only=False)
+    state = load_checkpoint(checkpoint_path, cfg.resume)
+    if state is not None:
         _check_resumable(cfg, state["config"], checkpoint_path)
         net.load_state_dict(state["model"])
         w_opt.load_state_dict(state["w_opt"])
         a_opt.load_state_dict(state["a_opt"])
-        torch.set_rng_state(state["rng"])
+        restore_rng_state(state, cfg.seed)
+        if "sample_rng" in state:
+            sampler.set_state(state["sample_rng"])
         start_epoch, step, history = state["epoch"], state["step"], state["history"]
         log.info("resuming from %s after epoch %d", checkpoint_path, start_epoch)
-    elif cfg.resume:
-        log.warning("--resume: no checkpoint in %s, starting from scratch", out)
+    del state
 
     steps_per_epoch = math.ceil(len(weight_rows) / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
     weight_params, arch_params = net.weight_parameters(), net.arch_parameters()
+    shard = {
+        "rank": ctx.rank,
+        "world_size": ctx.world_size,
+        "pad_token_id": pad_id,
+        "num_workers": cfg.num_workers,
+    }
     net.train()
     for epoch in range(start_epoch, cfg.epochs):
         started = time.perf_counter()
         beta = (
             cfg.beta * min(1.0, (epoch + 1) / cfg.beta_warmup_epochs) if cfg.beta_warmup_epochs else cfg.beta
         )
-        w_loader = data.loader(
-            weight_rows, cfg.batch_size, True, cfg.seed * 100_003 + epoch, pad_id, cfg.num_workers
+        w_loader = data.loader(weight_rows, cfg.batch_size, True, cfg.seed * 100_003 + epoch, **shard)
+        a_iter = _cycle(data.loader(arch_rows, cfg.batch_size, True, cfg.seed * 100_019 + epoch, **shard))
+        sums = dict.fromkeys(TERMS, 0.0)
+        bar = tqdm(
+            data.with_shares(w_loader),
+            total=len(w_loader),
+            desc=f"search epoch {epoch + 1}/{cfg.epochs}",
+            leave=False,
+            disable=not ctx.is_main,
         )
-        a_iter = _cycle(
-            data.loader(arch_rows, cfg.batch_size, True, cfg.seed * 100_019 + epoch, pad_id, cfg.num_workers)
-        )
-        sums: dict[str, float] = {}
-        bar = tqdm(w_loader, desc=f"search epoch {epoch + 1}/{cfg.epochs}", leave=False)
-        for batch in bar:
+        for w_rows in bar:
             tau = temperature(cfg, step, total_steps)
-            for params, optimizer, rows in (
-                (weight_params, w_opt, batch),
+            for params, optimizer, (rows, share) in (
+                (weight_params, w_opt, w_rows),
                 (arch_params, a_opt, next(a_iter)),
             ):
-                loss, terms = search_loss(net, rows, net.sample(tau), cfg, beta, regression)
-                if not torch.isfinite(loss):
-                    raise DivergenceError(
-                        f"search loss became {loss.item()} at epoch {epoch + 1}, step {step}; "
-                        f"the last good checkpoint ({checkpoint_path}, epoch {start_epoch}) is intact. "
-                        "Lower --w-lr / --arch-lr or --beta and resume with --resume."
-                    )
+                loss, terms = search_loss(net, rows, net.sample(tau, sampler), cfg, beta, regression)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                # the global batch's gradient and loss terms, the same on every rank
+                reduced = distributed.reduce_gradients(
+                    params, share, torch.tensor([terms[k] for k in TERMS], dtype=torch.float64)
+                )
+                terms = dict(zip(TERMS, reduced.tolist()))
+                if not math.isfinite(terms["loss"]):
+                    raise DivergenceError(
+                        f"search loss became {terms['loss']} at epoch {epoch + 1}, step {step}; "
+                        + divergence_advice(checkpoint_path, epoch, "--w-lr / --arch-lr or --beta")
+                    )
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 optimizer.step()
             for key, value in terms.items():
-                sums[key] = sums.get(key, 0.0) + value
+                sums[key] += value
             step += 1
             bar.set_postfix(loss=f"{terms['loss']:.3f}", tau=f"{tau:.2f}")
         n = max(1, len(w_loader))
+        # every rank must hold the same architecture, or they would derive different genotypes
+        distributed.check_in_sync({"edge_logits": net.edge_logits, "depth_logits": net.depth_logits})
         genotype = derive_genotype(
             space,
             net.edge_logits.detach(),
@@ -237,30 +387,39 @@ def run_search(cfg: SearchConfig) -> Genotype:
             record["dev"],
             genotype.num_cells,
         )
-        state = {
-            "model": net.state_dict(),
-            "w_opt": w_opt.state_dict(),
-            "a_opt": a_opt.state_dict(),
-            "rng": torch.get_rng_state(),
-            "epoch": epoch + 1,
-            "step": step,
-            "history": history,
-            "config": to_dict(cfg),
-        }
-        atomic_save(checkpoint_path, lambda p, s=state: torch.save(s, p))
-        _write_log(history, out)
-        _write_genotype(genotype, out)
+        rng_states = gather_rng_states()
+        if ctx.is_main:
+            state = {
+                "model": net.state_dict(),
+                "w_opt": w_opt.state_dict(),
+                "a_opt": a_opt.state_dict(),
+                "rng": rng_states[0],
+                "rng_per_rank": rng_states,
+                "sample_rng": sampler.get_state(),
+                "world_size": ctx.world_size,
+                "epoch": epoch + 1,
+                "step": step,
+                "history": history,
+                "config": to_dict(cfg),
+            }
+            atomic_save(checkpoint_path, lambda p, s=state: torch.save(s, p))
+            _write_log(history, out)
+            _write_genotype(genotype, out)
+            del state
+        distributed.barrier()  # the epoch is over everywhere once its checkpoint is on disk
 
     if not history:
         raise ValueError(f"{out}: nothing to search (epochs={cfg.epochs})")
     genotype = Genotype.from_dict(history[-1]["genotype"])
-    plot_search(history, space.ops, out)
+    if ctx.is_main:
+        plot_search(history, space.ops, out)
+    distributed.barrier()
     return genotype
 
 
-def _cycle(loader: torch.utils.data.DataLoader):
+def _cycle(batches: torch.utils.data.DataLoader):
     while True:
-        yield from loader
+        yield from data.with_shares(batches)
 
 
 def _write_log(history: list[dict[str, Any]], out: Path) -> None:

@@ -93,6 +93,15 @@ class AdaBertStudentForSequenceClassification(PreTrainedModel):
         **kwargs: Any,
     ) -> SequenceClassifierOutput | tuple:
         """``hidden_states`` (when asked): ``[batch, tokens, hidden]`` for the embedding and each cell."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, tokens], got shape {tuple(input_ids.shape)}")
+        limit = self.config.max_position_embeddings
+        if input_ids.shape[1] > limit:
+            raise ValueError(
+                f"input has {input_ids.shape[1]} tokens but this model takes at most {limit} "
+                f"(max_position_embeddings); truncate the inputs, e.g. tokenizer(..., truncation=True, "
+                f"max_length={limit})"
+            )
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         inputs, mask = self.embeddings(input_ids, attention_mask, token_type_ids)

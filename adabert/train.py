@@ -3,6 +3,9 @@
 Loss: ``(1 - gamma) task + gamma KD(logits, stored teacher logits) + probe_kd hierarchical KD``.
 The best epoch by the task's main dev metric is kept in ``output_dir`` (``save_pretrained`` layout
 with the tokenizer); a training state is checkpointed atomically every epoch for ``--resume``.
+
+Runs the same under ``torchrun`` as in one process (``adabert.distributed``): the processes split each
+batch and sum their weighted gradients, so they hold the same weights; rank 0 writes.
 """
 
 from __future__ import annotations
@@ -18,12 +21,21 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from adabert import data
+from adabert import data, distributed
 from adabert.config import TrainConfig, save_config, to_dict
 from adabert.distill import hierarchical_kd, logits_kd, task_loss
 from adabert.genotype import Genotype
 from adabert.io import atomic_save, atomic_write_json, save_pretrained_atomic
 from adabert.modules import ProbeHeads, masked_mean
+from adabert.search import (
+    DivergenceError,
+    divergence_advice,
+    gather_predictions,
+    gather_rng_states,
+    load_checkpoint,
+    remove_stale_temporaries,
+    restore_rng_state,
+)
 from adabert.store import KnowledgeStore
 from adabert.student import build_student
 from adabert.tasks import compute_metrics, predictions_from_logits
@@ -31,6 +43,7 @@ from adabert.tasks import compute_metrics, predictions_from_logits
 log = logging.getLogger(__name__)
 
 STATE = "training_state.pt"
+TERMS = ("loss", "task", "kd", "probe_kd")
 
 
 def check_genotype_fits(genotype: Genotype, store: KnowledgeStore, path: str) -> None:
@@ -47,12 +60,67 @@ def check_genotype_fits(genotype: Genotype, store: KnowledgeStore, path: str) ->
 
 def load_supernet_state(path: str) -> dict[str, torch.Tensor]:
     """Model weights of a search checkpoint (a search directory or its checkpoint.pt)."""
+    return load_supernet_checkpoint(path)["model"]
+
+
+def load_supernet_checkpoint(path: str) -> dict[str, Any]:
+    """A search checkpoint (a search directory or its checkpoint.pt), refused clearly if unreadable."""
     file = Path(path)
     if file.is_dir():
         file = file / "checkpoint.pt"
     if not file.exists():
         raise FileNotFoundError(f"{file}: no search checkpoint (run 'adabert search' first)")
-    return torch.load(file, weights_only=False)["model"]
+    try:
+        state = torch.load(file, weights_only=False)
+    except Exception as err:  # truncated or foreign files raise pickle / zip / runtime errors
+        raise ValueError(
+            f"{file}: not a readable search checkpoint ({err}); run 'adabert search' again"
+        ) from None
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise ValueError(f"{file}: not a search checkpoint (no model weights); pass a search directory")
+    return state
+
+
+def check_supernet_fits(
+    state: dict[str, Any], genotype: Genotype, store: KnowledgeStore, path: str, genotype_path: str
+) -> None:
+    """Refuse searched weights that cannot initialise this genotype's student on this store's task."""
+    weights = state["model"]
+    searched = state.get("config", {})
+    if searched.get("space") not in (None, genotype.space):
+        raise ValueError(
+            f"{path}: the search checkpoint is from search space {searched['space']!r} but the genotype "
+            f"{genotype_path} is from {genotype.space!r}; pass the genotype that search wrote, "
+            "or drop --supernet"
+        )
+    head = weights.get("heads.0.out.weight")
+    if head is not None and head.shape[0] != store.num_labels:
+        raise ValueError(
+            f"{path}: the search checkpoint has {head.shape[0]} output label(s) but task {store.task.name} "
+            f"has {store.num_labels}; search on this task's store, or drop --supernet to train from scratch"
+        )
+    projection = weights.get("embeddings.projection.weight")
+    if projection is not None and projection.shape[0] != genotype.hidden_size:
+        raise ValueError(
+            f"{path}: the search checkpoint's cells are {projection.shape[0]} wide but the genotype "
+            f"{genotype_path} has hidden_size {genotype.hidden_size}; pass the genotype that search wrote"
+        )
+    cells = sum(1 for key in weights if key.startswith("cells.") and key.endswith(".node_mix"))
+    if cells and genotype.num_cells > cells:
+        raise ValueError(
+            f"{path}: the search checkpoint has {cells} cell(s) but the genotype {genotype_path} has "
+            f"{genotype.num_cells}; pass the genotype that search wrote"
+        )
+
+
+def check_positions_fit(store: KnowledgeStore, max_positions: int) -> None:
+    """Refuse a store whose rows may be longer than the student's position table."""
+    if store.max_length > max_positions:
+        raise ValueError(
+            f"{store.path}: the store's rows are up to max_length={store.max_length} tokens but the student "
+            f"has {max_positions} positions (its teacher's); rebuild the store with --max-length "
+            f"{max_positions} or less"
+        )
 
 
 def student_config_kwargs(store: KnowledgeStore) -> dict[str, Any]:
@@ -86,12 +154,25 @@ def predict_logits(
 
 
 def train_student(cfg: TrainConfig) -> dict[str, Any]:
+    """Train the student; under ``torchrun`` the processes split each batch and rank 0 writes."""
+    ctx = distributed.setup()
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     store = KnowledgeStore.open(cfg.store)
+    if not Path(cfg.genotype).is_file():
+        raise FileNotFoundError(f"{cfg.genotype}: no genotype file (run 'adabert search' first)")
     genotype = Genotype.load(cfg.genotype)
     check_genotype_fits(genotype, store, cfg.genotype)
-    save_config(cfg, out / "train_config.json")
+    check_positions_fit(store, store.manifest["teacher"]["config"]["max_position_embeddings"])
+    supernet_state = None
+    if cfg.supernet:
+        checkpoint = load_supernet_checkpoint(cfg.supernet)
+        check_supernet_fits(checkpoint, genotype, store, cfg.supernet, cfg.genotype)
+        supernet_state = checkpoint["model"]
+        del checkpoint
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out, (STATE, "metrics.json", "train_config.json"))
+        save_config(cfg, out / "train_config.json")
     torch.manual_seed(cfg.seed)
     task, regression = store.task, store.task.is_regression
 
@@ -101,17 +182,25 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
         store.embeddings(),
         store.task.is_pair,
         cfg.dropout,
-        load_supernet_state(cfg.supernet) if cfg.supernet else None,
+        supernet_state,
         **student_config_kwargs(store),
     )
+    del supernet_state
     probes = (
         ProbeHeads(genotype.num_cells + 1, genotype.hidden_size, store.num_labels) if cfg.probe_kd else None
     )
     params = list(model.parameters()) + (list(probes.parameters()) if probes else [])
+    distributed.broadcast_parameters([*params, *model.buffers()])
+    # dropout: a stream of its own per rank, seeded after the build (whose draws may vary, e.g. the op
+    # costs are measured on freshly built ops only the first time in a process)
+    torch.manual_seed(cfg.seed + 7919 * ctx.rank)
     train = data.load_split(store, "train", cfg.train_limit, cfg.use_augmented)
     dev = data.load_split(store, store.dev_split)
     pad_id = model.config.pad_token_id
-    dev_loader = data.loader(dev, cfg.batch_size * 2, shuffle=False, pad_token_id=pad_id)
+    dev_lo, dev_hi = data.shard_bounds(len(dev), ctx.rank, ctx.world_size)
+    dev_loader = data.loader(
+        dev.subset(range(dev_lo, dev_hi)), cfg.batch_size * 2, False, pad_token_id=pad_id
+    )
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_linear_schedule_with_warmup(
@@ -120,16 +209,17 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
     history: list[dict[str, Any]] = []
     start_epoch, best = 0, None
     state_path = out / STATE
-    if cfg.resume and state_path.exists():
-        state = torch.load(state_path, weights_only=False)
+    state = load_checkpoint(state_path, cfg.resume, "training state")
+    if state is not None:
         model.load_state_dict(state["model"])
         if probes is not None:
             probes.load_state_dict(state["probes"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
+        restore_rng_state(state, cfg.seed)
         start_epoch, history, best = state["epoch"], state["history"], state["best"]
         log.info("resuming from %s after epoch %d", state_path, start_epoch)
+    del state
 
     tokenizer = store.tokenizer()
     main_metric = task.main_metric
@@ -137,13 +227,18 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
     model.train()
     for epoch in range(start_epoch, cfg.epochs):
         started = time.perf_counter()
-        sums = {"loss": 0.0, "task": 0.0, "kd": 0.0, "probe_kd": 0.0}
+        sums = dict.fromkeys(TERMS, 0.0)
+        batches = data.loader(
+            train, cfg.batch_size, True, cfg.seed * 100_003 + epoch, pad_id, 0, ctx.rank, ctx.world_size
+        )
         bar = tqdm(
-            data.loader(train, cfg.batch_size, True, cfg.seed * 100_003 + epoch, pad_id),
+            data.with_shares(batches),
+            total=len(batches),
             desc=f"train epoch {epoch + 1}/{cfg.epochs}",
             leave=False,
+            disable=not ctx.is_main,
         )
-        for batch in bar:
+        for batch, share in bar:
             outputs = model(
                 input_ids=batch["input_ids"],
                 attention_mask=batch["attention_mask"],
@@ -162,21 +257,26 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
                     probes(pooled), batch["probe_logits"], batch["labels"], regression, cfg.kd_temperature
                 )
                 loss = loss + cfg.probe_kd * terms["probe_kd"]
-            if not torch.isfinite(loss):
-                raise RuntimeError(
-                    f"training loss became {loss.item()} at epoch {epoch + 1}; the last good "
-                    f"state ({state_path}) is intact. Lower --lr and resume with --resume."
-                )
+            terms["loss"] = loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            # the global batch's gradient and loss terms, the same on every rank
+            stats = torch.tensor([terms[k].item() if k in terms else 0.0 for k in TERMS], dtype=torch.float64)
+            values = dict(zip(TERMS, distributed.reduce_gradients(params, share, stats).tolist()))
+            if not math.isfinite(values["loss"]):
+                raise DivergenceError(
+                    f"training loss became {values['loss']} at epoch {epoch + 1}; "
+                    + divergence_advice(state_path, epoch, "--lr")
+                )
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
             scheduler.step()
-            sums["loss"] += loss.item()
-            for key, value in terms.items():
-                sums[key] += value.item()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        logits, labels = predict_logits(model, dev_loader)
+            for key, value in values.items():
+                sums[key] += value
+            bar.set_postfix(loss=f"{values['loss']:.3f}")
+        # each rank scores its part of the dev rows (none when there are more ranks than rows)
+        mine = [predict_logits(model, dev_loader)] if len(dev_loader) else []
+        logits, labels = gather_predictions([x for x, _ in mine], [y for _, y in mine])
         metrics = compute_metrics(task, predictions_from_logits(task, logits), labels)
         n = max(1, steps_per_epoch)
         record = {
@@ -187,21 +287,29 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
         }
         history.append(record)
         log.info("epoch %d: loss %.4f dev %s", epoch + 1, record["loss"], metrics)
-        if best is None or metrics[main_metric] > best["dev"][main_metric]:
+        improved = best is None or metrics[main_metric] > best["dev"][main_metric]
+        if improved:
             best = record
-            save_pretrained_atomic(out, model, tokenizer)
-        state = {
-            "model": model.state_dict(),
-            "probes": probes.state_dict() if probes else None,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": torch.get_rng_state(),
-            "epoch": epoch + 1,
-            "history": history,
-            "best": best,
-            "config": to_dict(cfg),
-        }
-        atomic_save(state_path, lambda p, s=state: torch.save(s, p))
+        rng_states = gather_rng_states()
+        if ctx.is_main:
+            if improved:
+                save_pretrained_atomic(out, model, tokenizer)
+            state = {
+                "model": model.state_dict(),
+                "probes": probes.state_dict() if probes else None,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": rng_states[0],
+                "rng_per_rank": rng_states,
+                "world_size": ctx.world_size,
+                "epoch": epoch + 1,
+                "history": history,
+                "best": best,
+                "config": to_dict(cfg),
+            }
+            atomic_save(state_path, lambda p, s=state: torch.save(s, p))
+            del state
+        distributed.barrier()  # the epoch is over everywhere once its state is on disk
 
     if best is None:
         raise ValueError(f"{out}: nothing trained (epochs={cfg.epochs})")
@@ -219,5 +327,7 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
         "history": history,
         "seconds": time.perf_counter() - started_all,
     }
-    atomic_write_json(out / "metrics.json", result)
+    if ctx.is_main:
+        atomic_write_json(out / "metrics.json", result)
+    distributed.barrier()
     return result

@@ -202,7 +202,8 @@ def op_cost(name: str, channels: int, seq_len: int) -> OpCost:
     """Parameters and forward FLOPs of one instance, counted by torch's own FLOP counter."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    module = get_op(name).build(channels).eval()
+    with torch.random.fork_rng(devices=[]):  # building an op must not shift the caller's random stream
+        module = get_op(name).build(channels).eval()
     params = sum(p.numel() for p in module.parameters())
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
