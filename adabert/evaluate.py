@@ -452,7 +452,8 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _fmt(value: Any) -> str:
+def format_value(value: Any, digits: int = 4) -> str:
+    """A report cell: thousands separators for counts, fixed digits for floats, a dash for missing."""
     if value is None:
         return "—"
     if isinstance(value, bool):
@@ -460,16 +461,18 @@ def _fmt(value: Any) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.4f}"
+        return "nan" if math.isnan(value) else f"{value:.{digits}f}"
     return str(value)
 
 
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
+def format_bytes(n: float | None) -> str:
+    if n is None:
+        return "—"
+    for unit in ("B", "KB", "MB"):
+        if abs(n) < 1024:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
         n /= 1024
-    raise AssertionError("unreachable")
+    return f"{n:.2f} GB"
 
 
 def _fmt_flops(n: float) -> str:
@@ -503,7 +506,7 @@ def _metrics_section(metrics: Mapping[str, Any]) -> list[str]:
     keys: list[str] = []
     for values in per_model.values():
         keys += [k for k in values if k not in keys]
-    rows = [[name] + [_fmt(values.get(k)) for k in keys] for name, values in per_model.items()]
+    rows = [[name] + [format_value(values.get(k)) for k in keys] for name, values in per_model.items()]
     return ["## Task metrics and loyalty to the teacher", "", *_table(["model", *keys], rows), ""]
 
 
@@ -516,9 +519,9 @@ def _size_section(report: Mapping[str, Any], size: Mapping[str, Any]) -> list[st
     for name, s in per_model.items():
         row = [
             name,
-            _fmt(s.get("total")),
-            _fmt(s.get("non_embedding")),
-            _fmt_bytes(s["file_bytes"]) if s.get("file_bytes") is not None else "—",
+            format_value(s.get("total")),
+            format_value(s.get("non_embedding")),
+            format_bytes(s["file_bytes"]) if s.get("file_bytes") is not None else "—",
             _fmt_flops(s["flops_per_example"]) if s.get("flops_per_example") is not None else "—",
         ]
         for r in refs:
@@ -555,7 +558,7 @@ def render_report(report: Mapping[str, Any]) -> str:
     known = {"metrics", "size", "latency", "references"}
     lines = [f"# Evaluation report{': ' + str(report['task']) if 'task' in report else ''}", ""]
     scalars = [(k, v) for k, v in report.items() if k not in known and not isinstance(v, (Mapping, list))]
-    lines += [f"- {k}: {_fmt(v)}" for k, v in scalars]
+    lines += [f"- {k}: {format_value(v)}" for k, v in scalars]
     if scalars:
         lines.append("")
     if report.get("metrics"):

@@ -13,13 +13,13 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from adabert.evaluate import format_bytes, format_value
 from adabert.io import atomic_save, atomic_write_text
 
 FIGURES = "figures"
@@ -56,28 +56,6 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue  # a torn last line of an interrupted run
     return records
-
-
-def _num(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.{digits}f}"
-    return str(value)
-
-
-def _bytes(n: float | None) -> str:
-    if n is None:
-        return "—"
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return "—"
 
 
 def _count(n: float | None) -> str:
@@ -321,10 +299,10 @@ def _summary(run: RunFiles, points: list[ModelPoint], metric: str | None, batch:
     student, teacher = by_name.get("student"), by_name.get("teacher")
     if not student or not metric or metric not in student.metrics:
         return [Block("p", "No evaluation yet: the `eval` stage has not finished.")]
-    parts = [f"The student reaches dev {metric} {_num(student.metrics[metric])}"]
+    parts = [f"The student reaches dev {metric} {format_value(student.metrics[metric])}"]
     if teacher and isinstance(teacher.metrics.get(metric), (int, float)) and teacher.metrics[metric]:
         ratio = student.metrics[metric] / teacher.metrics[metric]
-        parts[0] += f" (teacher {_num(teacher.metrics[metric])}: {ratio:.1%} of it)"
+        parts[0] += f" (teacher {format_value(teacher.metrics[metric])}: {ratio:.1%} of it)"
     if "label_loyalty" in student.metrics:
         parts.append(
             f"it agrees with the teacher on {student.metrics['label_loyalty']:.1%} of the dev labels"
@@ -362,7 +340,7 @@ def _quality_table(run: RunFiles, points: list[ModelPoint]) -> list[Block]:
     for values in rows_by_name.values():
         keys += [k for k in values if k not in keys]
     order = sorted(rows_by_name, key=lambda n: (not n.startswith("teacher"), n.startswith("compressed"), n))
-    rows = [[name] + [_num(rows_by_name[name].get(k)) for k in keys] for name in order]
+    rows = [[name] + [format_value(rows_by_name[name].get(k)) for k in keys] for name in order]
     dev_rows = ev.get("dev_rows")
     title = "Task metrics and loyalty to the teacher" + (f" ({dev_rows:,} dev rows)" if dev_rows else "")
     return [Block("h2", title), Block("table", (["model", *keys], rows))]
@@ -384,10 +362,10 @@ def _speed_table(points: list[ModelPoint]) -> list[Block]:
             p.name + (" *" if p.note else ""),
             _count(p.size.get("total")),
             _count(p.size.get("non_embedding")),
-            _bytes(p.size.get("file_bytes")),
+            format_bytes(p.size.get("file_bytes")),
             _count(p.size.get("flops_per_example")),
         ]
-        row += [_num(_ms(p.latency.get(bs)), 2) for bs in batches]
+        row += [format_value(_ms(p.latency.get(bs)), 2) for bs in batches]
         for ref, own in (("teacher", "teacher"), ("bert-base", "BERT-base")):
             if p.name == own:
                 row.append("1x")
@@ -447,7 +425,7 @@ def _search_section(run: RunFiles, metric: str | None) -> list[Block]:
             Block(
                 "p",
                 f"{len(run.search_log)} search epoch(s); final temperature "
-                f"{_num(last.get('tau'), 3)}, derived depth {last.get('depth', '?')} cell(s).",
+                f"{format_value(last.get('tau'), 3)}, derived depth {last.get('depth', '?')} cell(s).",
             )
         )
     if curves:
@@ -506,9 +484,10 @@ def _export_section(run: RunFiles) -> list[Block]:
     if not ex:
         return blocks + [_missing("the export stage has not finished")]
     parity = ex.get("parity", {})
-    dev_diff, dummy_diff = _num(parity.get("dev_max_abs_diff"), 8), _num(parity.get("dummy_max_abs_diff"), 8)
+    dev_diff = format_value(parity.get("dev_max_abs_diff"), 8)
+    dummy_diff = format_value(parity.get("dummy_max_abs_diff"), 8)
     file_line = (
-        f"ONNX file `export/{ex.get('file', 'model.onnx')}` ({_bytes(ex.get('bytes'))}), exported from "
+        f"ONNX file `export/{ex.get('file', 'model.onnx')}` ({format_bytes(ex.get('bytes'))}), exported from "
         f"{SOURCES.get(ex.get('source'), ex.get('source', '?'))}, with its tokenizer and config beside it"
     )
     parity_line = (
@@ -532,8 +511,8 @@ def _stages_section(run: RunFiles) -> list[Block]:
             [
                 name,
                 str(entry.get("status", "done" if info else "—")),
-                _num(entry.get("seconds"), 1),
-                _num(info.get("seconds"), 1),
+                format_value(entry.get("seconds"), 1),
+                format_value(info.get("seconds"), 1),
                 str(info.get("finished", "—")),
                 str(info.get("config_hash", "—"))[:12],
             ]
