@@ -26,7 +26,7 @@ EPILOG = textwrap.dedent(
       adabert train            --genotype runs/sst2/search/genotype.json --store runs/sst2/store
       adabert evaluate         --model runs/sst2/student --store runs/sst2/store
       adabert compress         --model runs/sst2/student --store runs/sst2/store --methods svd,magnitude
-      adabert export           --model runs/sst2/student --format onnx
+      adabert export           --model runs/sst2/student --store runs/sst2/store --output-dir runs/sst2/export
     Or every stage in one run directory, skipping stages already done:
       adabert pipeline         --task sst2 --data-dir GLUE --run-dir runs/sst2
     Run 'adabert COMMAND --help' for a command's settings.
@@ -132,17 +132,14 @@ def _spaces(ns: argparse.Namespace) -> None:
 
 
 def _export(ns: argparse.Namespace) -> None:
-    from adabert.evaluate import dummy_batch, load_classifier
-    from adabert.export import check_parity, export_onnx, export_torchscript
+    from adabert.export import export_model
 
-    model = load_classifier(ns.model)
-    pair = bool(getattr(model.config, "pair", True))
-    suffix = "onnx" if ns.format == "onnx" else "pt"
-    output = ns.output or f"{ns.model.rstrip('/')}/model.{suffix}"
-    exporter = export_onnx if ns.format == "onnx" else export_torchscript
-    path = exporter(model, output, seq_len=ns.seq_len, pair=pair)
-    diff = check_parity(model, path, dummy_batch(model, 4, ns.seq_len, pair=pair), atol=ns.atol)
-    print(f"exported {path} (max |difference| vs PyTorch: {diff:.2e})")
+    out = ns.output_dir or ns.model
+    info = export_model(ns.model, out, ns.store, ns.format, ns.seq_len, ns.atol)
+    checked = ", ".join(
+        f"{k} {v:.2e}" if isinstance(v, float) else f"{k} {v}" for k, v in info["parity"].items()
+    )
+    print(f"exported {info['file']} to {out} (parity vs PyTorch: {checked})")
 
 
 PIPELINE_DESCRIPTION = """\
@@ -329,8 +326,13 @@ def build_parser() -> argparse.ArgumentParser:
         "task metrics, loyalty, size, FLOPs and latency against the teacher and BERT-base",
     )
 
-    _stage(commands, "compress", cfgmod.CompressConfig, _compress,
-           "prune / factorize a model (student or teacher) with distillation from the store")
+    _stage(
+        commands,
+        "compress",
+        cfgmod.CompressConfig,
+        _compress,
+        "prune / factorize a model (student or teacher) with distillation from the store",
+    )
 
     _add_pipeline(commands)
 
@@ -357,12 +359,18 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser(
         "export",
         help="export a model to ONNX or TorchScript",
-        description="Export a saved model and check its outputs against PyTorch.",
+        description="Export a saved model into a deployable folder (model file, tokenizer, config, "
+        "export.json), moved into place only once its outputs match PyTorch's.",
     )
     export.add_argument("--model", required=True, help="model directory (save_pretrained layout)")
     export.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
-    export.add_argument("--output", help="output file (default: MODEL/model.onnx or MODEL/model.pt)")
-    export.add_argument("--seq-len", type=int, default=128, help="example sequence length (default: 128)")
+    export.add_argument("--output-dir", help="output folder (default: the model directory)")
+    export.add_argument(
+        "--store", help="knowledge store: also check parity on 32 real dev rows; ships its tokenizer"
+    )
+    export.add_argument(
+        "--seq-len", type=int, help="example sequence length (default: the store's, else 128)"
+    )
     export.add_argument("--atol", type=float, default=1e-4, help="parity tolerance (default: 1e-4)")
     export.set_defaults(handler=_export)
     return parser

@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -224,3 +225,60 @@ def check_parity(
     """
     path = Path(exported_path)
     return _check(model, path, _kind(path), batch, atol)
+
+
+def export_model(
+    model_dir: str | Path,
+    out: str | Path,
+    store_dir: str | Path | None = None,
+    fmt: str = "onnx",
+    seq_len: int | None = None,
+    atol: float = 1e-4,
+) -> dict[str, Any]:
+    """Export a saved classifier into a deployable folder, checked against PyTorch.
+
+    ``out`` gets ``model.onnx`` (or ``model.pt``), moved into place only after its outputs matched
+    PyTorch within ``atol`` on a random padded batch and, given a knowledge store, on 32 real dev rows;
+    beside it the tokenizer (from the store), ``config.json`` and ``export.json`` with the figures.
+    """
+    from adabert.evaluate import load_classifier, pad_collate
+    from adabert.io import atomic_write_json, save_pretrained_atomic
+    from adabert.store import KnowledgeStore
+    from adabert.tasks import encode
+
+    model_dir, out = Path(model_dir), Path(out)
+    if fmt not in ("onnx", "torchscript"):
+        raise ExportError(f"unknown export format {fmt!r}: expected onnx or torchscript")
+    model = load_classifier(model_dir)
+    store = KnowledgeStore.open(store_dir) if store_dir is not None else None
+    pair = store.task.is_pair if store is not None else bool(getattr(model.config, "pair", True))
+    length = seq_len or (store.max_length if store is not None else 128)
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions:
+        length = min(length, positions)
+    exporter = export_onnx if fmt == "onnx" else export_torchscript
+    path = exporter(
+        model, out / ("model.onnx" if fmt == "onnx" else "model.pt"), seq_len=length, pair=pair, atol=atol
+    )
+    parity = {"dummy_max_abs_diff": check_parity(model, path, dummy_batch(model, 4, length, pair=pair), atol)}
+    to_save: list[Any] = [model.config]
+    if store is not None:
+        rows = store.rows(store.dev_split)
+        encoded = encode(rows.select(range(min(32, len(rows)))), store.tokenizer(), store.max_length)
+        columns = [c for c in MODEL_INPUTS if c in encoded.column_names]
+        batch = pad_collate([{c: encoded[c][i] for c in columns} for i in range(len(encoded))])
+        parity.update(dev_rows=len(encoded), dev_max_abs_diff=check_parity(model, path, batch, atol))
+        to_save.append(store.tokenizer())
+    save_pretrained_atomic(out, *to_save)
+    info = {
+        "file": path.name,
+        "bytes": path.stat().st_size,
+        "source": model_dir.name,
+        "model_dir": str(model_dir),
+        "format": fmt,
+        "seq_len": length,
+        "atol": atol,
+        "parity": parity,
+    }
+    atomic_write_json(out / "export.json", info)
+    return info

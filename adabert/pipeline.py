@@ -52,6 +52,7 @@ from adabert.config import (
     save_config,
     to_dict,
 )
+from adabert.export import export_model
 from adabert.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -328,7 +329,9 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
             (final.name, "store"),
             ex,
             {k: v for k, v in ex.items() if k not in ("model", "store")},
-            lambda resume: export_model(final, d["store"], d["export"], cfg.export_seq_len, cfg.export_atol),
+            lambda resume: export_model(
+                final, d["export"], d["store"], "onnx", cfg.export_seq_len, cfg.export_atol
+            ),
             keep=keep,
             outputs=("model.onnx", "export.json"),
         )
@@ -380,59 +383,6 @@ def _evaluate(ev: EvalConfig, compressed: EvalConfig | None) -> None:
     evaluate.run_evaluation(ev)
     if compressed is not None:
         evaluate.run_evaluation(compressed)
-
-
-def export_model(
-    model_dir: Path, store_dir: Path, out: Path, seq_len: int | None = None, atol: float = 1e-4
-) -> dict[str, Any]:
-    """ONNX export of a saved classifier with parity checks on dev rows and on a random batch.
-
-    ``out`` gets ``model.onnx`` (moved into place only after ONNX Runtime matched PyTorch), the
-    tokenizer and ``config.json`` (so the folder is deployable on its own) and ``export.json``.
-    """
-    from adabert.evaluate import MODEL_INPUTS, dummy_batch, load_classifier, pad_collate
-    from adabert.export import check_parity, export_onnx
-    from adabert.io import save_pretrained_atomic
-    from adabert.store import KnowledgeStore
-    from adabert.tasks import encode
-
-    store = KnowledgeStore.open(store_dir)
-    tokenizer = store.tokenizer()
-    model = load_classifier(model_dir)
-    pair = store.task.is_pair
-    length = seq_len or store.max_length
-    positions = getattr(model.config, "max_position_embeddings", None)
-    if positions:
-        length = min(length, positions)
-    path = export_onnx(model, out / "model.onnx", seq_len=length, pair=pair, atol=atol)
-    dummy_diff = check_parity(model, path, dummy_batch(model, 4, length, pair=pair), atol)
-    rows = store.rows(store.dev_split)
-    rows = rows.select(range(min(32, len(rows))))
-    encoded = encode(rows, tokenizer, store.max_length)
-    columns = [c for c in MODEL_INPUTS if c in encoded.column_names]
-    batch = pad_collate([{c: encoded[c][i] for c in columns} for i in range(len(encoded))])
-    dev_diff = check_parity(model, path, batch, atol)
-    save_pretrained_atomic(out, model.config, tokenizer)
-    info = {
-        "file": path.name,
-        "bytes": path.stat().st_size,
-        "source": model_dir.name,
-        "model_dir": str(model_dir),
-        "format": "onnx",
-        "seq_len": length,
-        "atol": atol,
-        "inputs": columns,
-        "parity": {"dev_rows": len(encoded), "dev_max_abs_diff": dev_diff, "dummy_max_abs_diff": dummy_diff},
-    }
-    atomic_write_json(out / "export.json", info)
-    log.info(
-        "exported %s (%d bytes; max |logit difference| vs PyTorch %.2e on %d dev rows)",
-        path,
-        info["bytes"],
-        dev_diff,
-        len(encoded),
-    )
-    return info
 
 
 # ------------------------------------------------------------------------------------------ running
