@@ -52,21 +52,31 @@ class StoreSplit(Dataset):
 
 
 def load_split(
-    store: KnowledgeStore, split: str, limit: int | None = None, with_augmented: bool = False
+    store: KnowledgeStore, split: str, limit: int | None = None, with_augmented: bool = False, seed: int = 0
 ) -> StoreSplit:
-    """Tokenize a stored split with the store's tokenizer; ``limit`` keeps its first rows."""
+    """Tokenize a stored split with the store's tokenizer, with its stored teacher outputs.
+
+    ``limit`` keeps a seeded random subset of the split's rows (in stored order), and then only the
+    augmented rows made from those rows, so a subset never leaks the other rows through augmentation.
+    """
     tokenizer = store.tokenizer()
-    parts = [split] + (["train_aug"] if with_augmented and "train_aug" in store.splits else [])
+    rows = store.rows(split)
+    keep = np.arange(len(rows))
+    if limit is not None and limit < len(rows):
+        keep = np.sort(np.random.default_rng(seed).choice(len(rows), size=limit, replace=False))
+    parts = [(split, keep)]
+    if with_augmented and "train_aug" in store.splits:
+        augmented = store.rows("train_aug")
+        sources = set(np.asarray(rows["idx"])[keep].tolist())
+        parts.append(("train_aug", np.flatnonzero([i in sources for i in augmented["idx"]])))
     columns: dict[str, list] = {key: [] for key in (*TEXT_KEYS, "labels")}
     teacher, probes = [], []
-    for part in parts:
-        rows = store.rows(part)
-        n = len(rows) if limit is None or part != split else min(limit, len(rows))
-        encoded = encode(rows.select(range(n)), tokenizer, store.max_length)
+    for part, index in parts:
+        encoded = encode(store.rows(part).select(index), tokenizer, store.max_length)
         for key in columns:
             columns[key].extend(encoded[key])
-        teacher.append(np.asarray(store.teacher_logits(part)[:n]))
-        probes.append(np.asarray(store.probe_logits(part)[:n]))
+        teacher.append(np.asarray(store.teacher_logits(part))[index])
+        probes.append(np.asarray(store.probe_logits(part))[index])
     return StoreSplit(columns, np.concatenate(teacher), np.concatenate(probes))
 
 

@@ -259,7 +259,7 @@ def run_search(cfg: SearchConfig) -> Genotype:
 
     torch.manual_seed(cfg.seed)
     regression = store.task.is_regression
-    train = data.load_split(store, "train", cfg.train_limit, cfg.use_augmented)
+    train = data.load_split(store, "train", cfg.train_limit, cfg.use_augmented, cfg.seed)
     dev = data.load_split(store, store.dev_split)
     order = np.random.default_rng(cfg.seed).permutation(len(train))
     n_arch = max(1, int(round(cfg.arch_fraction * len(train))))

@@ -194,7 +194,7 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
     # dropout: a stream of its own per rank, seeded after the build (whose draws may vary, e.g. the op
     # costs are measured on freshly built ops only the first time in a process)
     torch.manual_seed(cfg.seed + 7919 * ctx.rank)
-    train = data.load_split(store, "train", cfg.train_limit, cfg.use_augmented)
+    train = data.load_split(store, "train", cfg.train_limit, cfg.use_augmented, cfg.seed)
     dev = data.load_split(store, store.dev_split)
     pad_id = model.config.pad_token_id
     dev_lo, dev_hi = data.shard_bounds(len(dev), ctx.rank, ctx.world_size)

@@ -26,7 +26,7 @@ def row(run: Path, report_name: str) -> list[str]:
     loyalty = metrics["model"].get("label_loyalty")
     prob = metrics["model"].get("probability_loyalty")
     return [
-        report["task"],
+        f"{run.name} ({report['task']})" if run.name != report["task"] else run.name,
         f"{main} {teacher:.4f}",
         f"{student:.4f}",
         f"{student / teacher:.1%}",
@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--report", default="eval/report.json", help="report path inside each run")
     args = parser.parse_args()
     header = [
-        "task",
+        "run",
         "teacher (dev)",
         "student (dev)",
         "retention",

@@ -384,7 +384,7 @@ def compress(cfg: CompressConfig) -> dict[str, Any]:
     original.to(device)
     lr = cfg.lr if cfg.lr is not None else default_lr(model)
 
-    train = data.load_split(store, "train", cfg.train_limit, cfg.use_augmented)
+    train = data.load_split(store, "train", cfg.train_limit, cfg.use_augmented, cfg.seed)
     dev = data.load_split(store, store.dev_split)
     distiller = Distiller(model, train, cfg, task.is_regression, device, lr)
     log.info(
