@@ -98,6 +98,7 @@ class SearchConfig:
     beta_warmup_epochs: int = _f(
         5, "ramp beta linearly from 0 over this many epochs, so untrained convolutions are not pruned "
         "for their cost before they can show their use (0 = full beta from the start)")
+    arch_warmup_epochs: int = _f(0, "train only the network weights for the first N epochs (no arch steps)")
     tau_start: float = _f(1.0, "initial Gumbel-softmax temperature")
     tau_end: float = _f(0.2, "final Gumbel-softmax temperature")
     tau_anneal_fraction: float = _f(0.8, "fraction of steps over which the temperature is annealed")

@@ -329,10 +329,10 @@ def run_search(cfg: SearchConfig) -> Genotype:
         )
         for w_rows in bar:
             tau = temperature(cfg, step, total_steps)
-            for params, optimizer, (rows, share) in (
-                (weight_params, w_opt, w_rows),
-                (arch_params, a_opt, next(a_iter)),
-            ):
+            updates = [(weight_params, w_opt, w_rows)]
+            if epoch >= cfg.arch_warmup_epochs:  # judge ops only once their weights have trained
+                updates.append((arch_params, a_opt, next(a_iter)))
+            for params, optimizer, (rows, share) in updates:
                 loss, terms = search_loss(net, rows, net.sample(tau, sampler), cfg, beta, regression)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

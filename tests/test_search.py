@@ -202,3 +202,15 @@ def test_train_evaluate_export_from_a_searched_genotype(tiny_store, tmp_path):
     assert again["dev"] == result["dev"]
     with torch.no_grad():
         assert load_classifier(student_dir).config.num_labels == 2
+
+
+def test_arch_warmup_trains_weights_before_the_architecture(tiny_store, tmp_path):
+    def probabilities(name: str, warmup: int) -> list:
+        run_search(search_config(tiny_store, tmp_path / name, epochs=2, arch_warmup_epochs=warmup))
+        lines = (tmp_path / name / "search_log.jsonl").read_text().splitlines()
+        return [json.loads(line)["op_probabilities"] for line in lines]
+
+    frozen = probabilities("frozen", warmup=2)  # weights only, both epochs
+    assert frozen[0] == frozen[1]
+    warm = probabilities("warm", warmup=1)  # weights only in epoch 1, then architecture steps too
+    assert warm[0] == frozen[0] and warm[1] != warm[0]
