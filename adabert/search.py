@@ -130,9 +130,10 @@ def gather_predictions(logits: list[np.ndarray], labels: list[np.ndarray]) -> tu
     return np.concatenate(logits), np.concatenate(labels)
 
 
-def _check_resumable(cfg: SearchConfig, saved: dict[str, Any], path: Path) -> None:
+def check_resumable(cfg: Any, saved: dict[str, Any], path: Path, may_change: set[str]) -> None:
+    """Refuse to continue a run whose settings changed (other than ``may_change``) since its checkpoint."""
     current = to_dict(cfg)
-    changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
+    changed = sorted(k for k in current if k not in may_change and saved.get(k) != current[k])
     if changed:
         details = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
         raise ValueError(
@@ -291,7 +292,7 @@ def run_search(cfg: SearchConfig) -> Genotype:
     checkpoint_path = out / CHECKPOINT
     state = load_checkpoint(checkpoint_path, cfg.resume)
     if state is not None:
-        _check_resumable(cfg, state["config"], checkpoint_path)
+        check_resumable(cfg, state["config"], checkpoint_path, RESUMABLE_CHANGES)
         net.load_state_dict(state["model"])
         w_opt.load_state_dict(state["w_opt"])
         a_opt.load_state_dict(state["a_opt"])

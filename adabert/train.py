@@ -29,6 +29,7 @@ from adabert.io import atomic_save, atomic_write_json, save_pretrained_atomic
 from adabert.modules import ProbeHeads, masked_mean
 from adabert.search import (
     DivergenceError,
+    check_resumable,
     divergence_advice,
     gather_predictions,
     gather_rng_states,
@@ -43,6 +44,8 @@ from adabert.tasks import compute_metrics, predictions_from_logits
 log = logging.getLogger(__name__)
 
 STATE = "training_state.pt"
+# Settings that may change between an interrupted training run and its resumption.
+RESUMABLE_CHANGES = {"resume", "epochs", "output_dir", "store", "genotype", "supernet"}
 TERMS = ("loss", "task", "kd", "probe_kd")
 
 
@@ -211,6 +214,7 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
     state_path = out / STATE
     state = load_checkpoint(state_path, cfg.resume, "training state")
     if state is not None:
+        check_resumable(cfg, state["config"], state_path, RESUMABLE_CHANGES)
         model.load_state_dict(state["model"])
         if probes is not None:
             probes.load_state_dict(state["probes"])

@@ -200,6 +200,20 @@ def test_train_evaluate_export_from_a_searched_genotype(tiny_store, tmp_path):
         )
     )
     assert again["dev"] == result["dev"]
+    with pytest.raises(ValueError, match="cannot resume.*lr"):
+        train_student(
+            TrainConfig(
+                genotype=str(search_dir / "genotype.json"),
+                store=str(tiny_store),
+                output_dir=str(student_dir),
+                epochs=3,
+                batch_size=8,
+                probe_kd=0.5,
+                supernet=str(search_dir),
+                resume=True,
+                lr=0.5,
+            )
+        )
     with torch.no_grad():
         assert load_classifier(student_dir).config.num_labels == 2
 
