@@ -11,6 +11,7 @@ are missing says so instead of failing, so the report also works on a partial or
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import json
 import re
@@ -111,12 +112,11 @@ class RunFiles:
     @property
     def main_metric(self) -> str | None:
         if self.manifest and isinstance(self.manifest.get("task"), dict):
-            try:
-                from adabert.tasks import TaskSpec
+            from adabert.tasks import TaskSpec
 
+            # an older or hand-made manifest: fall back to the first metric below
+            with contextlib.suppress(Exception):
                 return TaskSpec.from_dict(self.manifest["task"]).main_metric
-            except Exception:  # an older or hand-made manifest: fall back to the first metric
-                pass
         metrics = (self.evaluation or {}).get("metrics", {}).get("model")
         if metrics:
             return next((k for k in metrics if k not in LOYALTY_KEYS), None)

@@ -104,3 +104,26 @@ def tiny_glue_dir(tmp_path: Path) -> Path:
             lines.append(f"{tiny_sentence(rng, bool(label))} \t{label}")
         (root / "SST-2" / f"{split}.tsv").write_text("\n".join(lines) + "\n")
     return root
+
+
+@pytest.fixture
+def tiny_store(tmp_path: Path, tiny_bert_dir: Path, tiny_glue_dir: Path) -> Path:
+    """A knowledge store from the tiny teacher fine-tuned for one epoch on the tiny SST-2 task."""
+    from adabert.config import FinetuneConfig, ProbeConfig
+    from adabert.teacher import finetune, probe
+
+    teacher = tmp_path / "teacher"
+    finetune(
+        FinetuneConfig(
+            task="sst2",
+            data_dir=str(tiny_glue_dir),
+            model=str(tiny_bert_dir),
+            output_dir=str(teacher),
+            epochs=1,
+            max_length=32,
+            batch_size=16,
+        )
+    )
+    store = tmp_path / "store"
+    probe(ProbeConfig(teacher=str(teacher), output_dir=str(store), epochs=2))
+    return store

@@ -30,10 +30,7 @@ from adabert.store import KnowledgeStore, StoreError
 from adabert.tasks import TASKS, TaskDataError, load_split
 
 sys.path.insert(0, str(Path(__file__).parent))
-import test_search  # noqa: E402
 from test_search import search_config  # noqa: E402
-
-tiny_store = test_search.tiny_store  # the fixture: a tiny teacher's knowledge store
 
 FAST = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -35,7 +35,7 @@ from adabert.compress import (
 )
 from adabert.compress.factorize import energy_kept
 from adabert.compress.pipeline import run_magnitude
-from adabert.config import STAGE_CONFIGS, CompressConfig, FinetuneConfig, ProbeConfig, from_dict
+from adabert.config import STAGE_CONFIGS, CompressConfig, from_dict
 from adabert.genotype import random_genotype
 from adabert.student import build_student
 from search_spaces import get_space
@@ -370,28 +370,6 @@ def test_methods_and_config():
 
 
 # ------------------------------------------------------------------------------------------- end to end
-@pytest.fixture
-def tiny_store(tmp_path: Path, tiny_bert_dir: Path, tiny_glue_dir: Path) -> Path:
-    from adabert.teacher import finetune, probe
-
-    teacher = tmp_path / "teacher"
-    finetune(
-        FinetuneConfig(
-            task="sst2",
-            data_dir=str(tiny_glue_dir),
-            model=str(tiny_bert_dir),
-            output_dir=str(teacher),
-            epochs=1,
-            max_length=32,
-            batch_size=16,
-            device="cpu",
-        )
-    )
-    store = tmp_path / "store"
-    probe(ProbeConfig(teacher=str(teacher), output_dir=str(store), epochs=1, device="cpu"))
-    return store
-
-
 def _settings(store: Path, out: Path, **overrides) -> CompressConfig:
     values = dict(
         store=str(store),

@@ -24,10 +24,7 @@ from adabert.search import run_search
 from search_spaces import get_space
 
 sys.path.insert(0, str(Path(__file__).parent))
-import test_search  # noqa: E402
 from test_search import search_config  # noqa: E402
-
-tiny_store = test_search.tiny_store  # the fixture: a tiny teacher's knowledge store
 
 
 def _free_port() -> int:

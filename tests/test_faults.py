@@ -19,10 +19,7 @@ from adabert.genotype import Genotype
 from adabert.search import DivergenceError, run_search
 
 sys.path.insert(0, str(Path(__file__).parent))
-import test_search  # noqa: E402
 from test_search import search_config  # noqa: E402
-
-tiny_store = test_search.tiny_store  # the fixture: a tiny teacher's knowledge store
 
 SETTINGS = dict(epochs=3, batch_size=4)
 

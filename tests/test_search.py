@@ -6,29 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from adabert.config import EvalConfig, FinetuneConfig, ProbeConfig, SearchConfig, TrainConfig
+from adabert.config import EvalConfig, SearchConfig, TrainConfig
 from adabert.genotype import Genotype
 from adabert.search import DivergenceError, run_search, temperature
-from adabert.teacher import finetune, probe
-
-
-@pytest.fixture
-def tiny_store(tmp_path: Path, tiny_bert_dir: Path, tiny_glue_dir: Path) -> Path:
-    teacher = tmp_path / "teacher"
-    finetune(
-        FinetuneConfig(
-            task="sst2",
-            data_dir=str(tiny_glue_dir),
-            model=str(tiny_bert_dir),
-            output_dir=str(teacher),
-            epochs=1,
-            max_length=32,
-            batch_size=16,
-        )
-    )
-    store = tmp_path / "store"
-    probe(ProbeConfig(teacher=str(teacher), output_dir=str(store), epochs=2))
-    return store
 
 
 def search_config(store: Path, out: Path, **overrides) -> SearchConfig:
