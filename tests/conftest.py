@@ -51,13 +51,11 @@ TINY_VOCAB = (
 )
 
 
-@pytest.fixture
-def tiny_bert_dir(tmp_path: Path) -> Path:
-    """A random 2-layer, 32-wide BertForSequenceClassification (2 labels) + its tokenizer, saved to disk."""
+def write_tiny_bert(out: Path) -> Path:
+    """A random 2-layer, 32-wide BERT classifier (2 labels) + its tokenizer, saved to ``out``."""
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
-    out = tmp_path / "tiny_bert"
-    out.mkdir()
+    out.mkdir(parents=True)
     vocab_file = out / "vocab.txt"
     vocab_file.write_text("\n".join(TINY_VOCAB) + "\n")
     tokenizer = BertTokenizerFast(vocab=str(vocab_file))
@@ -76,6 +74,11 @@ def tiny_bert_dir(tmp_path: Path) -> Path:
     return out
 
 
+@pytest.fixture
+def tiny_bert_dir(tmp_path: Path) -> Path:
+    return write_tiny_bert(tmp_path / "tiny_bert")
+
+
 def tiny_sentence(rng: random.Random, positive: bool) -> str:
     """A short sentence from the tiny vocabulary whose polarity words give away the label."""
     polar = POSITIVE_WORDS if positive else NEGATIVE_WORDS
@@ -91,19 +94,19 @@ def tiny_sentence(rng: random.Random, positive: bool) -> str:
     return " ".join(words + ["."])
 
 
-@pytest.fixture
-def tiny_glue_dir(tmp_path: Path) -> Path:
+def write_tiny_glue(root: Path) -> Path:
     """A GLUE root with SST-2/{train,dev}.tsv (release layout): 48 train and 16 dev rows, balanced."""
     rng = random.Random(0)
-    root = tmp_path / "glue"
     (root / "SST-2").mkdir(parents=True)
     for split, n in (("train", 48), ("dev", 16)):
-        lines = ["sentence\tlabel"]
-        for i in range(n):
-            label = i % 2
-            lines.append(f"{tiny_sentence(rng, bool(label))} \t{label}")
+        lines = ["sentence\tlabel"] + [f"{tiny_sentence(rng, bool(i % 2))} \t{i % 2}" for i in range(n)]
         (root / "SST-2" / f"{split}.tsv").write_text("\n".join(lines) + "\n")
     return root
+
+
+@pytest.fixture
+def tiny_glue_dir(tmp_path: Path) -> Path:
+    return write_tiny_glue(tmp_path / "glue")
 
 
 @pytest.fixture

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import base64
 import json
-import random
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_VOCAB, tiny_sentence
+from conftest import write_tiny_bert, write_tiny_glue
 
 import adabert.evaluate
 import adabert.pipeline
@@ -54,31 +53,7 @@ TINY_COMPRESS = {
 
 def _tiny_inputs(root: Path) -> dict[str, Path]:
     """The conftest tiny teacher and tiny SST-2, built once for the module."""
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
-
-    teacher = root / "tiny_bert"
-    teacher.mkdir()
-    (teacher / "vocab.txt").write_text("\n".join(TINY_VOCAB) + "\n")
-    tokenizer = BertTokenizerFast(vocab=str(teacher / "vocab.txt"))
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(TINY_VOCAB),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=64,
-        num_labels=2,
-    )
-    BertForSequenceClassification(config).save_pretrained(str(teacher))
-    tokenizer.save_pretrained(str(teacher))
-    rng = random.Random(0)
-    glue = root / "glue"
-    (glue / "SST-2").mkdir(parents=True)
-    for split, n in (("train", 48), ("dev", 16)):
-        lines = ["sentence\tlabel"] + [f"{tiny_sentence(rng, bool(i % 2))} \t{i % 2}" for i in range(n)]
-        (glue / "SST-2" / f"{split}.tsv").write_text("\n".join(lines) + "\n")
-    return {"model": teacher, "data_dir": glue}
+    return {"model": write_tiny_bert(root / "tiny_bert"), "data_dir": write_tiny_glue(root / "glue")}
 
 
 def tiny_config(inputs: dict[str, Path], run_dir: Path, **changes) -> PipelineConfig:
