@@ -6,7 +6,7 @@
     store/     probes + knowledge store
     search/    architecture search and the derived genotype
     student/   the student trained from the genotype (from the searched supernet's weights by default)
-    compress/  optional: the compressed student (only when enabled and ``adabert.compress`` provides it)
+    compress/  optional: the compressed student (only when enabled)
     eval/      metrics, loyalty, size and latency (``eval/compressed/`` for the compressed student)
     export/    ONNX model checked against PyTorch, with the tokenizer and config beside it
 
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import json
 import logging
 import shutil
@@ -40,6 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from adabert.compress import compress
 from adabert.config import (
     CompressConfig,
     ConfigError,
@@ -70,7 +70,7 @@ BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
         "probe": {"train_limit": 8000, "max_length": 64},  # only with --teacher (else: the teacher's)
         "search": {"epochs": 10, "train_limit": 4000},
         "train": {"epochs": 10},
-        "compress": {},
+        "compress": {"embeddings": True},  # a student's weights are nearly all its embedding table
         "evaluate": {"repeats": 10},
     },
     "paper": {
@@ -78,7 +78,7 @@ BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
         "probe": {"epochs": 3},
         "search": {"epochs": 50},
         "train": {"epochs": 30},
-        "compress": {},
+        "compress": {"embeddings": True},
         "evaluate": {"repeats": 20},
     },
     "custom": {},
@@ -148,17 +148,6 @@ def _settings(cfg: PipelineConfig, stage: str, drop: tuple[str, ...] = ()) -> di
 
 def _identity(config: Any, managed: tuple[str, ...]) -> dict[str, Any]:
     return {k: v for k, v in to_dict(config).items() if k not in managed}
-
-
-def compress_function() -> Callable[[CompressConfig], Any] | None:
-    """``adabert.compress.compress`` when that package provides it, else None."""
-    try:
-        module = importlib.import_module("adabert.compress")
-    except ImportError as err:
-        log.debug("adabert.compress cannot be imported: %s", err)
-        return None
-    fn = getattr(module, "compress", None)
-    return fn if callable(fn) else None
 
 
 def stage_dirs(run_dir: str | Path) -> dict[str, Path]:
@@ -263,17 +252,12 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
         )
     )
 
-    compress_fn = compress_function() if cfg.compress is not None else None
+    enabled = cfg.compress is not None
     co = CompressConfig(
         **_settings(cfg, "compress"),
         model=str(d["student"]),
         store=str(d["store"]),
         output_dir=str(d["compress"]),
-    )
-    why = (
-        "not enabled: set 'compress' in the config file, or pass --compress"
-        if cfg.compress is None
-        else "adabert.compress does not provide compress() in this installation"
     )
     stages.append(
         Stage(
@@ -281,14 +265,14 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
             ("student", "store"),
             to_dict(co),
             _identity(co, ("model", "store", "output_dir")),
-            _compress_runner(compress_fn, co),
-            enabled=compress_fn is not None,
-            why_disabled=why,
+            lambda resume: compress(co),
+            enabled=enabled,
+            why_disabled="not enabled: set 'compress' in the config file, or pass --compress",
             keep=keep,
             outputs=("config.json",),
         )
     )
-    final = d["compress"] if compress_fn is not None else d["student"]
+    final = d["compress"] if enabled else d["student"]
 
     ev = EvalConfig(
         **_settings(cfg, "evaluate"),
@@ -298,7 +282,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
         output_dir=str(d["eval"]),
     )
     ev_compressed = None
-    if compress_fn is not None:
+    if enabled:
         ev_compressed = dataclasses.replace(
             ev, model=str(d["compress"]), output_dir=str(d["eval"] / "compressed")
         )
@@ -364,15 +348,6 @@ def _runner(kind: str, stage_cfg: Any) -> Callable[[bool], Any]:
 
             return train.train_student(dataclasses.replace(stage_cfg, resume=resume))
         raise ValueError(f"unknown stage kind {kind!r}")
-
-    return run
-
-
-def _compress_runner(fn: Callable[[CompressConfig], Any] | None, co: CompressConfig) -> Callable[[bool], Any]:
-    def run(resume: bool) -> Any:
-        if fn is None:
-            raise RuntimeError("compress stage is not available")
-        return fn(co)
 
     return run
 

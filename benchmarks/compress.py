@@ -15,7 +15,8 @@ density, file size, FLOPs, latency) is printed and written to ``OUTPUT_DIR/resul
 
     python benchmarks/compress.py --model runs/sst2/student --store runs/sst2/store \\
         --output-dir runs/sst2/compress_bench [--runs block svd hybrid] [--kd-epochs 1] \\
-        [--retrain-epochs 1] [--train-limit N] [--batch-sizes 1 32] [--seq-len 128] [--threads N]
+        [--retrain-epochs 1] [--train-limit N] [--embeddings] [--exclude REGEX] [--batch-sizes 1 32]
+        [--seq-len 128] [--threads N]
 """
 
 from __future__ import annotations
@@ -55,9 +56,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rank-ratio", type=float, default=0.5, help="SVD rank fraction (default: 0.5)")
     parser.add_argument("--block-size", type=int, nargs=2, default=(0, 0), help="block rows cols (0 = all)")
     parser.add_argument("--group", choices=["row", "col"], default="row")
+    parser.add_argument(
+        "--lasso-lambda", type=float, default=CompressConfig.lasso_lambda, help="group-lasso weight (block)"
+    )
     parser.add_argument("--kd-epochs", type=float, default=1.0, help="KD epochs per method (default: 1)")
     parser.add_argument("--retrain-epochs", type=float, default=1.0, help="fixed-mask KD epochs (default: 1)")
-    parser.add_argument("--prune-rounds", type=int, default=10, help="magnitude rounds (default: 10)")
+    parser.add_argument("--prune-rounds", type=int, default=10, help="pruning rounds (default: 10)")
+    parser.add_argument(
+        "--exclude",
+        default=CompressConfig.exclude,
+        help="regex of module names left alone, e.g. to block-prune only feed-forward neurons: "
+        r"'(classifier|pooler|attention|output\.dense)' (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--embeddings", action="store_true", help="compress the embedding tables too (an AdaBERT student)"
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="training batch size (default: 32)")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: per model kind)")
     parser.add_argument("--train-limit", type=int, default=None, help="first N training rows only")
@@ -80,9 +93,12 @@ def run_config(args: argparse.Namespace, run: str) -> CompressConfig:
         rank_ratio=args.rank_ratio,
         block_size=tuple(args.block_size),
         group=args.group,
+        lasso_lambda=args.lasso_lambda,
         kd_epochs=args.kd_epochs,
         retrain_epochs=args.retrain_epochs,
         prune_rounds=args.prune_rounds,
+        exclude=args.exclude,
+        embeddings=args.embeddings,
         batch_size=args.batch_size,
         lr=args.lr,
         train_limit=args.train_limit,

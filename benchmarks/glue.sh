@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # One task end to end with the default teacher, each stage timed, into runs/<task>/:
 #   bash benchmarks/glue.sh TASK [STAGE ...]
-# STAGE is any of: teacher probe search train evaluate (default: all, in that order).
+# STAGE is any of: teacher probe search train evaluate compress (default: all but compress, in that
+# order). compress: the student compressed further (COMPRESS_ARGS, default: SVD at half rank then
+# magnitude pruning to 50%, embedding table included) into $RUN/compressed/model, evaluated like the
+# student into $RUN/compressed/eval.
 # Settings come from the environment so the figures in RESULTS.md can be reproduced exactly:
 #   GLUE (../shared/data/glue), TRAIN_LIMIT (8000), MAX_LENGTH (64 for sst2, 128 otherwise),
 #   TEACHER_EPOCHS (3), SEARCH_EPOCHS (10), SEARCH_LIMIT (all stored rows), STUDENT_EPOCHS (10),
@@ -44,6 +47,12 @@ for stage in $stages; do
       --supernet "$RUN/search" --output-dir "$RUN/student" --epochs "${STUDENT_EPOCHS:-10}" ${TRAIN_ARGS:-} ;;
   evaluate)
     timed evaluate adabert evaluate --model "$RUN/student" --store "$RUN/store" --output-dir "$RUN/eval" ;;
+  compress)
+    # shellcheck disable=SC2086
+    timed compress adabert compress --model "$RUN/student" --store "$RUN/store" \
+      --output-dir "$RUN/compressed/model" ${COMPRESS_ARGS:---methods svd,magnitude --embeddings}
+    timed evaluate_compressed adabert evaluate --model "$RUN/compressed/model" --store "$RUN/store" \
+      --output-dir "$RUN/compressed/eval" ;;
   *)
     echo "unknown stage $stage" >&2
     exit 2 ;;

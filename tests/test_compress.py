@@ -19,6 +19,7 @@ from adabert.compress import (
     compressible_layers,
     current_masks,
     factorize_conv1d,
+    factorize_embedding,
     factorize_linear,
     factorize_model,
     group_lasso_penalty,
@@ -34,7 +35,7 @@ from adabert.compress import (
     wrap,
 )
 from adabert.compress.factorize import energy_kept
-from adabert.compress.pipeline import run_magnitude
+from adabert.compress.pipeline import run_block, run_magnitude
 from adabert.config import STAGE_CONFIGS, CompressConfig, from_dict
 from adabert.genotype import random_genotype
 from adabert.student import build_student
@@ -206,6 +207,31 @@ def test_lower_ranks_keep_at_least_the_requested_energy(energy):
     assert float(error) <= 1 - energy + 1e-5
 
 
+def test_factorized_embedding_is_exact_at_full_rank_and_keeps_the_requested_energy():
+    torch.manual_seed(0)
+    table = nn.Embedding(50, 12, padding_idx=0)
+    ids = torch.randint(0, 50, (3, 7))
+    full = factorize_embedding(table, 12)
+    assert torch.allclose(full(ids), table(ids), atol=1e-5)
+    assert full.padding_idx == 0 and full.first.padding_idx == 0
+    s = torch.linalg.svdvals(table.weight.detach())
+    rank = rank_for_energy(s, 0.8)
+    low = factorize_embedding(table, rank)
+    error = (low.weight - table.weight).detach().norm() ** 2 / table.weight.detach().norm() ** 2
+    assert float(error) <= 0.2 + 1e-5
+    assert sum(p.numel() for p in low.parameters()) == rank * (50 + 12)
+
+
+def test_embeddings_are_compressed_only_when_asked():
+    model = nn.Sequential(nn.Embedding(100, 16), nn.Linear(16, 16))
+    assert [n for n, _ in compressible_layers(model)] == ["1"]
+    assert [n for n, _ in compressible_layers(model, embeddings=True)] == ["0", "1"]
+    stats = factorize_model(model, rank_ratio=0.5, embeddings=True)
+    assert stats["0"]["factorized"] and model[0].rank == 8
+    # the factor halves are what pruning sees afterwards, the table's first half included
+    assert {"0.first", "0.second"} <= {n for n, _ in compressible_layers(model, embeddings=True)}
+
+
 def test_factorize_model_skips_layers_that_would_not_shrink():
     model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 64), nn.Conv1d(4, 4, 3, groups=2))
     stats = factorize_model(model, rank_ratio=0.5)
@@ -360,6 +386,25 @@ def test_iterative_magnitude_pruning_follows_the_schedule():
     assert [r["keep"] for r in stats["rounds"]] == pytest.approx(keep_schedule(0.8, 5))
 
 
+def test_block_pruning_cuts_whole_groups_in_rounds_under_the_group_lasso():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 30), nn.Linear(30, 10))
+    cfg = CompressConfig(
+        target_sparsity=0.5, prune_rounds=4, kd_epochs=1.0, retrain_epochs=0.5, exclude="", block_size=(0, 5)
+    )
+    distiller = RecordingDistiller(model)
+    stats = run_block(model, cfg, distiller)
+    rounds = [seen for desc, seen in distiller.seen if desc.startswith("block round")]
+    assert len(rounds) == 4 and distiller.seen[-1][0] == "block: retrain"
+    sparsities = [seen["0"] for seen in rounds]
+    assert sparsities == sorted(sparsities) and sparsities[-1] == pytest.approx(0.5, abs=0.05)
+    assert [r["keep"] for r in stats["rounds"]] == pytest.approx(keep_schedule(0.5, 4))
+    for _, module in distiller._layers():  # every pruned weight lies in a fully pruned row segment of 5
+        zero = (module.weight == 0).reshape(module.weight.shape[0], -1, 5)
+        assert bool((zero.all(-1) | ~zero.any(-1)).all())
+    assert stats["density"] == pytest.approx(0.5, abs=0.05)
+
+
 def test_methods_and_config():
     assert parse_methods("svd, block") == ["svd", "block"]
     with pytest.raises(ValueError, match="unknown"):
@@ -436,3 +481,12 @@ def test_compress_end_to_end_teacher_and_student(tiny_store, tmp_path):
     assert reloaded.config.base["model_type"] == "adabert-student"
     stats = sparsity_stats(reloaded.model, exclude=r"(^|\.)head(\.|$)")
     assert stats["density"] == pytest.approx(0.4, abs=0.01)
+
+    # the embedding table too (most of a student's weights): ALBERT-style factorized embeddings
+    out = tmp_path / "student_embeddings"
+    report = compress(_settings(tiny_store, out, model=str(student_dir), methods="svd", embeddings=True))
+    word = "embeddings.word"
+    assert report["compression"]["methods"][0]["layers"][word]["factorized"]
+    reloaded = AutoModelForSequenceClassification.from_pretrained(out)
+    assert reloaded.config.compression["modules"][word]["type"] == "factorized_embedding"
+    assert report["size"]["compressed"]["total"] < 0.7 * report["size"]["original"]["total"]

@@ -4,7 +4,7 @@ Layered like Torch-Pruning; every layer is usable alone:
 
 - functions on one weight or layer (``prune``: ``magnitude_masks``, ``block_groups``, ``block_masks``,
   ``group_lasso_penalty``, ``reweight``, ``keep_schedule``; ``factorize``: ``rank_for_energy``,
-  ``factorize_linear``, ``factorize_conv1d``),
+  ``factorize_linear``, ``factorize_conv1d``, ``factorize_embedding``),
 - functions on a model (``apply_masks``, ``make_permanent``, ``sparsity_stats``, ``GroupLasso``,
   ``factorize_model``, ``shrink_model``; ``wrap`` / ``compression_spec`` for saving and reloading at
   the smaller size through ``AutoModelForSequenceClassification``),
@@ -14,10 +14,12 @@ Layered like Torch-Pruning; every layer is usable alone:
 
 from adabert.compress.factorize import (
     FactorizedConv1d,
+    FactorizedEmbedding,
     FactorizedLinear,
     choose_rank,
     compressible_layers,
     factorize_conv1d,
+    factorize_embedding,
     factorize_linear,
     factorize_model,
     rank_for_energy,
@@ -61,6 +63,7 @@ __all__ = [
     "AdaBertCompressedForSequenceClassification",
     "Distiller",
     "FactorizedConv1d",
+    "FactorizedEmbedding",
     "FactorizedLinear",
     "GroupLasso",
     "apply_masks",
@@ -73,6 +76,7 @@ __all__ = [
     "compression_spec",
     "current_masks",
     "factorize_conv1d",
+    "factorize_embedding",
     "factorize_linear",
     "factorize_model",
     "group_lasso_penalty",

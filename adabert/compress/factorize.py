@@ -3,6 +3,8 @@
 ``W ≈ (U_r Σ_r^½)(Σ_r^½ V_rᵀ)``: the right factor becomes the first layer (no bias), the left factor
 the second (with the original bias). A ``Conv1d [out, in, k]`` is factored as the ``[out, in·k]``
 matrix: ``Conv1d(in, r, k)`` (same stride, padding, dilation, no bias) then ``Conv1d(r, out, 1)``.
+An embedding table ``E [vocab, dim]`` becomes ``Embedding(vocab, r)`` then ``Linear(r, dim)`` (no
+bias), ALBERT's factorized embedding: for an AdaBERT student the table is nearly all its weights.
 Each factorized layer holds two real modules, so the parameter count (and the work) really drops;
 a layer is left alone when its factorized form would not be strictly smaller.
 
@@ -117,7 +119,45 @@ class FactorizedConv1d(nn.Module):
         return f"in_channels={self.in_channels}, rank={self.rank}, out_channels={self.out_channels}"
 
 
-FACTORIZED = (FactorizedLinear, FactorizedConv1d)
+class FactorizedEmbedding(nn.Module):
+    """``ids -> second(first(ids))``: ``first = Embedding(vocab, rank)``, ``second = Linear(rank, dim)``."""
+
+    def __init__(
+        self, num_embeddings: int, rank: int, embedding_dim: int, padding_idx: int | None = None
+    ) -> None:
+        super().__init__()
+        self.first = nn.Embedding(num_embeddings, rank, padding_idx=padding_idx)
+        self.second = nn.Linear(rank, embedding_dim, bias=False)
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.first.num_embeddings
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.second.out_features
+
+    @property
+    def padding_idx(self) -> int | None:
+        return self.first.padding_idx
+
+    @property
+    def rank(self) -> int:
+        return self.first.embedding_dim
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense ``[vocab, dim]`` table (for inspection; the forward never builds it)."""
+        return self.first.weight @ self.second.weight.T
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.second(self.first(ids))
+
+    def extra_repr(self) -> str:
+        return f"num_embeddings={self.num_embeddings}, rank={self.rank}, embedding_dim={self.embedding_dim}"
+
+
+FACTORIZED = (FactorizedLinear, FactorizedConv1d, FactorizedEmbedding)
 
 
 # ------------------------------------------------------------------------------------------- functions
@@ -215,6 +255,26 @@ def factorize_conv1d(layer: nn.Conv1d, rank: int) -> FactorizedConv1d:
     return new
 
 
+def factorize_embedding(layer: nn.Embedding, rank: int) -> FactorizedEmbedding:
+    """The rank-``rank`` pair of an embedding table: ``first.weight = U_r Σ^½``, ``second = Σ^½ V_rᵀ``."""
+    left, right, _ = svd_factors(layer.weight, rank)
+    new = FactorizedEmbedding(layer.num_embeddings, rank, layer.embedding_dim, layer.padding_idx)
+    new.to(device=layer.weight.device, dtype=layer.weight.dtype)
+    with torch.no_grad():
+        new.first.weight.copy_(left)
+        new.second.weight.copy_(right.T)
+    return new
+
+
+def factorize_layer(layer: nn.Module, rank: int) -> nn.Module:
+    """The truncated-SVD pair of a ``Linear``, ``Conv1d`` or ``Embedding``."""
+    if isinstance(layer, nn.Linear):
+        return factorize_linear(layer, rank)
+    if isinstance(layer, nn.Conv1d):
+        return factorize_conv1d(layer, rank)
+    return factorize_embedding(layer, rank)
+
+
 # ---------------------------------------------------------------------------------------------- models
 def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     """Replace the submodule at dotted path ``name``."""
@@ -224,16 +284,17 @@ def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def compressible_layers(
-    model: nn.Module, exclude: str | None = None, include_factors: bool = True
+    model: nn.Module, exclude: str | None = None, include_factors: bool = True, embeddings: bool = False
 ) -> Iterator[tuple[str, nn.Module]]:
     """``(name, layer)`` for every ``nn.Linear`` / ``nn.Conv1d`` not matched by the ``exclude`` regex.
 
     With ``include_factors`` the two halves of factorized layers are listed too (``name.first`` ...);
-    they are what pruning works on after a factorization.
+    they are what pruning works on after a factorization. ``embeddings`` adds ``nn.Embedding`` tables.
     """
     pattern = re.compile(exclude) if exclude else None
+    kinds = (nn.Linear, nn.Conv1d, nn.Embedding) if embeddings else (nn.Linear, nn.Conv1d)
     for name, module in model.named_modules():
-        if not isinstance(module, (nn.Linear, nn.Conv1d)):
+        if not isinstance(module, kinds):
             continue
         if pattern is not None and pattern.search(name):
             continue
@@ -248,15 +309,17 @@ def factorize_model(
     rank_ratio: float | None = 0.5,
     energy: float | None = None,
     exclude: str | None = None,
+    embeddings: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """Replace every eligible ``Linear`` / ``Conv1d`` by its truncated-SVD pair, in place.
+    """Replace every eligible ``Linear`` / ``Conv1d`` (and ``Embedding``) by its truncated-SVD pair.
 
     The rank is chosen per layer (``energy`` of the spectrum kept when given, else ``rank_ratio`` of
     the full rank); a layer is skipped when its factorized form would not be strictly smaller, when
     it is a grouped convolution, or when it is already a factor. Returns per-layer stats.
     """
     stats: dict[str, dict[str, Any]] = {}
-    for name, layer in list(compressible_layers(model, exclude, include_factors=False)):
+    layers = list(compressible_layers(model, exclude, include_factors=False, embeddings=embeddings))
+    for name, layer in layers:
         if isinstance(layer, nn.Conv1d) and layer.groups != 1:
             stats[name] = {"factorized": False, "reason": "grouped convolution"}
             continue
@@ -273,8 +336,7 @@ def factorize_model(
         if not factorized_is_smaller(out_dim, in_dim, rank):
             stats[name] = {**entry, "factorized": False, "reason": "factorized form would not be smaller"}
             continue
-        new = factorize_linear(layer, rank) if isinstance(layer, nn.Linear) else factorize_conv1d(layer, rank)
-        set_submodule(model, name, new)
+        set_submodule(model, name, factorize_layer(layer, rank))
         stats[name] = {
             **entry,
             "factorized": True,

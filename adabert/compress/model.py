@@ -37,7 +37,7 @@ from transformers import (
 )
 
 import adabert.student  # noqa: F401  (registers the student, which may be the base of a compressed model)
-from adabert.compress.factorize import FactorizedConv1d, FactorizedLinear, set_submodule
+from adabert.compress.factorize import FactorizedConv1d, FactorizedEmbedding, FactorizedLinear, set_submodule
 
 SPEC_VERSION = 1
 
@@ -120,6 +120,25 @@ MODULE_KINDS: dict[str, ModuleKind] = {
             bias=s["bias"],
             padding_mode=s["padding_mode"],
         ),
+    ),
+    "embedding": ModuleKind(
+        nn.Embedding,
+        lambda m: {
+            "num_embeddings": m.num_embeddings,
+            "embedding_dim": m.embedding_dim,
+            "padding_idx": m.padding_idx,
+        },
+        lambda s: nn.Embedding(s["num_embeddings"], s["embedding_dim"], padding_idx=s["padding_idx"]),
+    ),
+    "factorized_embedding": ModuleKind(
+        FactorizedEmbedding,
+        lambda m: {
+            "num_embeddings": m.num_embeddings,
+            "rank": m.rank,
+            "embedding_dim": m.embedding_dim,
+            "padding_idx": m.padding_idx,
+        },
+        lambda s: FactorizedEmbedding(s["num_embeddings"], s["rank"], s["embedding_dim"], s["padding_idx"]),
     ),
 }
 

@@ -8,9 +8,12 @@ the stored teacher logits (``(1 - gamma) task + gamma KD``, as in ``adabert trai
 - ``magnitude``: iterative unstructured pruning, ``prune_rounds`` rounds with the kept fraction
   ``keep_t = (1 - target_sparsity)^(t/T)``, KD between the rounds (``kd_epochs`` in all), then
   ``retrain_epochs`` with the masks fixed (LadaBERT; after ``svd`` it prunes the factors).
-- ``block``: ``kd_epochs`` with ``loss + λ Σ γ_g ||W_g||²_F`` (γ refreshed every ``reweight_every``
-  steps), hard pruning of the smallest row / column groups of each block to ``target_sparsity``,
-  then ``retrain_epochs`` with the masks fixed (Li et al. 2020).
+- ``block``: the same rounds, cutting the smallest row / column groups of each block, with KD on
+  ``loss + λ Σ γ_g ||W_g||²_F`` (γ refreshed every ``reweight_every`` steps and after each cut),
+  then ``retrain_epochs`` with the masks fixed (Li et al. 2020; ``prune_rounds = 1``: their one cut).
+
+With ``embeddings`` the embedding tables are compressed too (an AdaBERT student is mostly its table):
+SVD makes ALBERT-style factorized embeddings, pruning prunes the table (block row groups = tokens).
 
 Masks stay active across later methods, so nothing pruned comes back. At the end the masks are
 baked in, rows / columns / ranks that ended up all zero are physically removed (exactly: the outputs
@@ -181,7 +184,7 @@ class Distiller:
 
 # ----------------------------------------------------------------------------------------------- methods
 def _prunable(model: nn.Module, cfg: CompressConfig) -> list[str]:
-    return [name for name, _ in compressible_layers(model, cfg.exclude)]
+    return [name for name, _ in compressible_layers(model, cfg.exclude, embeddings=cfg.embeddings)]
 
 
 def _density(model: nn.Module, names: list[str]) -> dict[str, Any]:
@@ -203,7 +206,7 @@ def run_svd(model: nn.Module, cfg: CompressConfig, distiller: Distiller) -> dict
             len(masked),
         )
         prune.make_permanent(inner)
-    layers = factorize_model(inner, cfg.rank_ratio, cfg.energy, cfg.exclude)
+    layers = factorize_model(inner, cfg.rank_ratio, cfg.energy, cfg.exclude, cfg.embeddings)
     if masked:  # layers that were not factorized keep their masks
         prune.apply_masks(inner, {n: m for n, m in masked.items() if _has_weight(inner, n)})
     model.to(distiller.device)
@@ -223,28 +226,50 @@ def _has_weight(model: nn.Module, name: str) -> bool:
         module = model.get_submodule(name)
     except AttributeError:
         return False
-    return isinstance(module, (nn.Linear, nn.Conv1d))
+    return isinstance(module, (nn.Linear, nn.Conv1d, nn.Embedding))
 
 
-def run_magnitude(model: nn.Module, cfg: CompressConfig, distiller: Distiller) -> dict[str, Any]:
-    """Iterative magnitude pruning: T rounds to ``keep_t = keep^(t/T)``, KD between rounds, then retrain."""
-    inner = unwrap(model)
-    names = _prunable(inner, cfg)
+def prune_gradually(
+    model: nn.Module,
+    cfg: CompressConfig,
+    distiller: Distiller,
+    method: str,
+    masks_at: Callable[[float], dict[str, torch.Tensor]],
+    penalty: Callable[[], torch.Tensor] | None = None,
+    before_step: Callable[[int], None] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """T rounds of "prune to ``keep_t = keep^(t/T)``, then KD" (``kd_epochs`` in all), then retraining.
+
+    Removing a little at a time with KD in between loses far less than one cut at the target
+    (LadaBERT; Zhu & Gupta); ``prune_rounds = 1`` is the one-shot cut. Masks only ever grow.
+    """
     schedule = prune.keep_schedule(cfg.target_sparsity, cfg.prune_rounds)
     total = distiller.steps(cfg.kd_epochs)
     bounds = [round(total * t / len(schedule)) for t in range(len(schedule) + 1)]
     rounds = []
     for t, keep in enumerate(schedule, 1):
-        masks = {n: prune.magnitude_masks(inner.get_submodule(n).weight, 1.0 - keep) for n in names}
-        prune.apply_masks(inner, masks)
-        training = distiller.run(bounds[t] - bounds[t - 1], f"magnitude round {t}/{len(schedule)}")
+        prune.apply_masks(unwrap(model), masks_at(1.0 - keep))
+        desc = f"{method} round {t}/{len(schedule)}"
+        training = distiller.run(bounds[t] - bounds[t - 1], desc, penalty, before_step)
         rounds.append({"round": t, "keep": keep, **training})
-        log.info("magnitude round %d/%d: keep %.4f, loss %s", t, len(schedule), keep, training.get("loss"))
-    retrain = distiller.run(distiller.steps(cfg.retrain_epochs), "magnitude: retrain")
+        log.info("%s: keep %.4f, loss %s", desc, keep, training.get("loss"))
+    retrain = distiller.run(distiller.steps(cfg.retrain_epochs), f"{method}: retrain")
+    return rounds, retrain
+
+
+def run_magnitude(model: nn.Module, cfg: CompressConfig, distiller: Distiller) -> dict[str, Any]:
+    """Iterative unstructured magnitude pruning with KD between the rounds (LadaBERT)."""
+    inner = unwrap(model)
+    names = _prunable(inner, cfg)
+
+    def masks_at(sparsity: float) -> dict[str, torch.Tensor]:
+        return {n: prune.magnitude_masks(inner.get_submodule(n).weight, sparsity) for n in names}
+
+    rounds, retrain = prune_gradually(model, cfg, distiller, "magnitude", masks_at)
     return {
         "method": "magnitude",
         "target_sparsity": cfg.target_sparsity,
-        "schedule": schedule,
+        "schedule": [r["keep"] for r in rounds],
         "rounds": rounds,
         "retrain": retrain,
         **_density(inner, names),
@@ -252,7 +277,7 @@ def run_magnitude(model: nn.Module, cfg: CompressConfig, distiller: Distiller) -
 
 
 def run_block(model: nn.Module, cfg: CompressConfig, distiller: Distiller) -> dict[str, Any]:
-    """Reweighted group lasso training, hard block pruning to the target, retraining with fixed masks."""
+    """Block pruning (Li et al.): KD with the reweighted group lasso, the smallest groups cut in rounds."""
     inner = unwrap(model)
     names = _prunable(inner, cfg)
     lasso = prune.GroupLasso(inner, names, cfg.block_size, cfg.group, cfg.lasso_lambda, cfg.lasso_eps)
@@ -261,16 +286,19 @@ def run_block(model: nn.Module, cfg: CompressConfig, distiller: Distiller) -> di
         if step and step % cfg.reweight_every == 0:
             lasso.reweight()
 
-    training = distiller.run(distiller.steps(cfg.kd_epochs), "block: group lasso", lasso.penalty, before_step)
-    prune.apply_masks(inner, lasso.masks(cfg.target_sparsity))
-    retrain = distiller.run(distiller.steps(cfg.retrain_epochs), "block: retrain")
+    def masks_at(sparsity: float) -> dict[str, torch.Tensor]:
+        masks = lasso.masks(sparsity)
+        lasso.reweight()  # the pruned groups' weights are zero now: rebalance before training on
+        return masks
+
+    rounds, retrain = prune_gradually(model, cfg, distiller, "block", masks_at, lasso.penalty, before_step)
     return {
         "method": "block",
         "target_sparsity": cfg.target_sparsity,
         "block_size": list(cfg.block_size),
         "group": cfg.group,
         "lasso_lambda": cfg.lasso_lambda,
-        "training": training,
+        "rounds": rounds,
         "retrain": retrain,
         **_density(inner, names),
     }
@@ -435,7 +463,7 @@ def compress(cfg: CompressConfig) -> dict[str, Any]:
 
     pair = task.is_pair
     metrics = _dev_metrics(store, {"compressed": reloaded, "original": original}, cfg.batch_size * 2, device)
-    sparsity = prune.sparsity_stats(unwrap(reloaded))
+    sparsity = prune.sparsity_stats(unwrap(reloaded), exclude=cfg.exclude, embeddings=cfg.embeddings)
     size = {
         "compressed": _size(reloaded, out, cfg.seq_len, pair),
         "original": _size(original, cfg.model, cfg.seq_len, pair),
@@ -518,7 +546,7 @@ def compression_markdown(report: dict[str, Any]) -> str:
         else:
             result = f"density {m['density']:.4f}"
         training = m.get("training") or {}
-        if m["method"] == "magnitude":
+        if "rounds" in m:
             training = {"steps": sum(r.get("steps", 0) for r in m["rounds"])}
         retrain = m.get("retrain") or {}
         seconds = f"{m['seconds']:.1f}"

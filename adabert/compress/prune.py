@@ -31,8 +31,7 @@ from torch.nn.utils import parametrize
 
 from adabert.compress.factorize import (
     FACTORIZED,
-    FactorizedConv1d,
-    FactorizedLinear,
+    FactorizedEmbedding,
     compressible_layers,
     matrix_view,
     set_submodule,
@@ -248,14 +247,16 @@ def layer_stats(weight: torch.Tensor) -> dict[str, Any]:
     }
 
 
-def sparsity_stats(model: nn.Module, names: Iterable[str] | None = None, exclude: str | None = None) -> dict:
-    """Per-layer stats of every ``Linear`` / ``Conv1d`` weight (or of ``names``), plus totals.
+def sparsity_stats(
+    model: nn.Module, names: Iterable[str] | None = None, exclude: str | None = None, embeddings: bool = False
+) -> dict:
+    """Per-layer stats of every ``Linear`` / ``Conv1d`` (``Embedding``) weight, or of ``names``, and totals.
 
     Totals: weights and non-zeros over those layers, and ``sparse_bytes``: those weights stored densely
     where that is smaller, else as CSR (what a sparse format would take; the saved file is dense).
     """
     if names is None:
-        layers = dict(compressible_layers(model, exclude))
+        layers = dict(compressible_layers(model, exclude, embeddings=embeddings))
     else:
         layers = {n: model.get_submodule(n) for n in names}
     per_layer = {name: layer_stats(module.weight) for name, module in layers.items()}
@@ -444,22 +445,28 @@ def shrink_ffn(
 
 
 @torch.no_grad()
-def shrink_rank(layer: FactorizedLinear | FactorizedConv1d) -> dict[str, Any] | None:
-    """Drop the rank channels of a factorized layer whose first-factor row or second-factor column is 0.
+def shrink_rank(layer: nn.Module) -> dict[str, Any] | None:
+    """Drop the rank channels of a factorized layer whose first-factor output or second-factor input is 0.
 
     The first factor has no bias, so such a channel contributes exactly nothing.
     """
     _check_unmasked(layer)
     rank = layer.rank
-    dead = (matrix_view(layer.first.weight).abs().sum(1) == 0) | (
-        matrix_view(layer.second.weight.transpose(0, 1)).abs().sum(1) == 0
-    )
+    embedding = isinstance(layer, FactorizedEmbedding)
+    first = layer.first.weight.T if embedding else matrix_view(layer.first.weight)  # [rank, ...]
+    dead = (first.abs().sum(1) == 0) | (matrix_view(layer.second.weight.transpose(0, 1)).abs().sum(1) == 0)
     if bool(dead.all()):
         dead[0] = False
     if not dead.any():
         return None
     keep = torch.nonzero(~dead).flatten()
-    layer.first = _linear_subset(layer.first, rows=keep)
+    if embedding:
+        table = layer.first.weight.detach()[:, keep]
+        layer.first = nn.Embedding(table.shape[0], table.shape[1], padding_idx=layer.padding_idx)
+        layer.first.to(device=table.device, dtype=table.dtype)
+        layer.first.weight.copy_(table)
+    else:
+        layer.first = _linear_subset(layer.first, rows=keep)
     layer.second = _linear_subset(layer.second, cols=keep)
     return {"before": rank, "after": int(keep.numel())}
 
