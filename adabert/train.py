@@ -139,18 +139,15 @@ def student_config_kwargs(store: KnowledgeStore) -> dict[str, Any]:
 
 @torch.no_grad()
 def predict_logits(
-    model: torch.nn.Module, loader: torch.utils.data.DataLoader
+    model: torch.nn.Module, loader: torch.utils.data.DataLoader, device: torch.device | str = "cpu"
 ) -> tuple[np.ndarray, np.ndarray]:
+    """Float32 logits and labels of ``model`` over a store loader, in loader order."""
     was_training = model.training
     model.eval()
     logits, labels = [], []
     for batch in loader:
-        out = model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            token_type_ids=batch["token_type_ids"],
-        )
-        logits.append(out.logits.float().numpy())
+        out = model(**{k: batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids")})
+        logits.append(out.logits.float().cpu().numpy())
         labels.append(batch["labels"].numpy())
     model.train(was_training)
     return np.concatenate(logits), np.concatenate(labels)

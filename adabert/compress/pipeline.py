@@ -58,6 +58,7 @@ from adabert.evaluate import (
 )
 from adabert.io import atomic_write_text, save_pretrained_atomic
 from adabert.store import KnowledgeStore
+from adabert.train import predict_logits
 
 log = logging.getLogger(__name__)
 
@@ -312,24 +313,6 @@ METHOD_RUNNERS: dict[str, Callable[[nn.Module, CompressConfig, Distiller], dict[
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-@torch.no_grad()
-def predict_split(
-    model: nn.Module, split: data.StoreSplit, batch_size: int, device: torch.device
-) -> np.ndarray:
-    """Float32 logits of ``model`` over a stored split, in row order (the model is left in eval mode)."""
-    model.eval()
-    pad_id = getattr(model.config, "pad_token_id", None) or 0
-    out = []
-    for batch in data.loader(split, batch_size, shuffle=False, pad_token_id=pad_id):
-        logits = model(
-            input_ids=batch["input_ids"].to(device),
-            attention_mask=batch["attention_mask"].to(device),
-            token_type_ids=batch["token_type_ids"].to(device),
-        ).logits
-        out.append(logits.float().cpu().numpy())
-    return np.concatenate(out)
-
-
 def _probe_batch(split: data.StoreSplit, device: torch.device, n: int = 16) -> dict[str, torch.Tensor]:
     batch = data.collate([split[i] for i in range(min(n, len(split)))])
     return {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids")}
@@ -363,7 +346,9 @@ def _dev_metrics(
         teacher_logits = np.asarray(store.teacher_logits(split))
         suffix = "" if split == store.dev_split else f" ({split})"
         for name, model in models.items():
-            logits = predict_split(model, rows, batch_size, device)
+            pad_id = getattr(model.config, "pad_token_id", None) or 0
+            loader = data.loader(rows, batch_size, shuffle=False, pad_token_id=pad_id)
+            logits, _ = predict_logits(model, loader, device)
             metrics[name + suffix] = evaluate_predictions(task, logits, labels, teacher_logits)
         metrics["teacher" + suffix] = evaluate_predictions(task, teacher_logits, labels)
     return metrics
