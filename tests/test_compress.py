@@ -151,6 +151,18 @@ def test_reweighted_group_lasso_zeroes_small_groups_and_keeps_large_ones():
     assert torch.allclose(norms[:4], start[:4], rtol=0.05), (norms, start)
 
 
+def test_sparse_size_counts_pruned_rows_and_columns_compactly():
+    from adabert.compress.prune import layer_stats
+
+    weight = torch.randn(8, 6)
+    weight[:, :3] = 0  # whole columns pruned: a compact copy keeps an 8 x 3 matrix and 11 indices
+    stats = layer_stats(weight)
+    assert stats["compact_bytes"] == 8 * 3 * 4 + (8 + 3) * 4 < stats["csr_bytes"] < stats["dense_bytes"] + 64
+    checkerboard = (torch.arange(8)[:, None] + torch.arange(6)[None, :]) % 2
+    scattered = torch.randn(8, 6) * checkerboard  # half the weights zero, but no zero row or column
+    assert layer_stats(scattered)["compact_bytes"] >= layer_stats(scattered)["dense_bytes"]
+
+
 def test_masks_survive_training_and_become_permanent():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))

@@ -500,7 +500,8 @@ def compress(cfg: CompressConfig) -> dict[str, Any]:
         "seconds": time.perf_counter() - started,
         "notes": [
             "weights are stored densely; sparse_file_bytes_estimate is what the pruned layers would "
-            "take in CSR (float values + int32 indices) where that is smaller",
+            "take in the smallest of CSR (float values + int32 indices) and a compact form without "
+            "their all-zero rows / columns (+ int32 indices of the kept ones)",
             "FLOPs are dense counts: zeros left by unstructured pruning still cost FLOPs and time",
         ],
         "config": to_dict(cfg),
@@ -552,14 +553,14 @@ def compression_markdown(report: dict[str, Any]) -> str:
         "",
         "### Layers of the compressed model",
         "",
-        "| layer | shape | density | non-zero | dense bytes | CSR bytes |",
-        "|---|---|---|---|---|---|",
+        "| layer | shape | density | non-zero | dense bytes | CSR bytes | compact bytes |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, s in info["layers"].items():
         shape = "×".join(map(str, s["shape"]))
         lines.append(
             f"| {name} | {shape} | {s['density']:.4f} | {s['nonzero']:,} | {s['dense_bytes']:,} | "
-            f"{s['csr_bytes']:,} |"
+            f"{s['csr_bytes']:,} | {s['compact_bytes']:,} |"
         )
     shrunk = [(kind, n, s) for kind, per in info["shrunk"].items() for n, s in per.items()]
     if shrunk:

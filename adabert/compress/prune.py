@@ -8,7 +8,7 @@ Three layers, each usable alone (as in Torch-Pruning):
    ``keep_t = target^(t/T)``).
 2. Functions on a model: ``apply_masks`` (a ``torch.nn.utils.parametrize`` mask on each ``weight``, so
    a pruned weight stays zero while training), ``current_masks``, ``make_permanent``,
-   ``sparsity_stats`` (density and the bytes a CSR copy would take), ``GroupLasso`` (the
+   ``sparsity_stats`` (density and the bytes a sparse copy would take), ``GroupLasso`` (the
    regulariser over many layers), and the physical shrinking ``shrink_ffn`` / ``shrink_rank`` /
    ``shrink_model``, which rebuild layers without the rows and columns that ended up all zero.
 3. The training loops live in ``adabert.compress.pipeline``.
@@ -231,10 +231,22 @@ def csr_bytes(matrix: torch.Tensor, index_bytes: int = 4) -> int:
     return nnz * (matrix.element_size() + index_bytes) + (matrix.shape[0] + 1) * index_bytes
 
 
+def compact_bytes(matrix: torch.Tensor, index_bytes: int = 4) -> int:
+    """Bytes of the matrix without its all-zero rows and columns, plus an index per kept row and column.
+
+    What row / column-structured sparsity (whole groups pruned) costs in a compact format, where CSR
+    would pay an index per weight.
+    """
+    rows = int((matrix.abs().sum(1) != 0).sum().item())
+    cols = int((matrix.abs().sum(0) != 0).sum().item())
+    return rows * cols * matrix.element_size() + (rows + cols) * index_bytes
+
+
 def layer_stats(weight: torch.Tensor) -> dict[str, Any]:
-    """Shape, density, dense bytes and CSR bytes of one weight (and its all-zero rows / columns)."""
+    """Shape, density, dense / CSR / compact bytes of one weight (and its all-zero rows / columns)."""
     w = matrix_view(weight.detach())
     nonzero = int(torch.count_nonzero(w).item())
+    dense = w.numel() * w.element_size()
     return {
         "shape": list(weight.shape),
         "params": w.numel(),
@@ -242,8 +254,9 @@ def layer_stats(weight: torch.Tensor) -> dict[str, Any]:
         "density": nonzero / max(1, w.numel()),
         "zero_rows": int((w.abs().sum(1) == 0).sum().item()),
         "zero_cols": int((w.abs().sum(0) == 0).sum().item()),
-        "dense_bytes": w.numel() * w.element_size(),
+        "dense_bytes": dense,
         "csr_bytes": csr_bytes(w),
+        "compact_bytes": compact_bytes(w) if nonzero < w.numel() else dense,
     }
 
 
@@ -252,8 +265,8 @@ def sparsity_stats(
 ) -> dict:
     """Per-layer stats of every ``Linear`` / ``Conv1d`` (``Embedding``) weight, or of ``names``, and totals.
 
-    Totals: weights and non-zeros over those layers, and ``sparse_bytes``: those weights stored densely
-    where that is smaller, else as CSR (what a sparse format would take; the saved file is dense).
+    Totals: weights and non-zeros over those layers, and ``sparse_bytes``: each layer in the smallest
+    of dense, CSR and compact (zero rows / columns dropped) form; the saved file itself is dense.
     """
     if names is None:
         layers = dict(compressible_layers(model, exclude, embeddings=embeddings))
@@ -263,7 +276,7 @@ def sparsity_stats(
     params = sum(s["params"] for s in per_layer.values())
     nonzero = sum(s["nonzero"] for s in per_layer.values())
     dense = sum(s["dense_bytes"] for s in per_layer.values())
-    sparse = sum(min(s["dense_bytes"], s["csr_bytes"]) for s in per_layer.values())
+    sparse = sum(min(s["dense_bytes"], s["csr_bytes"], s["compact_bytes"]) for s in per_layer.values())
     return {
         "layers": per_layer,
         "params": params,
