@@ -164,7 +164,9 @@ class CompressConfig:
     target_sparsity: float = _f(0.5, "fraction of each layer's weights pruned (magnitude and block)")
     block_size: tuple[int, ...] = _f((0, 0), "block (rows, cols) of block pruning; 0 = the whole dimension")
     group: str = _f("row", "block-pruning group inside each block: row or col")
-    lasso_lambda: float = _f(1e-3, "weight of the reweighted group-lasso penalty during block pruning")
+    lasso_lambda: float = _f(
+        1.0, "strength of the reweighted group lasso of block pruning (a decoupled shrink after each step)"
+    )
     lasso_eps: float = _f(1e-6, "epsilon of the reweighting gamma = 1 / (||W_g||^2 + eps)")
     reweight_every: int = _f(20, "training steps between group-lasso reweightings")
     prune_rounds: int = _f(10, "pruning rounds T (magnitude, block): keep_t = (1 - target_sparsity)^(t/T)")

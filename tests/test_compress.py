@@ -12,6 +12,7 @@ from transformers import AutoModelForSequenceClassification
 
 from adabert.compress import (
     AdaBertCompressedForSequenceClassification,
+    GroupLasso,
     apply_masks,
     block_groups,
     block_masks,
@@ -132,23 +133,43 @@ def test_reweighted_group_lasso_zeroes_small_groups_and_keeps_large_ones():
     truth[4:] *= 0.05  # four weak output rows, four strong ones
     x = torch.randn(256, 16)
     y = x @ truth.T + 0.01 * torch.randn(256, 8)
-    weight = torch.linalg.lstsq(x, y).solution.T.clone().requires_grad_(True)  # the "trained" model
+    layer = nn.Linear(16, 8, bias=False)
+    with torch.no_grad():  # the "trained" model
+        layer.weight.copy_(torch.linalg.lstsq(x, y).solution.T)
     rows = ((0, 0), "row")  # groups: whole rows
-    start = group_norms(weight.detach(), *rows).sqrt()
-    gamma = reweight(weight, *rows, eps=1e-6)
+    start = group_norms(layer.weight.detach(), *rows).sqrt()
+    gamma = reweight(layer.weight, *rows, eps=1e-6)
     # right after reweighting each group's term is ~1: the penalty counts the groups
-    assert float(group_lasso_penalty(weight.detach(), *rows, gamma)) == pytest.approx(8, rel=1e-4)
-    optimizer = torch.optim.Adam([weight], lr=0.01)
+    assert float(group_lasso_penalty(layer.weight.detach(), *rows, gamma)) == pytest.approx(8, rel=1e-4)
+    lasso = GroupLasso(nn.Sequential(layer), ["0"], *rows, lam=1.0)
+    optimizer = torch.optim.Adam(layer.parameters(), lr=0.01)
     for step in range(600):
         if step % 20 == 0:
-            gamma = reweight(weight, *rows, eps=1e-6)
-        loss = ((x @ weight.T - y) ** 2).mean() + 0.01 * group_lasso_penalty(weight, *rows, gamma)
+            lasso.reweight()
+        loss = ((layer(x) - y) ** 2).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    norms = group_norms(weight.detach(), *rows).sqrt()
+        lasso.shrink(0.01)  # the penalty's own step, decoupled from Adam's per-weight scaling
+    norms = group_norms(layer.weight.detach(), *rows).sqrt()
     assert (norms[4:] < 0.05 * start[4:]).all(), norms
     assert torch.allclose(norms[:4], start[:4], rtol=0.05), (norms, start)
+
+
+def test_group_lasso_does_not_shrink_untouched_weights_at_the_learning_rate():
+    """Weights no data reaches (unseen tokens' embedding rows) shrink by the penalty's size, not Adam's."""
+    table = nn.Embedding(100, 8)
+    start = table.weight.detach().clone()
+    lasso = GroupLasso(nn.Sequential(table), ["0"], (0, 0), "row", lam=1e-4)
+    optimizer = torch.optim.Adam(table.parameters(), lr=1e-2)
+    for _ in range(50):
+        loss = table(torch.tensor([0, 1])).pow(2).sum() * 0  # rows 2.. never get a gradient
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        lasso.shrink(1e-2)
+    kept = table.weight.detach()[2:].norm(dim=1) / start[2:].norm(dim=1)
+    assert bool((kept > 0.99).all()), kept.min()
 
 
 def test_sparse_size_counts_pruned_rows_and_columns_compactly():
@@ -468,6 +489,14 @@ def test_compress_end_to_end_teacher_and_student(tiny_store, tmp_path):
     assert reloaded.config.compression["methods"] == ["svd", "block"]
     assert sum(p.numel() for p in reloaded.parameters()) == size["compressed"]["total"]
     assert "# Evaluation report" in (out / "report.md").read_text()
+
+    # half the feed-forward neurons only (their consumer excluded from pruning): removed physically
+    out = tmp_path / "bert_ffn"
+    ffn_only = r"(classifier|pooler|attention|output\.dense)"
+    report = compress(_settings(tiny_store, out, model=teacher_dir, methods="block", exclude=ffn_only))
+    widths = report["compression"]["shrunk"]["ffn_width"]
+    assert len(widths) == 2 and all(w["after"] <= 0.55 * w["before"] for w in widths.values())
+    assert report["size"]["compressed"]["total"] < report["size"]["original"]["total"]
 
     # an AdaBERT student, LadaBERT style: factorize, then prune the factors iteratively
     from adabert.io import save_pretrained_atomic

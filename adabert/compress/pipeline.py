@@ -8,8 +8,9 @@ the stored teacher logits (``(1 - gamma) task + gamma KD``, as in ``adabert trai
 - ``magnitude``: iterative unstructured pruning, ``prune_rounds`` rounds with the kept fraction
   ``keep_t = (1 - target_sparsity)^(t/T)``, KD between the rounds (``kd_epochs`` in all), then
   ``retrain_epochs`` with the masks fixed (LadaBERT; after ``svd`` it prunes the factors).
-- ``block``: the same rounds, cutting the smallest row / column groups of each block, with KD on
-  ``loss + λ Σ γ_g ||W_g||²_F`` (γ refreshed every ``reweight_every`` steps and after each cut),
+- ``block``: the same rounds, cutting the smallest row / column groups of each block, with KD plus
+  the penalty ``λ Σ γ_g ||W_g||²_F`` as decoupled shrink steps (γ refreshed every ``reweight_every``
+  steps and after each cut),
   then ``retrain_epochs`` with the masks fixed (Li et al. 2020; ``prune_rounds = 1``: their one cut).
 
 With ``embeddings`` the embedding tables are compressed too (an AdaBERT student is mostly its table):
@@ -136,10 +137,10 @@ class Distiller:
         self,
         steps: int,
         desc: str,
-        penalty: Callable[[], torch.Tensor] | None = None,
+        lasso: prune.GroupLasso | None = None,
         before_step: Callable[[int], None] | None = None,
     ) -> dict[str, float]:
-        """``steps`` optimiser steps of ``(1 - gamma) task + gamma KD (+ penalty)``; mean loss terms."""
+        """``steps`` optimiser steps of ``(1 - gamma) task + gamma KD`` (+ ``lasso`` steps); mean terms."""
         if steps <= 0:
             return {"steps": 0}
         cfg, model = self.cfg, self.model
@@ -163,9 +164,6 @@ class Distiller:
                 "kd": logits_kd(logits, batch["teacher_logits"], self.regression, cfg.kd_temperature),
             }
             loss = (1 - cfg.gamma) * terms["task"] + cfg.gamma * terms["kd"]
-            if penalty is not None:
-                terms["penalty"] = penalty()
-                loss = loss + terms["penalty"]
             if not torch.isfinite(loss):
                 raise RuntimeError(
                     f"{desc}: training loss became {loss.item()} at step {step + 1}; lower --lr"
@@ -174,6 +172,10 @@ class Distiller:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
+            if lasso is not None:
+                lasso.shrink(scheduler.get_last_lr()[0])
+                with torch.no_grad():
+                    terms["penalty"] = lasso.penalty()
             scheduler.step()
             sums["loss"] += loss.item()
             for key, value in terms.items():
@@ -236,7 +238,7 @@ def prune_gradually(
     distiller: Distiller,
     method: str,
     masks_at: Callable[[float], dict[str, torch.Tensor]],
-    penalty: Callable[[], torch.Tensor] | None = None,
+    lasso: prune.GroupLasso | None = None,
     before_step: Callable[[int], None] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """T rounds of "prune to ``keep_t = keep^(t/T)``, then KD" (``kd_epochs`` in all), then retraining.
@@ -251,7 +253,7 @@ def prune_gradually(
     for t, keep in enumerate(schedule, 1):
         prune.apply_masks(unwrap(model), masks_at(1.0 - keep))
         desc = f"{method} round {t}/{len(schedule)}"
-        training = distiller.run(bounds[t] - bounds[t - 1], desc, penalty, before_step)
+        training = distiller.run(bounds[t] - bounds[t - 1], desc, lasso, before_step)
         rounds.append({"round": t, "keep": keep, **training})
         log.info("%s: keep %.4f, loss %s", desc, keep, training.get("loss"))
     retrain = distiller.run(distiller.steps(cfg.retrain_epochs), f"{method}: retrain")
@@ -292,7 +294,7 @@ def run_block(model: nn.Module, cfg: CompressConfig, distiller: Distiller) -> di
         lasso.reweight()  # the pruned groups' weights are zero now: rebalance before training on
         return masks
 
-    rounds, retrain = prune_gradually(model, cfg, distiller, "block", masks_at, lasso.penalty, before_step)
+    rounds, retrain = prune_gradually(model, cfg, distiller, "block", masks_at, lasso, before_step)
     return {
         "method": "block",
         "target_sparsity": cfg.target_sparsity,
@@ -421,7 +423,7 @@ def compress(cfg: CompressConfig) -> dict[str, Any]:
     prune.make_permanent(inner)
     probe = _probe_batch(dev, device)
     before_shrink = _logits(model, probe)
-    shrunk = prune.shrink_model(inner, cfg.exclude)
+    shrunk = prune.shrink_model(inner)
     shrink_diff = float((_logits(model, probe) - before_shrink).abs().max())
     if shrink_diff > EXACT_ATOL:
         log.warning("physical shrinking changed the outputs by up to %.2e", shrink_diff)

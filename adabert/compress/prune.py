@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -219,6 +218,13 @@ def make_permanent(model: nn.Module) -> int:
     return done
 
 
+def _stored_weight(module: nn.Module) -> torch.Tensor:
+    """The weight parameter itself (under a mask parametrization: the unmasked original)."""
+    if parametrize.is_parametrized(module, "weight"):
+        return module.parametrizations.weight.original
+    return module.weight
+
+
 def effective_weight(module: nn.Module) -> torch.Tensor:
     """The weight the forward uses (masked when a mask is applied)."""
     return module.weight
@@ -289,7 +295,13 @@ def sparsity_stats(
 
 # ------------------------------------------------------------------------------------------ group lasso
 class GroupLasso:
-    """``λ Σ_layers Σ_g γ_g ||W_g||²_F`` over named layers, with ``γ`` refreshed by ``reweight()``."""
+    """``λ Σ_layers Σ_g γ_g ||W_g||²_F`` over named layers, with ``γ`` refreshed by ``reweight()``.
+
+    ``shrink(lr)`` takes the penalty's gradient step apart from the optimiser, the way AdamW decouples
+    weight decay: each group is scaled by ``1 - 2·lr·λ·γ_g``. Added to the loss instead, Adam would
+    rescale its gradient weight by weight, so weights the data never reach (the embedding rows of
+    tokens absent from the training rows) would shrink at the full learning rate whatever ``λ`` is.
+    """
 
     def __init__(
         self,
@@ -316,6 +328,14 @@ class GroupLasso:
             for name, module in self.layers.items()
         ]
         return self.lam * torch.stack(terms).sum() if terms else torch.zeros(())
+
+    @torch.no_grad()
+    def shrink(self, lr: float) -> None:
+        """One decoupled gradient step of the penalty at learning rate ``lr``."""
+        for name, module in self.layers.items():
+            factor = (1.0 - 2.0 * lr * self.lam * self.gamma[name]).clamp(min=0.0)
+            weight = _stored_weight(module)
+            weight.mul_(_expand(factor.to(weight), weight.shape, self.block, self.group))
 
     def masks(self, sparsity: float) -> dict[str, torch.Tensor]:
         """Hard block masks at ``sparsity`` per layer, on the current (effective) weights."""
@@ -484,23 +504,22 @@ def shrink_rank(layer: nn.Module) -> dict[str, Any] | None:
     return {"before": rank, "after": int(keep.numel())}
 
 
-def shrink_model(model: nn.Module, exclude: str | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+def shrink_model(model: nn.Module) -> dict[str, dict[str, dict[str, Any]]]:
     """Physically remove what pruning left all zero: factorized ranks and feed-forward neurons.
 
-    Exact: the model computes the same function with fewer parameters. Masks must be permanent.
+    Exact: the model computes the same function with fewer parameters, so it applies everywhere
+    (also to a layer that was itself left unpruned, e.g. the consumer of pruned neurons). Masks must
+    be permanent.
     Returns ``{"rank": {factorized module: {"before", "after"}}, "ffn_width": {producer: {"consumer",
     "before", "after"}}}`` for the modules that shrank.
     """
-    pattern = re.compile(exclude) if exclude else None
     stats: dict[str, dict[str, dict[str, Any]]] = {"rank": {}, "ffn_width": {}}
     for name, module in list(model.named_modules()):
-        if isinstance(module, FACTORIZED) and not (pattern and pattern.search(name)):
+        if isinstance(module, FACTORIZED):
             result = shrink_rank(module)
             if result:
                 stats["rank"][name] = result
     for producer, consumer, act in find_ffn_pairs(model):
-        if pattern and (pattern.search(producer) or pattern.search(consumer)):
-            continue
         result = shrink_ffn(model, producer, consumer, act)
         if result:
             stats["ffn_width"][producer] = {"consumer": consumer, **result}
