@@ -156,6 +156,22 @@ def test_reweighted_group_lasso_zeroes_small_groups_and_keeps_large_ones():
     assert torch.allclose(norms[:4], start[:4], rtol=0.05), (norms, start)
 
 
+def test_targeted_group_lasso_empties_only_the_groups_a_cut_would_remove():
+    torch.manual_seed(0)
+    layer = nn.Linear(10, 12, bias=False)
+    with torch.no_grad():
+        layer.weight.mul_(torch.linspace(0.1, 1.0, 12)[:, None])  # rows of rising strength
+    lasso = GroupLasso(nn.Sequential(layer), ["0"], (0, 0), "row", lam=1.0, target=0.25)
+    for step in range(200):
+        if step % 10 == 0:
+            lasso.reweight()
+        lasso.shrink(0.05)
+    norms = layer.weight.detach().norm(dim=1)
+    assert bool((norms[:3] < 1e-3).all()) and bool((norms[3:] > 0.1).all()), norms
+    mask = block_masks(layer.weight, (0, 0), "row", 0.25)  # the cut then removes exactly those rows
+    assert (~mask).all(1).tolist() == [True] * 3 + [False] * 9
+
+
 def test_group_lasso_does_not_shrink_untouched_weights_at_the_learning_rate():
     """Weights no data reaches (unseen tokens' embedding rows) shrink by the penalty's size, not Adam's."""
     table = nn.Embedding(100, 8)

@@ -9,8 +9,8 @@ the stored teacher logits (``(1 - gamma) task + gamma KD``, as in ``adabert trai
   ``keep_t = (1 - target_sparsity)^(t/T)``, KD between the rounds (``kd_epochs`` in all), then
   ``retrain_epochs`` with the masks fixed (LadaBERT; after ``svd`` it prunes the factors).
 - ``block``: the same rounds, cutting the smallest row / column groups of each block, with KD plus
-  the penalty ``λ Σ γ_g ||W_g||²_F`` as decoupled shrink steps (γ refreshed every ``reweight_every``
-  steps and after each cut),
+  the penalty ``λ Σ γ_g ||W_g||²_F`` on the groups a cut at the target would remove, as decoupled
+  shrink steps (γ refreshed every ``reweight_every`` steps and after each cut),
   then ``retrain_epochs`` with the masks fixed (Li et al. 2020; ``prune_rounds = 1``: their one cut).
 
 With ``embeddings`` the embedding tables are compressed too (an AdaBERT student is mostly its table):
@@ -283,7 +283,9 @@ def run_block(model: nn.Module, cfg: CompressConfig, distiller: Distiller) -> di
     """Block pruning (Li et al.): KD with the reweighted group lasso, the smallest groups cut in rounds."""
     inner = unwrap(model)
     names = _prunable(inner, cfg)
-    lasso = prune.GroupLasso(inner, names, cfg.block_size, cfg.group, cfg.lasso_lambda, cfg.lasso_eps)
+    lasso = prune.GroupLasso(
+        inner, names, cfg.block_size, cfg.group, cfg.lasso_lambda, cfg.lasso_eps, cfg.target_sparsity
+    )
 
     def before_step(step: int) -> None:
         if step and step % cfg.reweight_every == 0:

@@ -133,6 +133,11 @@ def block_masks(weight: torch.Tensor, block: Sequence[int], group: str, sparsity
     order while that brings the pruned count closer to ``round(sparsity · numel)``: with equal group
     sizes the result is exact to one group, otherwise to half the largest group.
     """
+    return ~_expand(weakest_groups(weight, block, group, sparsity), weight.shape, block, group)
+
+
+def weakest_groups(weight: torch.Tensor, block: Sequence[int], group: str, sparsity: float) -> torch.Tensor:
+    """Per group (``block_groups`` order): whether ``block_masks`` at ``sparsity`` would prune it."""
     if not 0.0 <= sparsity <= 1.0:
         raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
     norms = group_norms(weight.detach().float(), block, group)
@@ -143,7 +148,7 @@ def block_masks(weight: torch.Tensor, block: Sequence[int], group: str, sparsity
     n = int(torch.argmin((cumulative - target).abs()).item())  # groups whose total is closest
     pruned = torch.zeros(norms.numel(), dtype=torch.bool, device=weight.device)
     pruned[order[:n]] = True
-    return ~_expand(pruned, weight.shape, block, group)
+    return pruned
 
 
 def keep_schedule(target_sparsity: float, rounds: int) -> list[float]:
@@ -301,6 +306,10 @@ class GroupLasso:
     weight decay: each group is scaled by ``1 - 2·lr·λ·γ_g``. Added to the loss instead, Adam would
     rescale its gradient weight by weight, so weights the data never reach (the embedding rows of
     tokens absent from the training rows) would shrink at the full learning rate whatever ``λ`` is.
+
+    With ``target`` (a sparsity) only the groups that a cut at ``target`` would remove are penalised
+    (``γ = 0`` for the others, chosen afresh at each reweighting): the penalty empties exactly the
+    groups about to go, instead of driving more groups to zero than the target asks.
     """
 
     def __init__(
@@ -311,8 +320,9 @@ class GroupLasso:
         group: str,
         lam: float,
         eps: float = 1e-6,
+        target: float | None = None,
     ) -> None:
-        self.lam, self.eps = lam, eps
+        self.lam, self.eps, self.target = lam, eps, target
         self.block, self.group = tuple(block), group
         self.layers = {name: model.get_submodule(name) for name in names}
         self.gamma: dict[str, torch.Tensor] = {}
@@ -320,7 +330,10 @@ class GroupLasso:
 
     def reweight(self) -> None:
         for name, module in self.layers.items():
-            self.gamma[name] = reweight(module.weight, self.block, self.group, self.eps)
+            gamma = reweight(module.weight, self.block, self.group, self.eps)
+            if self.target is not None:
+                gamma = gamma * weakest_groups(module.weight, self.block, self.group, self.target)
+            self.gamma[name] = gamma
 
     def penalty(self) -> torch.Tensor:
         terms = [
