@@ -527,7 +527,12 @@ def _size_section(report: Mapping[str, Any], size: Mapping[str, Any]) -> list[st
         for r in refs:
             ref_total, total = per_model[r].get("total"), s.get("total")
             ok = r != name and ref_total and total
-            row.append(f"{ref_total / total:.2f}× smaller" if ok else "—")
+            if not ok:
+                row.append("—")
+            elif total <= ref_total:
+                row.append(f"{ref_total / total:.2f}× smaller")
+            else:
+                row.append(f"{total / ref_total:.2f}× larger")
         rows.append(row)
     return ["## Size", "", *_table(header, rows), ""]
 

@@ -297,6 +297,7 @@ def test_write_report_writes_json_and_markdown_with_the_numbers(tmp_path):
         "120.000 MFLOPs",
         "3.55× smaller",
         "17.11× smaller",
+        "4.82× larger",  # BERT-base against the teacher
         "10.00",
         "4.50",
         "2.50×",
