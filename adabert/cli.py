@@ -35,12 +35,18 @@ EPILOG = textwrap.dedent(
 
 
 def _stage(
-    subparsers: Any, name: str, cls: type, run: Callable[[Any], Any], help_text: str
+    subparsers: Any,
+    name: str,
+    cls: type,
+    run: Callable[[Any], Any],
+    help_text: str,
+    examples: str | None = None,
 ) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         name,
         help=help_text,
         description=f"{help_text}\n\n{(cls.__doc__ or '').strip()}",
+        epilog=textwrap.dedent(examples) if examples else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", metavar="FILE", help="JSON file of settings (flags override it)")
@@ -332,6 +338,24 @@ def build_parser() -> argparse.ArgumentParser:
         cfgmod.CompressConfig,
         _compress,
         "prune / factorize a model (student or teacher) with distillation from the store",
+        examples="""\
+        Examples:
+          # LadaBERT on a searched student: SVD at half rank (its embedding table too), then
+          # magnitude pruning of the factors to 50% over 10 rounds, KD from the store throughout
+          adabert compress --model runs/sst2/student --store runs/sst2/store \\
+              --output-dir runs/sst2/compressed --methods svd,magnitude --embeddings
+          # half the teacher's feed-forward neurons, cut gradually under the group lasso, then
+          # removed physically (the model really shrinks and gets faster)
+          adabert compress --model runs/sst2/teacher --store runs/sst2/store \\
+              --output-dir runs/sst2/teacher-ffn --methods block \\
+              --exclude '(classifier|pooler|attention|output\\.dense)' --kd-epochs 2
+          # block-sparse weights: 1 x 32 row segments of every layer, 75% pruned
+          adabert compress --model runs/sst2/teacher --store runs/sst2/store \\
+              --output-dir runs/sst2/teacher-block --methods block --block-size 32 32 \\
+              --target-sparsity 0.75
+        The output folder reloads with AutoModelForSequenceClassification.from_pretrained and holds
+        report.md / report.json: metric, loyalty, size and latency before and after, in one run.
+        """,
     )
 
     _add_pipeline(commands)
