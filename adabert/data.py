@@ -10,7 +10,7 @@ processes step through the same batches, deterministically.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -80,15 +80,29 @@ def load_split(
     return StoreSplit(columns, np.concatenate(teacher), np.concatenate(probes))
 
 
-def collate(batch: list[dict[str, Any]], pad_token_id: int = 0) -> dict[str, torch.Tensor]:
-    """Pad token columns to the batch's longest row; stack everything else."""
-    length = max(len(item["input_ids"]) for item in batch)
+def collate(batch: Sequence[Mapping[str, Any]], pad_token_id: int = 0) -> dict[str, torch.Tensor]:
+    """Right-pad the token columns present to the batch's longest row; stack what else is present.
+
+    Serves store rows (with labels and teacher outputs) and plain encoded rows alike; an attention
+    mask is made from the row lengths when the rows have none.
+    """
+    if not batch:
+        raise ValueError("cannot collate an empty batch")
+    lengths = [len(item["input_ids"]) for item in batch]
+    length = max(lengths)
     out: dict[str, torch.Tensor] = {}
     for key in TEXT_KEYS:
+        if key not in batch[0]:
+            continue
         pad = pad_token_id if key == "input_ids" else 0
-        out[key] = torch.tensor([list(item[key]) + [pad] * (length - len(item[key])) for item in batch])
-    labels = [item["labels"] for item in batch]
-    out["labels"] = torch.tensor(labels, dtype=torch.float32 if isinstance(labels[0], float) else torch.long)
+        rows = [list(item[key]) + [pad] * (length - len(item[key])) for item in batch]
+        out[key] = torch.tensor(rows, dtype=torch.long)
+    if "attention_mask" not in out:
+        out["attention_mask"] = (torch.arange(length)[None, :] < torch.tensor(lengths)[:, None]).long()
+    if "labels" in batch[0]:
+        labels = [item["labels"] for item in batch]
+        regression = isinstance(labels[0], float)
+        out["labels"] = torch.tensor(labels, dtype=torch.float32 if regression else torch.long)
     for key in ("teacher_logits", "probe_logits"):
         if key in batch[0]:
             out[key] = torch.stack([item[key] for item in batch])

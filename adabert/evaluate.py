@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.utils import flop_counter
 from tqdm.auto import tqdm
 
+from adabert import data
 from adabert.io import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
@@ -374,25 +375,6 @@ def evaluate_predictions(
     return metrics
 
 
-def pad_collate(features: Sequence[Mapping[str, Any]]) -> dict[str, Tensor]:
-    """Right-pad variable-length encoded rows with 0 (ids, mask and token types alike) into tensors."""
-    if not features:
-        raise ValueError("cannot collate an empty batch")
-    lengths = [len(f["input_ids"]) for f in features]
-    width = max(lengths)
-    batch: dict[str, Tensor] = {}
-    for key in MODEL_INPUTS:
-        if key not in features[0]:
-            continue
-        out = torch.zeros(len(features), width, dtype=torch.long)
-        for i, f in enumerate(features):
-            out[i, : lengths[i]] = torch.as_tensor(f[key], dtype=torch.long)
-        batch[key] = out
-    if "attention_mask" not in batch:
-        batch["attention_mask"] = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long()
-    return batch
-
-
 def predict(
     model: nn.Module,
     dataset: Any,
@@ -403,13 +385,13 @@ def predict(
     """Float32 logits ``[N, num_labels]`` of ``model`` over an encoded ``datasets.Dataset``, in row order.
 
     Only the model-input columns are read, so labels never trigger a loss computation. Rows are padded
-    per batch (``pad_collate`` unless a collator such as ``DataCollatorWithPadding`` is given).
+    per batch (``data.collate`` unless a collator such as ``DataCollatorWithPadding`` is given).
     """
     columns = [c for c in MODEL_INPUTS if c in dataset.column_names]
     if "input_ids" not in columns:
         raise ValueError(f"dataset has no input_ids column (columns: {dataset.column_names})")
     rows = dataset.select_columns(columns).with_format(None)
-    collate = collator or pad_collate
+    collate = collator or data.collate
     device = model_device(model)
     outputs: list[np.ndarray] = []
     was_training = model.training

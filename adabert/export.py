@@ -241,7 +241,8 @@ def export_model(
     PyTorch within ``atol`` on a random padded batch and, given a knowledge store, on 32 real dev rows;
     beside it the tokenizer (from the store), ``config.json`` and ``export.json`` with the figures.
     """
-    from adabert.evaluate import load_classifier, pad_collate
+    from adabert.data import collate
+    from adabert.evaluate import load_classifier
     from adabert.io import atomic_write_json, save_pretrained_atomic
     from adabert.store import KnowledgeStore
     from adabert.tasks import encode
@@ -266,7 +267,7 @@ def export_model(
         rows = store.rows(store.dev_split)
         encoded = encode(rows.select(range(min(32, len(rows)))), store.tokenizer(), store.max_length)
         columns = [c for c in MODEL_INPUTS if c in encoded.column_names]
-        batch = pad_collate([{c: encoded[c][i] for c in columns} for i in range(len(encoded))])
+        batch = collate([{c: encoded[c][i] for c in columns} for i in range(len(encoded))])
         parity.update(dev_rows=len(encoded), dev_max_abs_diff=check_parity(model, path, batch, atol))
         to_save.append(store.tokenizer())
     save_pretrained_atomic(out, *to_save)

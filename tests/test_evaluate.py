@@ -311,3 +311,27 @@ def test_write_report_renders_only_the_sections_present(tmp_path):
     _, md_path = write_report({"metrics": {"accuracy": 0.5}}, tmp_path)
     md = md_path.read_text()
     assert "0.5000" in md and "## Size" not in md and "## Latency" not in md
+
+
+def test_one_collator_pads_store_rows_and_plain_encoded_rows():
+    from adabert.data import collate
+
+    plain = collate([{"input_ids": [5, 6, 7]}, {"input_ids": [8]}], pad_token_id=1)
+    assert plain["input_ids"].tolist() == [[5, 6, 7], [8, 1, 1]]
+    assert plain["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]] and set(plain) == {
+        "input_ids",
+        "attention_mask",
+    }
+    stored = collate(
+        [
+            {"input_ids": [5, 6], "token_type_ids": [0, 1], "attention_mask": [1, 1], "labels": 1,
+             "teacher_logits": torch.tensor([0.5, -0.5])},
+            {"input_ids": [7], "token_type_ids": [0], "attention_mask": [1], "labels": 0,
+             "teacher_logits": torch.tensor([1.0, 2.0])},
+        ]
+    )
+    assert stored["token_type_ids"].tolist() == [[0, 1], [0, 0]] and stored["labels"].tolist() == [1, 0]
+    assert stored["teacher_logits"].shape == (2, 2) and stored["labels"].dtype == torch.long
+    assert collate([{"input_ids": [1], "labels": 0.5}])["labels"].dtype == torch.float32
+    with pytest.raises(ValueError, match="empty"):
+        collate([])
