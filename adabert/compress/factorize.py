@@ -26,8 +26,22 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 
-class FactorizedLinear(nn.Module):
-    """``x -> second(first(x))``: ``first = Linear(in, rank, bias=False)``, ``second = Linear(rank, out)``."""
+class Factorized(nn.Module):
+    """Two layers in a row, ``x -> second(first(x))``; the first has no bias, the second the layer's."""
+
+    first: nn.Module
+    second: nn.Module
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return getattr(self.second, "bias", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(self.first(x))
+
+
+class FactorizedLinear(Factorized):
+    """``first = Linear(in, rank, bias=False)``, ``second = Linear(rank, out)``."""
 
     def __init__(self, in_features: int, rank: int, out_features: int, bias: bool = True) -> None:
         super().__init__()
@@ -51,18 +65,11 @@ class FactorizedLinear(nn.Module):
         """The dense ``[out, in]`` product (for inspection; the forward never builds it)."""
         return self.second.weight @ self.first.weight
 
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return self.second.bias
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.second(self.first(x))
-
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, rank={self.rank}, out_features={self.out_features}"
 
 
-class FactorizedConv1d(nn.Module):
+class FactorizedConv1d(Factorized):
     """``Conv1d(in, rank, k)`` (original stride/padding/dilation, no bias) then ``Conv1d(rank, out, 1)``."""
 
     def __init__(
@@ -108,19 +115,12 @@ class FactorizedConv1d(nn.Module):
         first = self.first.weight.reshape(self.rank, -1)
         return (self.second.weight[:, :, 0] @ first).reshape(self.out_channels, self.in_channels, -1)
 
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return self.second.bias
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.second(self.first(x))
-
     def extra_repr(self) -> str:
         return f"in_channels={self.in_channels}, rank={self.rank}, out_channels={self.out_channels}"
 
 
-class FactorizedEmbedding(nn.Module):
-    """``ids -> second(first(ids))``: ``first = Embedding(vocab, rank)``, ``second = Linear(rank, dim)``."""
+class FactorizedEmbedding(Factorized):
+    """``first = Embedding(vocab, rank)``, ``second = Linear(rank, dim, bias=False)``."""
 
     def __init__(
         self, num_embeddings: int, rank: int, embedding_dim: int, padding_idx: int | None = None
@@ -149,9 +149,6 @@ class FactorizedEmbedding(nn.Module):
     def weight(self) -> torch.Tensor:
         """The dense ``[vocab, dim]`` table (for inspection; the forward never builds it)."""
         return self.first.weight @ self.second.weight.T
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.second(self.first(ids))
 
     def extra_repr(self) -> str:
         return f"num_embeddings={self.num_embeddings}, rank={self.rank}, embedding_dim={self.embedding_dim}"

@@ -230,11 +230,6 @@ def _stored_weight(module: nn.Module) -> torch.Tensor:
     return module.weight
 
 
-def effective_weight(module: nn.Module) -> torch.Tensor:
-    """The weight the forward uses (masked when a mask is applied)."""
-    return module.weight
-
-
 # ----------------------------------------------------------------------------------------------- stats
 def csr_bytes(matrix: torch.Tensor, index_bytes: int = 4) -> int:
     """Bytes of a CSR copy of a matrix: values + column indices (int32) + row pointers."""
