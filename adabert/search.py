@@ -342,6 +342,8 @@ def run_search(cfg: SearchConfig) -> Genotype:
                     params, share, torch.tensor([terms[k] for k in TERMS], dtype=torch.float64)
                 )
                 terms = dict(zip(TERMS, reduced.tolist()))
+                if optimizer is w_opt:  # the log reports the weight step's terms in every epoch
+                    logged = terms
                 if not math.isfinite(terms["loss"]):
                     raise DivergenceError(
                         f"search loss became {terms['loss']} at epoch {epoch + 1}, step {step}; "
@@ -349,10 +351,10 @@ def run_search(cfg: SearchConfig) -> Genotype:
                     )
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 optimizer.step()
-            for key, value in terms.items():
+            for key, value in logged.items():
                 sums[key] += value
             step += 1
-            bar.set_postfix(loss=f"{terms['loss']:.3f}", tau=f"{tau:.2f}")
+            bar.set_postfix(loss=f"{logged['loss']:.3f}", tau=f"{tau:.2f}")
         n = max(1, len(w_loader))
         # every rank must hold the same architecture, or they would derive different genotypes
         distributed.check_in_sync({"edge_logits": net.edge_logits, "depth_logits": net.depth_logits})
