@@ -344,6 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
           # magnitude pruning of the factors to 50% over 10 rounds, KD from the store throughout
           adabert compress --model runs/sst2/student --store runs/sst2/store \\
               --output-dir runs/sst2/compressed --methods svd,magnitude --embeddings
+          # half a searched student's hidden dimensions (embedding columns with their LayerNorm
+          # entries), removed physically: a student half as wide
+          adabert compress --model runs/sst2/student --store runs/sst2/store \\
+              --output-dir runs/sst2/student-narrow --methods block --embeddings --group col
           # half the teacher's feed-forward neurons, cut gradually under the group lasso, then
           # removed physically (the model really shrinks and gets faster)
           adabert compress --model runs/sst2/teacher --store runs/sst2/store \\

@@ -181,6 +181,9 @@ class CompressConfig:
     weight_decay: float = _f(0.0, "AdamW weight decay")
     gamma: float = _f(0.8, "weight of the KD loss on logits against the stored teacher logits")
     kd_temperature: float = _f(1.0, "softmax temperature of the KD soft targets")
+    hidden_kd: float = _f(
+        1.0, "weight of the MSE between the hidden states and the original model's (LadaBERT); 0 = off"
+    )
     grad_clip: float = _f(5.0, "gradient norm clipping")
     train_limit: int | None = _f(None, "seeded random subset of N stored train rows (+ their augmented rows)")
     use_augmented: bool = _f(True, "also train on the store's augmented rows when present")

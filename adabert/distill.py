@@ -37,6 +37,21 @@ def logits_kd(
     return soft_cross_entropy(student, teacher, temperature)
 
 
+def hidden_state_kd(
+    student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], mask: torch.Tensor
+) -> torch.Tensor:
+    """Mean over levels of the per-token MSE between hidden states ``[batch, tokens, dim]``; padding ignored.
+
+    LadaBERT's layer-wise KD: a compressed model keeps the original's shapes, so every level matches.
+    """
+    if len(student) != len(teacher):
+        raise ValueError(f"hidden-state KD needs as many levels: {len(student)} vs {len(teacher)}")
+    weight = mask.to(student[0].dtype).unsqueeze(-1)
+    count = weight.sum().clamp(min=1.0) * student[0].shape[-1]
+    losses = [(((s - t) ** 2) * weight).sum() / count for s, t in zip(student, teacher)]
+    return torch.stack(losses).mean()
+
+
 def matched_layers(num_student: int, num_teacher: int) -> list[int]:
     """Teacher probe matched to each student output m = 0..K: round(m * L / K), halves rounded up."""
     k, big_l = num_student - 1, num_teacher - 1

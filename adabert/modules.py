@@ -126,8 +126,33 @@ class ProbeHeads(nn.Module):
         return [head(torch.tanh(p)) for head, p in zip(self.heads, pooled)]
 
 
+class PrunedLayerNorm(nn.LayerNorm):
+    """A LayerNorm over ``width`` features of which only ``hidden_size`` are stored; the rest are zeros.
+
+    What a LayerNorm becomes when hidden dimensions whose inputs, scale and shift were all pruned to
+    zero are removed: the statistics still count them (as zeros), so the outputs are unchanged.
+    """
+
+    def __init__(self, hidden_size: int, width: int, eps: float = 1e-5) -> None:
+        if width < hidden_size:
+            raise ValueError(f"width {width} must be at least hidden_size {hidden_size}")
+        super().__init__(hidden_size, eps=eps)
+        self.width = width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.sum(-1, keepdim=True) / self.width
+        centred = x - mean
+        var = ((centred**2).sum(-1, keepdim=True) + (self.width - x.shape[-1]) * mean**2) / self.width
+        return centred * torch.rsqrt(var + self.eps) * self.weight + self.bias
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, width={self.width}"
+
+
 class Embeddings(nn.Module):
     """Word + per-segment position embeddings, projected to the cell width, LayerNorm, dropout.
+
+    ``norm_width`` (> ``hidden_size``): hidden dimensions were pruned away; see ``PrunedLayerNorm``.
 
     In the search the tables are the teacher's (frozen, ``dim`` = teacher width) and a learned
     projection maps them to ``hidden_size``; the student owns ``hidden_size``-wide tables made by
@@ -142,6 +167,7 @@ class Embeddings(nn.Module):
         dim: int | None = None,
         dropout: float = 0.1,
         pair: bool = True,
+        norm_width: int | None = None,
     ) -> None:
         super().__init__()
         dim = dim or hidden_size
@@ -149,7 +175,8 @@ class Embeddings(nn.Module):
         self.word = nn.Embedding(vocab_size, dim)
         self.position = nn.Embedding(max_positions, dim)
         self.projection = nn.Linear(dim, hidden_size) if dim != hidden_size else None
-        self.norm = nn.LayerNorm(hidden_size)
+        pruned = norm_width not in (None, hidden_size)
+        self.norm = PrunedLayerNorm(hidden_size, norm_width) if pruned else nn.LayerNorm(hidden_size)
         self.dropout = nn.Dropout(dropout)
 
     def forward(

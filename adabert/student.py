@@ -38,15 +38,29 @@ class AdaBertStudentConfig(PretrainedConfig):
         hidden_dropout_prob: float = 0.1,
         pair: bool = True,
         pad_token_id: int = 0,
+        norm_width: int | None = None,
         **kwargs: Any,
     ) -> None:
+        """``norm_width``: the width before pruning removed hidden dimensions (see ``PrunedLayerNorm``)."""
         super().__init__(pad_token_id=pad_token_id, **kwargs)
+        self.norm_width = norm_width
         self.genotype = genotype
         self.vocab_size = vocab_size
         self.max_position_embeddings = max_position_embeddings
         self.hidden_size = hidden_size
         self.hidden_dropout_prob = hidden_dropout_prob
         self.pair = pair
+
+
+def _embeddings(config: AdaBertStudentConfig) -> Embeddings:
+    return Embeddings(
+        config.vocab_size,
+        config.max_position_embeddings,
+        config.hidden_size,
+        dropout=config.hidden_dropout_prob,
+        pair=config.pair,
+        norm_width=getattr(config, "norm_width", None),
+    )
 
 
 class AdaBertStudentForSequenceClassification(PreTrainedModel):
@@ -62,13 +76,7 @@ class AdaBertStudentForSequenceClassification(PreTrainedModel):
         space = get_space(genotype.space)
         edges = [(e.source, e.target) for e in genotype.edges]
         ops = [[e.op] for e in genotype.edges]
-        self.embeddings = Embeddings(
-            config.vocab_size,
-            config.max_position_embeddings,
-            config.hidden_size,
-            dropout=config.hidden_dropout_prob,
-            pair=config.pair,
-        )
+        self.embeddings = _embeddings(config)
         self.cells = nn.ModuleList(
             Cell(space, edges, ops, config.hidden_size) for _ in range(genotype.num_cells)
         )
@@ -81,6 +89,53 @@ class AdaBertStudentForSequenceClassification(PreTrainedModel):
     @property
     def genotype(self) -> Genotype:
         return Genotype.from_dict(self.config.genotype)
+
+    HIDDEN_TENSORS = (
+        ("embeddings.word", "weight"),
+        ("embeddings.position", "weight"),
+        ("embeddings.norm", "weight"),
+        ("embeddings.norm", "bias"),
+    )
+    """The embedding stage's tensors whose last axis is the hidden dimension: a dimension zero in all of
+    them is zero everywhere downstream of parameter-free cells."""
+
+    @torch.no_grad()
+    def remove_pruned_hidden_dims(self) -> dict[str, int] | None:
+        """Remove, exactly, the hidden dimensions pruned to zero in every ``HIDDEN_TENSORS`` slice.
+
+        Only when no cell op has parameters (they would mix dimensions back in): a pruned dimension
+        is then zero in every cell output, so the head's columns for it are dead too. The LayerNorm
+        keeps counting the removed dimensions (``norm_width``). Returns the widths, or None.
+        """
+        tables = (self.embeddings.word, self.embeddings.position)
+        if any(p.numel() for cell in self.cells for p in cell.ops.parameters()) or not all(
+            type(t) is nn.Embedding for t in tables
+        ):
+            return None
+        alive = torch.zeros(self.config.hidden_size, dtype=torch.bool, device=self.device)
+        for module, tensor in self.HIDDEN_TENSORS:
+            values = getattr(self.get_submodule(module), tensor).detach()
+            alive |= values.abs().reshape(-1, values.shape[-1]).sum(0) > 0
+        if bool(alive.all()):
+            return None
+        alive[0] |= not alive.any()  # keep one dimension so that every layer keeps a valid shape
+        keep = torch.nonzero(alive).flatten()
+        config, old = self.config, self.embeddings
+        before, width = config.hidden_size, config.norm_width or config.hidden_size
+        config.hidden_size, config.norm_width = int(keep.numel()), width
+        new = self.embeddings = _embeddings(config).to(self.device).train(self.training)
+        new.word.weight.copy_(old.word.weight[:, keep])
+        new.position.weight.copy_(old.position.weight[:, keep])
+        new.norm.weight.copy_(old.norm.weight[keep])
+        new.norm.bias.copy_(old.norm.bias[keep])
+        new.norm.eps = old.norm.eps
+        old_head = self.head
+        self.head = ClassifierHead(config.hidden_size, config.num_labels, config.hidden_dropout_prob)
+        self.head.to(self.device).train(self.training)
+        for name in ("score", "out"):
+            getattr(self.head, name).weight.copy_(getattr(old_head, name).weight[:, keep])
+            getattr(self.head, name).bias.copy_(getattr(old_head, name).bias)
+        return {"before": before, "after": int(keep.numel())}
 
     def forward(
         self,

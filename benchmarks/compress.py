@@ -15,13 +15,14 @@ density, file size, FLOPs, latency) is printed and written to ``OUTPUT_DIR/resul
 
     python benchmarks/compress.py --model runs/sst2/student --store runs/sst2/store \\
         --output-dir runs/sst2/compress_bench [--runs block svd hybrid] [--kd-epochs 1] \\
-        [--retrain-epochs 1] [--train-limit N] [--embeddings] [--exclude REGEX] [--batch-sizes 1 32]
-        [--seq-len 128] [--threads N]
+        [--retrain-epochs 1] [--hidden-kd 1] [--train-limit N] [--embeddings] [--exclude REGEX]
+        [--batch-sizes 1 32] [--seq-len 128] [--threads N] [--reuse]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--retrain-epochs", type=float, default=1.0, help="fixed-mask KD epochs (default: 1)")
     parser.add_argument("--prune-rounds", type=int, default=10, help="pruning rounds (default: 10)")
     parser.add_argument(
+        "--hidden-kd",
+        type=float,
+        default=CompressConfig.hidden_kd,
+        help="weight of the hidden-state MSE against the original model; 0 = logits KD only "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
         "--exclude",
         default=CompressConfig.exclude,
         help="regex of module names left alone, e.g. to block-prune only feed-forward neurons: "
@@ -81,7 +89,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3, help="untimed warm-up calls")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="do not compress: time again the models already under OUTPUT_DIR (e.g. on a quiet machine)",
+    )
     return parser.parse_args(argv)
+
+
+def load_report(out: Path, run: str) -> dict[str, Any]:
+    path = out / run / "report.json"
+    if not path.is_file():
+        raise SystemExit(f"--reuse: {path} not found; run without --reuse first to compress {run!r}")
+    return json.loads(path.read_text())
 
 
 def run_config(args: argparse.Namespace, run: str) -> CompressConfig:
@@ -97,6 +117,7 @@ def run_config(args: argparse.Namespace, run: str) -> CompressConfig:
         kd_epochs=args.kd_epochs,
         retrain_epochs=args.retrain_epochs,
         prune_rounds=args.prune_rounds,
+        hidden_kd=args.hidden_kd,
         exclude=args.exclude,
         embeddings=args.embeddings,
         batch_size=args.batch_size,
@@ -153,7 +174,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     store = KnowledgeStore.open(args.store)
     metric = store.task.main_metric
-    reports = {run: compress(run_config(args, run)) for run in args.runs}
+    if args.reuse:
+        reports = {run: load_report(out, run) for run in args.runs}
+    else:
+        reports = {run: compress(run_config(args, run)) for run in args.runs}
 
     first = next(iter(reports.values()))
     before = first["metrics"]["original"]

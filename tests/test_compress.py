@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -36,8 +37,10 @@ from adabert.compress import (
     wrap,
 )
 from adabert.compress.factorize import energy_kept
-from adabert.compress.pipeline import run_block, run_magnitude
+from adabert.compress.pipeline import Distiller, run_block, run_magnitude
 from adabert.config import STAGE_CONFIGS, CompressConfig, from_dict
+from adabert.data import StoreSplit
+from adabert.distill import hidden_state_kd
 from adabert.genotype import random_genotype
 from adabert.student import build_student
 from search_spaces import get_space
@@ -391,6 +394,73 @@ def test_factorized_student_reloads_smaller_with_identical_outputs(tmp_path):
     assert reloaded.config.pair is True
 
 
+POOLING_CELL = [
+    (0, 2, "max_pool3"),
+    (1, 2, "avg_pool3"),
+    (0, 3, "max_pool3"),
+    (2, 3, "identity"),
+    (0, 4, "max_pool3"),
+    (1, 4, "identity"),
+]
+
+
+def _pooling_student(seed: int = 0):
+    """A student with a parameter-free cell, like the searched SST-2 one: all but its head is embeddings."""
+    from adabert.genotype import Edge, Genotype
+
+    edges = tuple(Edge(*e) for e in POOLING_CELL)
+    genotype = Genotype("adabert_cnn", 2, edges, hidden_size=16)
+    generator = torch.Generator().manual_seed(seed)
+    tables = {
+        "word_embeddings": torch.randn(60, 24, generator=generator),
+        "position_embeddings": torch.randn(40, 24, generator=generator),
+    }
+    return build_student(genotype, 2, tables, pair=True).eval()
+
+
+def test_pruned_hidden_dimensions_are_removed_exactly_and_reload(tmp_path):
+    from adabert.compress.prune import mask_hidden_dims
+
+    torch.manual_seed(0)
+    student = _pooling_student()
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # no zero by chance, no LayerNorm at its identity init
+    x = batch(60)
+    keep = torch.arange(16) % 3 != 0  # 10 of 16 dimensions
+    mask_hidden_dims(student, student.HIDDEN_TENSORS, keep)
+    make_permanent(student)
+    expected = student(**x).logits
+    shrunk = shrink_model(student)
+    assert shrunk["hidden"] == {"model": {"before": 16, "after": 10}}
+    assert student.config.hidden_size == 10 and student.config.norm_width == 16
+    assert student.embeddings.word.weight.shape == (60, 10) and student.head.out.weight.shape == (2, 10)
+    assert torch.allclose(student(**x).logits, expected, atol=1e-5)
+    student.save_pretrained(tmp_path / "narrow")
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "narrow").eval()
+    assert torch.allclose(reloaded(**x).logits, expected, atol=1e-5)
+    # a dimension zero in the tables but not in the LayerNorm shift still carries a signal: kept
+    other = _pooling_student()
+    with torch.no_grad():
+        other.embeddings.word.weight[:, 0] = 0
+        other.embeddings.position.weight[:, 0] = 0
+    assert other.remove_pruned_hidden_dims() is None
+    assert _student().remove_pruned_hidden_dims() is None  # convolutions mix the dimensions
+
+
+def test_block_pruning_of_word_table_columns_takes_whole_hidden_dimensions(tmp_path):
+    student = _pooling_student()
+    cfg = CompressConfig(
+        target_sparsity=0.5, prune_rounds=2, group="col", embeddings=True, exclude=r"(^|\.)head(\.|$)"
+    )
+    stats = run_block(student, cfg, RecordingDistiller(student))
+    assert "embeddings.position" not in stats["layers"]  # pruned with the word table, not on its own
+    make_permanent(student)
+    expected = student(**batch(60)).logits
+    assert shrink_model(student)["hidden"]["model"] == {"before": 16, "after": 8}
+    assert torch.allclose(student(**batch(60)).logits, expected, atol=1e-5)
+
+
 # ------------------------------------------------------------------------------------- iterative schedule
 def test_keep_schedule_follows_target_to_the_power_t_over_T():
     schedule = keep_schedule(0.75, 4)
@@ -461,6 +531,69 @@ def test_methods_and_config():
     assert STAGE_CONFIGS["compress"] is CompressConfig
     cfg = from_dict(CompressConfig, {"methods": "block", "block_size": [32, 32], "energy": 0.9})
     assert cfg.block_size == (32, 32) and cfg.energy == 0.9
+
+
+# ------------------------------------------------------------------------------------- hidden-state KD
+def test_hidden_state_kd_is_the_mean_token_mse_and_ignores_padding():
+    torch.manual_seed(0)
+    student = [torch.randn(2, 5, 4) for _ in range(3)]
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    assert hidden_state_kd(student, [s.clone() for s in student], mask) == 0
+    teacher = [s + 1.0 for s in student]
+    assert hidden_state_kd(student, teacher, mask).item() == pytest.approx(1.0)
+    for t in teacher:  # what stands at padded positions does not count
+        t[0, 3:] += 100.0
+    assert hidden_state_kd(student, teacher, mask).item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="levels"):
+        hidden_state_kd(student, teacher[:2], mask)
+
+
+def _rows(model: nn.Module, n: int = 32, length: int = 10) -> StoreSplit:
+    """Random token rows labelled with ``model``'s own logits, as a knowledge store holds them."""
+    ids = torch.randint(7, model.config.vocab_size, (n, length), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    columns = {
+        "input_ids": ids.tolist(),
+        "attention_mask": [[1] * length] * n,
+        "token_type_ids": [[0] * length] * n,
+        "labels": logits.argmax(-1).tolist(),
+    }
+    return StoreSplit(columns, logits.numpy(), logits[:, None].numpy())
+
+
+def _hidden_gap(model: nn.Module, original: nn.Module, rows: StoreSplit) -> float:
+    batch = {k: torch.tensor(rows.columns[k]) for k in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        ours, theirs = (m.eval()(**batch, output_hidden_states=True).hidden_states for m in (model, original))
+    return hidden_state_kd(ours, theirs, batch["attention_mask"]).item()
+
+
+def test_distiller_pulls_the_hidden_states_back_to_the_original(tiny_bert_dir):
+    """LadaBERT's layer-wise KD: a damaged copy trains back towards the original's hidden states."""
+    import copy
+
+    original = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir).eval()
+    rows = _rows(original)
+    torch.manual_seed(0)
+    damaged = copy.deepcopy(original)
+    with torch.no_grad():
+        for name, p in damaged.named_parameters():
+            if "intermediate" in name:
+                p.add_(0.5 * torch.randn_like(p))
+    before = _hidden_gap(damaged, original, rows)
+    gaps = {}
+    for weight in (0.0, 1.0):
+        model = copy.deepcopy(damaged)
+        cfg = CompressConfig(batch_size=8, hidden_kd=weight, device="cpu")
+        distiller = Distiller(model, rows, cfg, False, torch.device("cpu"), 1e-3, reference=original)
+        stats = distiller.run(40, "test")
+        assert (distiller.reference is original) == (weight > 0) and (stats["hidden"] > 0) == (weight > 0)
+        gaps[weight] = _hidden_gap(model, original, rows)
+    assert gaps[1.0] < 0.5 * before and gaps[1.0] < 0.5 * gaps[0.0]
+    # an original of other shapes cannot teach hidden states: logits KD only, with a warning
+    other = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_hidden_layers=1).eval()
+    assert Distiller(model, rows, cfg, False, torch.device("cpu"), 1e-3, other).reference is None
 
 
 # ------------------------------------------------------------------------------------------- end to end
@@ -547,3 +680,19 @@ def test_compress_end_to_end_teacher_and_student(tiny_store, tmp_path):
     reloaded = AutoModelForSequenceClassification.from_pretrained(out)
     assert reloaded.config.compression["modules"][word]["type"] == "factorized_embedding"
     assert report["size"]["compressed"]["total"] < 0.7 * report["size"]["original"]["total"]
+
+    # half the hidden dimensions of a student with parameter-free cells: a narrower student
+    from adabert.genotype import Edge, Genotype
+
+    edges = tuple(Edge(*e) for e in POOLING_CELL)
+    pooling = Genotype("adabert_cnn", 1, edges, hidden_size=16)
+    student = build_student(pooling, 2, store.embeddings(), False, **student_config_kwargs(store))
+    save_pretrained_atomic(tmp_path / "pooling", student, store.tokenizer())
+    out = tmp_path / "student_narrow"
+    settings = _settings(tiny_store, out, model=str(tmp_path / "pooling"), methods="block", group="col")
+    report = compress(dataclasses.replace(settings, embeddings=True))
+    assert report["compression"]["shrunk"]["hidden"]["model"] == {"before": 16, "after": 8}
+    assert report["compression"]["shrink_max_abs_diff"] <= 1e-4
+    reloaded = AutoModelForSequenceClassification.from_pretrained(out)
+    assert reloaded.config.base["hidden_size"] == 8 and reloaded.config.base["norm_width"] == 16
+    assert report["size"]["compressed"]["total"] < 0.55 * report["size"]["original"]["total"]

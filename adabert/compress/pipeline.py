@@ -2,7 +2,9 @@
 
 ``compress(cfg)`` runs the methods of ``cfg.methods`` in order on a copy of the model (any sequence
 classifier: the fine-tuned BERT teacher or an AdaBERT student), each followed by KD training against
-the stored teacher logits (``(1 - gamma) task + gamma KD``, as in ``adabert train``):
+the stored teacher logits (``(1 - gamma) task + gamma KD``, as in ``adabert train``) plus, weighted by
+``hidden_kd``, the MSE between its hidden states and the uncompressed original's (LadaBERT's
+layer-wise KD; computed on the fly, since compression keeps the hidden shapes):
 
 - ``svd``: every eligible Linear / Conv1d becomes its truncated-SVD pair, then ``kd_epochs`` of KD.
 - ``magnitude``: iterative unstructured pruning, ``prune_rounds`` rounds with the kept fraction
@@ -15,6 +17,9 @@ the stored teacher logits (``(1 - gamma) task + gamma KD``, as in ``adabert trai
 
 With ``embeddings`` the embedding tables are compressed too (an AdaBERT student is mostly its table):
 SVD makes ALBERT-style factorized embeddings, pruning prunes the table (block row groups = tokens).
+Block pruning of whole columns of a student's word table (``group = "col"``) prunes whole hidden
+dimensions: the position-table column and the LayerNorm scale and shift go with each word column
+(the model's ``HIDDEN_TENSORS``), so a student with parameter-free cells becomes physically narrower.
 
 Masks stay active across later methods, so nothing pruned comes back. At the end the masks are
 baked in, rows / columns / ranks that ended up all zero are physically removed (exactly: the outputs
@@ -45,7 +50,7 @@ from adabert.compress import prune
 from adabert.compress.factorize import FACTORIZED, compressible_layers, factorize_model
 from adabert.compress.model import unwrap, wrap
 from adabert.config import CompressConfig, save_config, to_dict
-from adabert.distill import logits_kd, task_loss
+from adabert.distill import hidden_state_kd, logits_kd, task_loss
 from adabert.evaluate import (
     _jsonable,
     compare_latency,
@@ -116,6 +121,7 @@ class Distiller:
         regression: bool,
         device: torch.device,
         lr: float,
+        reference: nn.Module | None = None,
     ) -> None:
         self.model, self.train, self.cfg = model, train, cfg
         self.regression, self.device, self.lr = regression, device, lr
@@ -123,6 +129,29 @@ class Distiller:
         self.steps_per_epoch = max(1, math.ceil(len(train) / cfg.batch_size))
         self._epoch = 0
         self._batches = self._endless()
+        self.reference = reference if cfg.hidden_kd > 0 and self._matches(reference) else None
+
+    def _matches(self, reference: nn.Module | None) -> bool:
+        """Whether ``reference`` returns hidden states of the model's shapes (else: logits KD only)."""
+        if reference is None:
+            return False
+        batch = {k: v.to(self.device) for k, v in data.collate([self.train[0]]).items()}
+        with torch.no_grad():
+            ours, theirs = (self._forward(m, batch, hidden=True) for m in (self.model, reference))
+        shapes = [[tuple(h.shape) for h in out.hidden_states or ()] for out in (ours, theirs)]
+        if not shapes[0] or shapes[0] != shapes[1]:
+            log.warning(
+                "hidden-state KD is off: the model's hidden states %s do not match the original's %s",
+                shapes[0],
+                shapes[1],
+            )
+            return False
+        return True
+
+    @staticmethod
+    def _forward(model: nn.Module, batch: dict[str, torch.Tensor], hidden: bool) -> Any:
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+        return model(**inputs, output_hidden_states=True) if hidden else model(**inputs)
 
     def _endless(self) -> Iterator[dict[str, torch.Tensor]]:
         while True:
@@ -140,30 +169,31 @@ class Distiller:
         lasso: prune.GroupLasso | None = None,
         before_step: Callable[[int], None] | None = None,
     ) -> dict[str, float]:
-        """``steps`` optimiser steps of ``(1 - gamma) task + gamma KD`` (+ ``lasso`` steps); mean terms."""
+        """``steps`` steps of ``(1 - gamma) task + gamma KD + hidden_kd MSE`` (+ ``lasso``); mean terms."""
         if steps <= 0:
             return {"steps": 0}
         cfg, model = self.cfg, self.model
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=cfg.weight_decay)
         scheduler = get_linear_schedule_with_warmup(optimizer, int(0.06 * steps), steps)
-        sums = {"loss": 0.0, "task": 0.0, "kd": 0.0, "penalty": 0.0}
+        sums = {"loss": 0.0, "task": 0.0, "kd": 0.0, "hidden": 0.0, "penalty": 0.0}
         model.train()
         bar = tqdm(range(steps), desc=desc, leave=False)
         for step in bar:
             if before_step is not None:
                 before_step(step)
             batch = {k: v.to(self.device) for k, v in next(self._batches).items()}
-            logits = model(
-                input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
-                token_type_ids=batch["token_type_ids"],
-            ).logits
+            out = self._forward(model, batch, hidden=self.reference is not None)
             terms = {
-                "task": task_loss(logits, batch["labels"], self.regression),
-                "kd": logits_kd(logits, batch["teacher_logits"], self.regression, cfg.kd_temperature),
+                "task": task_loss(out.logits, batch["labels"], self.regression),
+                "kd": logits_kd(out.logits, batch["teacher_logits"], self.regression, cfg.kd_temperature),
             }
             loss = (1 - cfg.gamma) * terms["task"] + cfg.gamma * terms["kd"]
+            if self.reference is not None:
+                with torch.no_grad():
+                    target = self._forward(self.reference, batch, hidden=True).hidden_states
+                terms["hidden"] = hidden_state_kd(out.hidden_states, target, batch["attention_mask"])
+                loss = loss + cfg.hidden_kd * terms["hidden"]
             if not torch.isfinite(loss):
                 raise RuntimeError(
                     f"{desc}: training loss became {loss.item()} at step {step + 1}; lower --lr"
@@ -279,10 +309,20 @@ def run_magnitude(model: nn.Module, cfg: CompressConfig, distiller: Distiller) -
     }
 
 
+def _hidden_tensors(model: nn.Module, names: list[str], cfg: CompressConfig) -> tuple[tuple[str, str], ...]:
+    """The tensors of a hidden dimension (``HIDDEN_TENSORS``, first: the one pruned by columns) when
+    block pruning removes whole columns of it: they are pruned together, so the dimension can go."""
+    tensors = tuple(getattr(model, "HIDDEN_TENSORS", ()))
+    whole_columns = cfg.group == "col" and cfg.block_size[0] == 0
+    return tensors if tensors and whole_columns and tensors[0][0] in names else ()
+
+
 def run_block(model: nn.Module, cfg: CompressConfig, distiller: Distiller) -> dict[str, Any]:
     """Block pruning (Li et al.): KD with the reweighted group lasso, the smallest groups cut in rounds."""
     inner = unwrap(model)
     names = _prunable(inner, cfg)
+    tied = _hidden_tensors(inner, names, cfg)
+    names = [n for n in names if n not in {module for module, _ in tied[1:]}]
     lasso = prune.GroupLasso(
         inner, names, cfg.block_size, cfg.group, cfg.lasso_lambda, cfg.lasso_eps, cfg.target_sparsity
     )
@@ -293,6 +333,8 @@ def run_block(model: nn.Module, cfg: CompressConfig, distiller: Distiller) -> di
 
     def masks_at(sparsity: float) -> dict[str, torch.Tensor]:
         masks = lasso.masks(sparsity)
+        if tied:  # the other tensors of each pruned hidden dimension go with its word-table column
+            prune.mask_hidden_dims(inner, tied[1:], masks[tied[0][0]].any(0))
         lasso.reweight()  # the pruned groups' weights are zero now: rebalance before training on
         return masks
 
@@ -403,7 +445,8 @@ def compress(cfg: CompressConfig) -> dict[str, Any]:
 
     train = data.load_split(store, "train", cfg.train_limit, cfg.use_augmented, cfg.seed)
     dev = data.load_split(store, store.dev_split)
-    distiller = Distiller(model, train, cfg, task.is_regression, device, lr)
+    original.eval()
+    distiller = Distiller(model, train, cfg, task.is_regression, device, lr, reference=original)
     log.info(
         "compressing %s with %s: %d training rows, %d steps per epoch, lr %g",
         cfg.model,
@@ -520,7 +563,7 @@ def compress(cfg: CompressConfig) -> dict[str, Any]:
 
 
 def _short_stats(stats: dict[str, Any]) -> str:
-    keys = ("steps", "loss", "kd", "penalty")
+    keys = ("steps", "loss", "kd", "hidden", "penalty")
     shown = [k for k in keys if isinstance(stats.get(k), (int, float)) and stats[k]]
     return ", ".join(f"{k} {stats[k]:.4g}" for k in shown)
 
@@ -548,7 +591,8 @@ def compression_markdown(report: dict[str, Any]) -> str:
     lines += [
         "",
         f"- factorized modules: {len(info['factorized_modules'])}; physically shrunk: "
-        f"{len(info['shrunk']['rank'])} ranks, {len(info['shrunk']['ffn_width'])} feed-forward widths",
+        f"{len(info['shrunk']['rank'])} ranks, {len(info['shrunk']['ffn_width'])} feed-forward widths, "
+        f"{len(info['shrunk'].get('hidden', {}))} hidden widths",
         f"- weights in Linear/Conv1d layers: {sparsity['params']:,}, non-zero {sparsity['nonzero']:,} "
         f"(density {sparsity['density']:.4f})",
         f"- max |logit difference|: shrinking {info['shrink_max_abs_diff']:.2e}, "

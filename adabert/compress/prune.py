@@ -176,35 +176,48 @@ class WeightMask(nn.Module):
         return weight * self.mask.to(weight.dtype)
 
 
-def _mask_of(module: nn.Module) -> WeightMask | None:
-    if not parametrize.is_parametrized(module, "weight"):
+def _mask_of(module: nn.Module, tensor: str = "weight") -> WeightMask | None:
+    if not parametrize.is_parametrized(module, tensor):
         return None
-    for p in module.parametrizations.weight:
+    for p in getattr(module.parametrizations, tensor):
         if isinstance(p, WeightMask):
             return p
     return None
 
 
-def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor], combine: bool = True) -> None:
-    """Mask the ``weight`` of each named module (kept when ``True``); masked weights stay zero in training.
+def apply_masks(
+    model: nn.Module, masks: Mapping[str, torch.Tensor], combine: bool = True, tensor: str = "weight"
+) -> None:
+    """Mask the ``weight`` (or ``tensor``) of each named module (kept when ``True``); masked values stay
+    zero in training.
 
     With ``combine`` a module already masked keeps the intersection of its old and new masks, so a
     weight pruned by an earlier method is never revived by a later one.
     """
     for name, mask in masks.items():
         module = model.get_submodule(name)
-        if tuple(mask.shape) != tuple(module.weight.shape):
-            raise ValueError(f"{name}: mask shape {tuple(mask.shape)} != weight {tuple(module.weight.shape)}")
-        mask = mask.to(device=module.weight.device, dtype=torch.bool)
-        existing = _mask_of(module)
+        values = getattr(module, tensor)
+        if tuple(mask.shape) != tuple(values.shape):
+            raise ValueError(f"{name}: mask shape {tuple(mask.shape)} != {tensor} {tuple(values.shape)}")
+        mask = mask.to(device=values.device, dtype=torch.bool)
+        existing = _mask_of(module, tensor)
         if existing is None:
-            parametrize.register_parametrization(module, "weight", WeightMask(mask))
+            parametrize.register_parametrization(module, tensor, WeightMask(mask))
         else:
             existing.mask.copy_(existing.mask & mask if combine else mask)
 
 
+def mask_hidden_dims(
+    model: nn.Module, tensors: Iterable[tuple[str, str]], keep: torch.Tensor
+) -> None:
+    """Mask the same hidden dimensions (``keep``: the last axis) in each ``(module, tensor)``."""
+    for module, tensor in tensors:
+        shape = getattr(model.get_submodule(module), tensor).shape
+        apply_masks(model, {module: keep.expand(shape)}, tensor=tensor)
+
+
 def current_masks(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The active mask of every masked module, by name."""
+    """The active ``weight`` mask of every masked module, by name."""
     out = {}
     for name, module in model.named_modules():
         mask = _mask_of(module)
@@ -214,11 +227,11 @@ def current_masks(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def make_permanent(model: nn.Module) -> int:
-    """Bake every mask into its weight (zeros stay as zeros) and drop the parametrizations."""
+    """Bake every mask into its tensor (zeros stay as zeros) and drop the parametrizations."""
     done = 0
     for module in list(model.modules()):
-        if parametrize.is_parametrized(module, "weight"):
-            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+        for tensor in list(getattr(module, "parametrizations", {}) or {}):
+            parametrize.remove_parametrizations(module, tensor, leave_parametrized=True)
             done += 1
     return done
 
@@ -513,15 +526,17 @@ def shrink_rank(layer: nn.Module) -> dict[str, Any] | None:
 
 
 def shrink_model(model: nn.Module) -> dict[str, dict[str, dict[str, Any]]]:
-    """Physically remove what pruning left all zero: factorized ranks and feed-forward neurons.
+    """Physically remove what pruning left all zero: factorized ranks, feed-forward neurons, and the
+    hidden dimensions of a model that can remove them itself (``remove_pruned_hidden_dims``, e.g. an
+    AdaBERT student with parameter-free cells).
 
     Exact: the model computes the same function with fewer parameters, so it applies everywhere
     (also to a layer that was itself left unpruned, e.g. the consumer of pruned neurons). Masks must
     be permanent.
     Returns ``{"rank": {factorized module: {"before", "after"}}, "ffn_width": {producer: {"consumer",
-    "before", "after"}}}`` for the modules that shrank.
+    "before", "after"}}, "hidden": {"model": {"before", "after"}}}`` for what shrank.
     """
-    stats: dict[str, dict[str, dict[str, Any]]] = {"rank": {}, "ffn_width": {}}
+    stats: dict[str, dict[str, dict[str, Any]]] = {"rank": {}, "ffn_width": {}, "hidden": {}}
     for name, module in list(model.named_modules()):
         if isinstance(module, FACTORIZED):
             result = shrink_rank(module)
@@ -531,7 +546,12 @@ def shrink_model(model: nn.Module) -> dict[str, dict[str, dict[str, Any]]]:
         result = shrink_ffn(model, producer, consumer, act)
         if result:
             stats["ffn_width"][producer] = {"consumer": consumer, **result}
-    changed = len(stats["rank"]) + len(stats["ffn_width"])
+    remove_hidden = getattr(model, "remove_pruned_hidden_dims", None)
+    if remove_hidden is not None:
+        result = remove_hidden()
+        if result:
+            stats["hidden"]["model"] = result
+    changed = len(stats["rank"]) + len(stats["ffn_width"]) + len(stats["hidden"])
     if changed:
-        log.info("shrank %d ranks and %d feed-forward blocks", len(stats["rank"]), len(stats["ffn_width"]))
+        log.info("shrank %d ranks, %d feed-forward blocks, %d hidden widths", *map(len, stats.values()))
     return stats
