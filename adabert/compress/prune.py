@@ -207,9 +207,7 @@ def apply_masks(
             existing.mask.copy_(existing.mask & mask if combine else mask)
 
 
-def mask_hidden_dims(
-    model: nn.Module, tensors: Iterable[tuple[str, str]], keep: torch.Tensor
-) -> None:
+def mask_hidden_dims(model: nn.Module, tensors: Iterable[tuple[str, str]], keep: torch.Tensor) -> None:
     """Mask the same hidden dimensions (``keep``: the last axis) in each ``(module, tensor)``."""
     for module, tensor in tensors:
         shape = getattr(model.get_submodule(module), tensor).shape
