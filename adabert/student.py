@@ -112,29 +112,21 @@ class AdaBertStudentForSequenceClassification(PreTrainedModel):
             type(t) is nn.Embedding for t in tables
         ):
             return None
-        alive = torch.zeros(self.config.hidden_size, dtype=torch.bool, device=self.device)
-        for module, tensor in self.HIDDEN_TENSORS:
-            values = getattr(self.get_submodule(module), tensor).detach()
-            alive |= values.abs().reshape(-1, values.shape[-1]).sum(0) > 0
+        state = self.state_dict()
+        written = [f"{module}.{tensor}" for module, tensor in self.HIDDEN_TENSORS]
+        alive = sum(state[k].abs().reshape(-1, state[k].shape[-1]).sum(0) for k in written) > 0
         if bool(alive.all()):
             return None
         alive[0] |= not alive.any()  # keep one dimension so that every layer keeps a valid shape
         keep = torch.nonzero(alive).flatten()
-        config, old = self.config, self.embeddings
+        config, device, dtype = self.config, self.device, self.dtype
         before, width = config.hidden_size, config.norm_width or config.hidden_size
         config.hidden_size, config.norm_width = int(keep.numel()), width
-        new = self.embeddings = _embeddings(config).to(self.device).train(self.training)
-        new.word.weight.copy_(old.word.weight[:, keep])
-        new.position.weight.copy_(old.position.weight[:, keep])
-        new.norm.weight.copy_(old.norm.weight[keep])
-        new.norm.bias.copy_(old.norm.bias[keep])
-        new.norm.eps = old.norm.eps
-        old_head = self.head
+        self.embeddings = _embeddings(config)
         self.head = ClassifierHead(config.hidden_size, config.num_labels, config.hidden_dropout_prob)
-        self.head.to(self.device).train(self.training)
-        for name in ("score", "out"):
-            getattr(self.head, name).weight.copy_(getattr(old_head, name).weight[:, keep])
-            getattr(self.head, name).bias.copy_(getattr(old_head, name).bias)
+        self.to(device=device, dtype=dtype).train(self.training)
+        read = ["head.score.weight", "head.out.weight"]  # the head's input columns of those dimensions
+        self.load_state_dict({k: v[..., keep] if k in written + read else v for k, v in state.items()})
         return {"before": before, "after": int(keep.numel())}
 
     def forward(

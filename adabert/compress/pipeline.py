@@ -592,7 +592,7 @@ def compression_markdown(report: dict[str, Any]) -> str:
         "",
         f"- factorized modules: {len(info['factorized_modules'])}; physically shrunk: "
         f"{len(info['shrunk']['rank'])} ranks, {len(info['shrunk']['ffn_width'])} feed-forward widths, "
-        f"{len(info['shrunk'].get('hidden', {}))} hidden widths",
+        f"{len(info['shrunk']['hidden'])} hidden widths",
         f"- weights in Linear/Conv1d layers: {sparsity['params']:,}, non-zero {sparsity['nonzero']:,} "
         f"(density {sparsity['density']:.4f})",
         f"- max |logit difference|: shrinking {info['shrink_max_abs_diff']:.2e}, "
