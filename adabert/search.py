@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from adabert import data, distributed
+from adabert.checkpoint import CheckpointError, load_state, save_state, settings_hash
 from adabert.config import SearchConfig, save_config, to_dict
 from adabert.distill import hierarchical_kd, task_loss
 from adabert.genotype import Genotype, derive_genotype, draw_genotype, random_genotype
@@ -36,7 +37,8 @@ from search_spaces import get_space
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT = "checkpoint.safetensors"
+CHECKPOINT_KIND = "search"
 GENOTYPE = "genotype.json"
 LOG = "search_log.jsonl"
 # Settings that may change between an interrupted run and its resumption.
@@ -172,25 +174,30 @@ def divergence_advice(checkpoint: Path, finished_epochs: int, settings: str) -> 
     return f"no epoch finished, so no checkpoint was written. Lower {settings} and start again."
 
 
-def load_checkpoint(path: Path, resume: bool, what: str = "checkpoint") -> dict[str, Any] | None:
+def load_checkpoint(path: Path, resume: bool, kind: str = CHECKPOINT_KIND) -> dict[str, Any] | None:
     """Rank 0 reads the checkpoint (if resuming and it exists) and hands it to every rank.
 
     Only rank 0's file system needs the output directory: the other ranks get the state over the
-    process group.
+    process group. Checkpoints are never unpickled (:mod:`adabert.checkpoint`).
     """
     state = None
     if distributed.is_main() and resume:
         if path.exists():
-            try:
-                state = torch.load(path, weights_only=False)
-            except Exception as err:  # pickle / zip / runtime errors of a damaged file
-                raise ValueError(
-                    f"{path}: the {what} cannot be read ({err}); restore it, or move it away to start afresh"
-                ) from None
-            if not isinstance(state, dict) or "config" not in state or "epoch" not in state:
-                raise ValueError(f"{path}: not an adabert {what}; move it away to start afresh")
+            state = load_state(path, kind)
+            if "config" not in state or "epoch" not in state:
+                raise CheckpointError(
+                    f"{path}: not an adabert {kind} checkpoint; move it away to start afresh"
+                )
         else:
-            log.warning("--resume: no %s in %s, starting from scratch", what, path.parent)
+            legacy = path.with_suffix(".pt")
+            if legacy.exists():
+                log.warning(
+                    "--resume: %s is a pickle-based checkpoint of an older adabert and is never read; "
+                    "starting from scratch",
+                    legacy,
+                )
+            else:
+                log.warning("--resume: no %s checkpoint in %s, starting from scratch", kind, path.parent)
     return distributed.broadcast_object(state)
 
 
@@ -405,7 +412,9 @@ def run_search(cfg: SearchConfig) -> Genotype:
                 "history": history,
                 "config": to_dict(cfg),
             }
-            atomic_save(checkpoint_path, lambda p, s=state: torch.save(s, p))
+            save_state(
+                checkpoint_path, state, CHECKPOINT_KIND, settings_hash(to_dict(cfg), RESUMABLE_CHANGES)
+            )
             _write_log(history, out)
             _write_genotype(genotype, out)
             del state

@@ -22,12 +22,15 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from adabert import data, distributed
+from adabert.checkpoint import CheckpointError, load_state, save_state, settings_hash
 from adabert.config import TrainConfig, save_config, to_dict
 from adabert.distill import hierarchical_kd, logits_kd, task_loss
 from adabert.genotype import Genotype
-from adabert.io import atomic_save, atomic_write_json, save_pretrained_atomic
+from adabert.io import atomic_write_json, save_pretrained_atomic
 from adabert.modules import ProbeHeads, masked_mean
 from adabert.search import (
+    CHECKPOINT,
+    CHECKPOINT_KIND,
     DivergenceError,
     check_resumable,
     divergence_advice,
@@ -43,7 +46,8 @@ from adabert.tasks import compute_metrics, predictions_from_logits
 
 log = logging.getLogger(__name__)
 
-STATE = "training_state.pt"
+STATE = "training_state.safetensors"
+STATE_KIND = "training"
 # Settings that may change between an interrupted training run and its resumption.
 RESUMABLE_CHANGES = {"resume", "epochs", "output_dir", "store", "genotype", "supernet"}
 TERMS = ("loss", "task", "kd", "probe_kd")
@@ -62,25 +66,25 @@ def check_genotype_fits(genotype: Genotype, store: KnowledgeStore, path: str) ->
 
 
 def load_supernet_state(path: str) -> dict[str, torch.Tensor]:
-    """Model weights of a search checkpoint (a search directory or its checkpoint.pt)."""
+    """Model weights of a search checkpoint (a search directory or its checkpoint file)."""
     return load_supernet_checkpoint(path)["model"]
 
 
 def load_supernet_checkpoint(path: str) -> dict[str, Any]:
-    """A search checkpoint (a search directory or its checkpoint.pt), refused clearly if unreadable."""
+    """A search checkpoint (a search directory or its checkpoint file), refused clearly if unusable."""
     file = Path(path)
     if file.is_dir():
-        file = file / "checkpoint.pt"
+        file = file / CHECKPOINT
     if not file.exists():
-        raise FileNotFoundError(f"{file}: no search checkpoint (run 'adabert search' first)")
-    try:
-        state = torch.load(file, weights_only=False)
-    except Exception as err:  # truncated or foreign files raise pickle / zip / runtime errors
-        raise ValueError(
-            f"{file}: not a readable search checkpoint ({err}); run 'adabert search' again"
-        ) from None
-    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
-        raise ValueError(f"{file}: not a search checkpoint (no model weights); pass a search directory")
+        legacy = (
+            " (its checkpoint.pt is from an older adabert and is never read)"
+            if (file.with_suffix(".pt").exists())
+            else ""
+        )
+        raise FileNotFoundError(f"{file}: no search checkpoint{legacy}; run 'adabert search' first")
+    state = load_state(file, CHECKPOINT_KIND)
+    if not isinstance(state.get("model"), dict):
+        raise CheckpointError(f"{file}: not a search checkpoint (no model weights); pass a search directory")
     return state
 
 
@@ -209,9 +213,14 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
     history: list[dict[str, Any]] = []
     start_epoch, best = 0, None
     state_path = out / STATE
-    state = load_checkpoint(state_path, cfg.resume, "training state")
+    state = load_checkpoint(state_path, cfg.resume, STATE_KIND)
     if state is not None:
         check_resumable(cfg, state["config"], state_path, RESUMABLE_CHANGES)
+        if state.get("genotype") != genotype.to_dict():
+            raise CheckpointError(
+                f"{state_path}: cannot resume, the training started from another genotype than "
+                f"{cfg.genotype}; use a new --output-dir or pass the genotype it started with"
+            )
         model.load_state_dict(state["model"])
         if probes is not None:
             probes.load_state_dict(state["probes"])
@@ -307,8 +316,9 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
                 "history": history,
                 "best": best,
                 "config": to_dict(cfg),
+                "genotype": genotype.to_dict(),
             }
-            atomic_save(state_path, lambda p, s=state: torch.save(s, p))
+            save_state(state_path, state, STATE_KIND, settings_hash(to_dict(cfg), RESUMABLE_CHANGES))
             del state
         distributed.barrier()  # the epoch is over everywhere once its state is on disk
 

@@ -24,6 +24,7 @@ import torch
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
+from adabert.checkpoint import save_state
 from adabert.config import STAGE_CONFIGS, ConfigError, EvalConfig, TrainConfig, load_config, save_config
 from adabert.genotype import Genotype, GenotypeError, random_genotype
 from adabert.store import KnowledgeStore, StoreError
@@ -303,12 +304,17 @@ def test_train_and_search_refuse_mismatched_inputs_up_front(tiny_store, tmp_path
                    max_cells=genotype.num_cells, pair=False)  # fmt: skip
     foreign = tmp_path / "foreign_search"
     foreign.mkdir()
-    torch.save({"model": net.state_dict(), "config": {"space": "adabert_cnn"}}, foreign / "checkpoint.pt")
+    save_state(
+        foreign / "checkpoint.safetensors",
+        {"model": net.state_dict(), "config": {"space": "adabert_cnn"}},
+        "search",
+        "",
+    )
     genotype_file = str(tmp_path / "rand" / "genotype.json")
     with pytest.raises(ValueError, match="3 output label.*task sst2 has 2.*drop --supernet"):
         train_student(TrainConfig(genotype=genotype_file, supernet=str(foreign), **base))
-    (foreign / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="not a readable search checkpoint"):
+    (foreign / "checkpoint.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
         train_student(TrainConfig(genotype=genotype_file, supernet=str(foreign), **base))
 
     # a store whose rows may be longer than the teacher's (and so the student's) 64 positions

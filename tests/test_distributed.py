@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from adabert import data, distributed
+from adabert.checkpoint import load_state
 from adabert.genotype import Genotype, derive_genotype
 from adabert.search import run_search
 from search_spaces import get_space
@@ -69,7 +70,7 @@ def test_two_processes_hold_the_same_architecture_and_weights(tiny_store, tmp_pa
     # ... and they are what rank 0 wrote: the genotype file and the checkpoint
     full = tmp_path / "full"
     edge, depth = logits0[1]
-    checkpoint = torch.load(full / "checkpoint.pt", weights_only=False)
+    checkpoint = load_state(full / "checkpoint.safetensors", "search")
     assert torch.equal(checkpoint["model"]["edge_logits"], edge)
     assert checkpoint["world_size"] == 2 and len(checkpoint["rng_per_rank"]) == 2
     space = get_space("adabert_cnn")

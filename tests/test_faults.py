@@ -76,7 +76,9 @@ def test_search_killed_mid_epoch_resumes_to_the_uninterrupted_result(tiny_store,
     reader.join(timeout=10)
     assert proc.returncode == -signal.SIGKILL
     assert len(_records(out / "search_log.jsonl")) == 1  # killed inside epoch 2
-    (out / ".checkpoint.pt.left-by-kill.tmp").write_bytes(b"half a checkpoint")  # as a kill mid-write would
+    (out / ".checkpoint.safetensors.left-by-kill.tmp").write_bytes(
+        b"half a checkpoint"
+    )  # as a kill mid-write would
 
     done = subprocess.run(_cli(tiny_store, out, "--resume"), env=_env(), capture_output=True, timeout=300)
     assert done.returncode == 0, done.stderr.decode(errors="replace")[-3000:]
@@ -100,9 +102,13 @@ def test_diverging_training_stops_with_a_clear_message(tiny_store, tmp_path, mon
     )
     train_module.train_student(TrainConfig(**settings))
     student = tmp_path / "student"
-    before = {name: (student / name).read_bytes() for name in ("training_state.pt", "model.safetensors")}
+    before = {
+        name: (student / name).read_bytes() for name in ("training_state.safetensors", "model.safetensors")
+    }
     monkeypatch.setattr(train_module, "task_loss", lambda logits, *_: logits.sum() * float("inf"))
-    with pytest.raises(DivergenceError, match=r"became -?(nan|inf) at epoch 2.*training_state.pt.*intact"):
+    with pytest.raises(
+        DivergenceError, match=r"became -?(nan|inf) at epoch 2.*training_state.safetensors.*intact"
+    ):
         train_module.train_student(TrainConfig(**{**settings, "epochs": 2, "resume": True}))
     assert {name: (student / name).read_bytes() for name in before} == before
     assert not list(student.glob(".*.tmp")) and not list(student.glob(".save.*"))

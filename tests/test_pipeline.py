@@ -283,7 +283,7 @@ def test_interrupted_search_resumes_and_the_pipeline_completes(finished_run, tmp
     progress = json.loads((run / "pipeline.json").read_text())
     assert progress["status"] == "interrupted" and progress["stages"]["search"]["status"] == "interrupted"
     assert not (run / "search" / STAGE_FILE).exists()
-    assert (run / "search" / "checkpoint.pt").exists()
+    assert (run / "search" / "checkpoint.safetensors").exists()
 
     monkeypatch.setattr(adabert.search, "evaluate_genotype", real_evaluate)
     real_search, resumes = adabert.search.run_search, []

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from adabert.checkpoint import load_state
 from adabert.config import EvalConfig, SearchConfig, TrainConfig
 from adabert.genotype import Genotype
 from adabert.search import DivergenceError, run_search, temperature
@@ -35,7 +36,7 @@ def test_search_writes_genotype_picture_log_and_plots(tiny_store, tmp_path):
         "genotype.png",
         "op_probabilities.png",
         "depth_distribution.png",
-        "checkpoint.pt",
+        "checkpoint.safetensors",
         "config.json",
     ):
         assert (out / name).stat().st_size > 0, name
@@ -109,12 +110,12 @@ def test_diverging_search_stops_with_a_clear_message(tiny_store, tmp_path, monke
 
     out = tmp_path / "nan"
     run_search(search_config(tiny_store, out, epochs=1))
-    before = (out / "checkpoint.pt").read_bytes()
+    before = (out / "checkpoint.safetensors").read_bytes()
     monkeypatch.setattr(search_module, "task_loss", lambda logits, *_: logits.sum() * float("nan"))
     with pytest.raises(DivergenceError, match="became nan at epoch 2.*checkpoint.*intact"):
         run_search(search_config(tiny_store, out, epochs=2, resume=True))
-    assert (out / "checkpoint.pt").read_bytes() == before
-    assert torch.load(out / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    assert (out / "checkpoint.safetensors").read_bytes() == before
+    assert load_state(out / "checkpoint.safetensors", "search")["epoch"] == 1
 
 
 def test_temperature_anneals_from_start_to_end():
@@ -192,6 +193,22 @@ def test_train_evaluate_export_from_a_searched_genotype(tiny_store, tmp_path):
                 supernet=str(search_dir),
                 resume=True,
                 lr=0.5,
+            )
+        )
+    # resuming from another genotype (same settings, other file content) is refused
+    other = tmp_path / "other"
+    run_search(search_config(tiny_store, other, random_architecture=True, seed=5))
+    assert Genotype.load(other / "genotype.json") != Genotype.load(search_dir / "genotype.json")
+    with pytest.raises(ValueError, match="cannot resume, the training started from another genotype"):
+        train_student(
+            TrainConfig(
+                genotype=str(other / "genotype.json"),
+                store=str(tiny_store),
+                output_dir=str(student_dir),
+                epochs=3,
+                batch_size=8,
+                probe_kd=0.5,
+                resume=True,
             )
         )
     with torch.no_grad():
