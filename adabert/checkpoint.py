@@ -12,19 +12,29 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from adabert import distributed, errors
+from adabert.errors import UserError
 from adabert.io import atomic_save
+
+log = logging.getLogger(__name__)
 
 VERSION = 2
 _TENSOR, _TUPLE, _ITEMS = "__tensor__", "__tuple__", "__items__"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be used: missing, damaged, foreign, legacy, or of other settings."""
+
+
+class DivergenceError(errors.DivergenceError):
+    """The loss became NaN or infinite; the last checkpoint is left as it was."""
 
 
 def settings_hash(settings: dict[str, Any], ignore: set[str] = frozenset()) -> str:
@@ -76,6 +86,15 @@ def _key(key: Any) -> Any:
     return tuple(key) if isinstance(key, list) else key
 
 
+def _looks_like_safetensors(path: Path) -> bool:
+    """A safetensors file: an 8-byte little-endian header length, then that many bytes of JSON."""
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if len(head) < 9:
+        return False
+    return 8 + int.from_bytes(head[:8], "little") <= path.stat().st_size and head[8:9] == b"{"
+
+
 def save_state(path: str | Path, state: dict[str, Any], kind: str, config_hash: str) -> None:
     """Write ``state`` atomically as a ``kind`` checkpoint of a run whose settings hash to ``config_hash``."""
     from safetensors.torch import save_file
@@ -107,12 +126,17 @@ def load_state(path: str | Path, kind: str, config_hash: str | None = None) -> d
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
-    with open(path, "rb") as fh:
-        head = fh.read(4)
-    if head[:2] == b"PK" or head[:1] == b"\x80":  # a torch.save zip archive or a raw pickle
+    if not _looks_like_safetensors(path):
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+        if head[:2] == b"PK" or head[:1] == b"\x80":  # a torch.save zip archive or a raw pickle
+            raise CheckpointError(
+                f"{path}: a pickle-based checkpoint (as torch.save writes), not a safetensors one; adabert "
+                "never unpickles files, as they can run code when read. Move it away and start afresh"
+            )
         raise CheckpointError(
-            f"{path}: a pickle-based checkpoint (torch.save); adabert never unpickles files, as they can "
-            "run code when read. Move it away and start afresh"
+            f"{path}: not a readable checkpoint (not a safetensors checkpoint, or a truncated one); "
+            "move it away to start afresh"
         )
     try:
         with safe_open(str(path), framework="pt") as fh:
@@ -141,3 +165,84 @@ def load_state(path: str | Path, kind: str, config_hash: str | None = None) -> d
         return _decode(json.loads(metadata["state"]), tensors)
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: damaged checkpoint ({err}); move it away to start afresh") from None
+
+
+# ------------------------------------------------------------------------------------- resuming a run
+def check_resumable(current: dict[str, Any], saved: dict[str, Any], path: Path, may_change: set[str]) -> None:
+    """Refuse to continue a run whose settings changed (other than ``may_change``) since its checkpoint."""
+    changed = sorted(k for k in current if k not in may_change and saved.get(k) != current[k])
+    if changed:
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
+        raise CheckpointError(
+            f"{path}: cannot resume, the settings changed ({details}); "
+            "use a new --output-dir or restore the settings"
+        )
+
+
+def load_for_resume(path: Path, resume: bool, kind: str) -> dict[str, Any] | None:
+    """Rank 0 reads the checkpoint (if resuming and it exists) and hands it to every rank.
+
+    Only rank 0's file system needs the output directory: the other ranks get the state over the
+    process group. Checkpoints are never unpickled.
+    """
+    state = None
+    if distributed.is_main() and resume:
+        if path.exists():
+            state = load_state(path, kind)
+            if "config" not in state or "epoch" not in state:
+                raise CheckpointError(
+                    f"{path}: not an adabert {kind} checkpoint; move it away to start afresh"
+                )
+        elif path.with_suffix(".pt").exists():
+            log.warning(
+                "--resume: %s is a pickle-based checkpoint of an older adabert and is never read; "
+                "starting from scratch",
+                path.with_suffix(".pt"),
+            )
+        else:
+            log.warning("--resume: no %s checkpoint in %s, starting from scratch", kind, path.parent)
+    return distributed.broadcast_object(state)
+
+
+def divergence_advice(checkpoint: Path, finished_epochs: int, settings: str) -> str:
+    """What is left on disk after a diverged step, and what to do next."""
+    if finished_epochs:
+        return (
+            f"the last good checkpoint ({checkpoint}, epoch {finished_epochs}) is intact. "
+            f"Lower {settings} and resume with --resume."
+        )
+    return f"no epoch finished, so no checkpoint was written. Lower {settings} and start again."
+
+
+def remove_stale_temporaries(directory: Path, names: tuple[str, ...]) -> None:
+    """Delete temp files that a killed run left beside its outputs (``.NAME.*.tmp``, see adabert.io)."""
+    for name in names:
+        for leftover in directory.glob(f".{name}.*.tmp"):
+            leftover.unlink(missing_ok=True)
+    for leftover in directory.glob(".save.*"):  # save_pretrained_atomic's temp dirs
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def gather_rng_states() -> list[torch.Tensor]:
+    """Every rank's CPU random state (dropout draws differ per rank), in rank order."""
+    return distributed.all_gather_object(torch.get_rng_state())
+
+
+def restore_rng_state(state: dict[str, Any], seed: int) -> None:
+    """Put back this rank's random state, or reseed when the checkpoint came from another world size."""
+    states = state.get("rng_per_rank") or [state["rng"]]
+    rank, world = distributed.rank(), distributed.world_size()
+    if len(states) == world:
+        torch.set_rng_state(states[rank])
+    else:
+        log.warning(
+            "the checkpoint was written by %d process(es), this run has %d: the batches and Gumbel "
+            "samples continue as before, the dropout draws do not",
+            len(states),
+            world,
+        )
+        if rank == 0:
+            torch.set_rng_state(states[0])
+        else:
+            torch.manual_seed(seed + 7919 * rank)

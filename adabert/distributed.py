@@ -33,6 +33,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from adabert.errors import UserError
+
 log = logging.getLogger(__name__)
 
 BACKEND_ENV = "ADABERT_DIST_BACKEND"
@@ -63,7 +65,7 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(value)
     except ValueError:
-        raise ValueError(
+        raise UserError(
             f"environment variable {name}={value!r} is not an integer (torchrun sets it)"
         ) from None
 
@@ -74,7 +76,7 @@ def env_context() -> Context:
     rank = _env_int("RANK", 0)
     local = _env_int("LOCAL_RANK", rank)
     if world < 1 or not 0 <= rank < world:
-        raise ValueError(f"RANK={rank} / WORLD_SIZE={world} in the environment are inconsistent")
+        raise UserError(f"RANK={rank} / WORLD_SIZE={world} in the environment are inconsistent")
     return Context(rank, world, local)
 
 
@@ -106,10 +108,10 @@ def setup(device: str | torch.device = "cpu") -> Context:
     if not ctx.distributed:
         return ctx
     if not dist.is_available():
-        raise RuntimeError(f"WORLD_SIZE={ctx.world_size} but this torch build has no torch.distributed")
+        raise UserError(f"WORLD_SIZE={ctx.world_size} but this torch build has no torch.distributed")
     missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
     if missing:
-        raise ValueError(
+        raise UserError(
             f"WORLD_SIZE={ctx.world_size} but {', '.join(missing)} not set; launch with "
             "`torchrun --nproc-per-node N -m adabert.cli ...` (it sets them)"
         )
@@ -269,3 +271,15 @@ def check_in_sync(tensors: dict[str, torch.Tensor]) -> None:
                     f"rank {rank()} and rank {other_rank} hold different {name} (max |difference| "
                     f"{diff:.3g}); the ranks diverged, which is a bug: please report it"
                 )
+
+
+def gather_arrays(parts: list[Any], labels: list[Any]) -> tuple[Any, Any]:
+    """Concatenate the batches' outputs and labels (NumPy) of every rank, in rank order."""
+    import numpy as np
+
+    gathered = all_gather_object((parts, labels))
+    outputs = [x for rank_outputs, _ in gathered for x in rank_outputs]
+    targets = [y for _, rank_labels in gathered for y in rank_labels]
+    if not outputs:
+        raise ValueError("no rows to evaluate")
+    return np.concatenate(outputs), np.concatenate(targets)

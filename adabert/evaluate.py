@@ -25,6 +25,7 @@ from torch.utils import flop_counter
 from tqdm.auto import tqdm
 
 from adabert import data
+from adabert.errors import UserError
 from adabert.io import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
@@ -163,7 +164,7 @@ def dummy_batch(
         vocab_size = embeddings[0].num_embeddings
     max_positions = getattr(config, "max_position_embeddings", None)
     if max_positions is not None and seq_len > max_positions:
-        raise ValueError(f"seq_len {seq_len} exceeds the model's max_position_embeddings {max_positions}")
+        raise UserError(f"seq_len {seq_len} exceeds the model's max_position_embeddings {max_positions}")
     generator = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(0, vocab_size, (batch_size, seq_len), generator=generator)
     input_ids[:, 0] = CLS_TOKEN_ID if vocab_size > CLS_TOKEN_ID else 0
@@ -202,8 +203,8 @@ def _flop_formulas() -> dict[Any, Callable[..., int]]:
     return {op: _sdpa_flops} if op is not None else {}
 
 
-def flops_per_example(model: nn.Module, seq_len: int, pair: bool = True) -> int:
-    """Forward FLOPs for one example of ``seq_len`` tokens (multiply-add = 2 FLOPs, as PyTorch counts)."""
+def _count_flops(model: nn.Module, seq_len: int, pair: bool) -> flop_counter.FlopCounterMode:
+    """A FLOP counter that has seen one eval-mode forward of one example of ``seq_len`` tokens."""
     batch = accepted_inputs(model, dummy_batch(model, 1, seq_len, pair))
     was_training = model.training
     model.eval()
@@ -213,7 +214,38 @@ def flops_per_example(model: nn.Module, seq_len: int, pair: bool = True) -> int:
             model(**batch)
     finally:
         model.train(was_training)
-    return int(counter.get_total_flops())
+    return counter
+
+
+def flops_per_example(model: nn.Module, seq_len: int, pair: bool = True) -> int:
+    """Forward FLOPs for one example of ``seq_len`` tokens (multiply-add = 2 FLOPs, as PyTorch counts)."""
+    return int(_count_flops(model, seq_len, pair).get_total_flops())
+
+
+def cell_op_costs(model: nn.Module, seq_len: int, pair: bool = True) -> list[dict[str, Any]] | None:
+    """Per kept edge of a searched student's cell: its op, and the parameters and FLOPs per example of
+    that edge summed over every cell, measured on the model's own modules (compressed ones included).
+
+    Shows which ops a student's size and compute go to; None for a model without genotype cells.
+    """
+    genotype, cells = getattr(getattr(model, "config", None), "genotype", None), getattr(model, "cells", None)
+    if not isinstance(genotype, Mapping) or cells is None:
+        return None
+    counts = _count_flops(model, seq_len, pair).get_flop_counts()
+    root = type(model).__name__
+    rows = []
+    for i, edge in enumerate(genotype["edges"]):
+        names = [f"{root}.cells.{k}.ops.{i}.0" for k in range(len(cells))]
+        rows.append(
+            {
+                "edge": f"{edge['source']} -> {edge['target']}",
+                "op": edge["op"],
+                "cells": len(cells),
+                "params": sum(p.numel() for cell in cells for p in cell.ops[i].parameters()),
+                "flops_per_example": sum(sum(counts.get(name, {}).values()) for name in names),
+            }
+        )
+    return rows
 
 
 # ------------------------------------------------------------------------------------------------ latency
@@ -234,6 +266,37 @@ def _latency_stats(times_s: Sequence[float], batch_size: int, seq_len: int, thre
     }
 
 
+def time_calls(
+    calls: Mapping[str, Callable[[], Any]],
+    repeats: int,
+    warmup: int,
+    devices: Mapping[str, torch.device] | None = None,
+) -> dict[str, list[float]]:
+    """Per-call seconds of each callable, alternating them call by call.
+
+    Alternating (and rotating which one goes first each round) spreads machine drift, turbo and
+    neighbours' load evenly over all of them instead of penalising whichever ran last.
+    """
+    names = list(calls)
+    devices = devices or {}
+    cpu = torch.device("cpu")
+    times: dict[str, list[float]] = {n: [] for n in names}
+    with torch.inference_mode():
+        for name in names:
+            for _ in range(warmup):
+                calls[name]()
+            _synchronize(devices.get(name, cpu))
+        for r in range(repeats):
+            for i in range(len(names)):
+                name = names[(r + i) % len(names)]
+                _synchronize(devices.get(name, cpu))
+                start = time.perf_counter()
+                calls[name]()
+                _synchronize(devices.get(name, cpu))
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
 def _time_interleaved(
     models: Mapping[str, nn.Module],
     batch_size: int,
@@ -242,29 +305,10 @@ def _time_interleaved(
     warmup: int,
     pair: bool,
 ) -> dict[str, list[float]]:
-    """Per-call seconds for each model, alternating models call by call.
-
-    Alternating (and rotating which model goes first each round) spreads machine drift, turbo and
-    neighbours' load evenly over all models instead of penalising whichever ran last.
-    """
-    names = list(models)
+    """Per-call seconds for each model on the same seeded batch, alternating models call by call."""
     batches = {n: accepted_inputs(m, dummy_batch(m, batch_size, seq_len, pair)) for n, m in models.items()}
-    devices = {n: model_device(m) for n, m in models.items()}
-    times: dict[str, list[float]] = {n: [] for n in names}
-    with torch.inference_mode():
-        for name in names:
-            for _ in range(warmup):
-                models[name](**batches[name])
-            _synchronize(devices[name])
-        for r in range(repeats):
-            for i in range(len(names)):
-                name = names[(r + i) % len(names)]
-                _synchronize(devices[name])
-                start = time.perf_counter()
-                models[name](**batches[name])
-                _synchronize(devices[name])
-                times[name].append(time.perf_counter() - start)
-    return times
+    calls = {n: (lambda m=m, b=batches[n]: m(**b)) for n, m in models.items()}
+    return time_calls(calls, repeats, warmup, {n: model_device(m) for n, m in models.items()})
 
 
 class _EvalMode:
@@ -534,6 +578,22 @@ def _latency_section(report: Mapping[str, Any], latency: Mapping[str, Any]) -> l
     return [f"## Latency per batch{settings}", "", *_table(header, rows), ""]
 
 
+def _cell_ops_section(rows: Sequence[Mapping[str, Any]], seq_len: Any) -> list[str]:
+    total = sum(r["flops_per_example"] for r in rows) or 1
+    body = [
+        [r["edge"], r["op"], format_value(r["params"]), _fmt_flops(r["flops_per_example"]),
+         f"{100 * r['flops_per_example'] / total:.1f}%"]
+        for r in rows
+    ]  # fmt: skip
+    cells = rows[0]["cells"] if rows else 0
+    return [
+        f"## Cell operations (each edge summed over the {cells} cell(s); FLOPs at seq_len {seq_len})",
+        "",
+        *_table(["edge", "op", "params", "FLOPs / example", "share of cell FLOPs"], body),
+        "",
+    ]
+
+
 def render_report(report: Mapping[str, Any]) -> str:
     """Markdown for a report dict: top-level scalars, then the metrics / size / latency sections present.
 
@@ -542,7 +602,7 @@ def render_report(report: Mapping[str, Any]) -> str:
     (``compare_latency`` output); ``references`` (model names to compare against; default: all others).
     Any other dict section is shown as JSON so nothing in the report is hidden.
     """
-    known = {"metrics", "size", "latency", "references"}
+    known = {"metrics", "size", "latency", "references", "cell_ops"}
     lines = [f"# Evaluation report{': ' + str(report['task']) if 'task' in report else ''}", ""]
     scalars = [(k, v) for k, v in report.items() if k not in known and not isinstance(v, (Mapping, list))]
     lines += [f"- {k}: {format_value(v)}" for k, v in scalars]
@@ -554,6 +614,8 @@ def render_report(report: Mapping[str, Any]) -> str:
         lines += _size_section(report, report["size"])
     if report.get("latency"):
         lines += _latency_section(report, report["latency"])
+    if report.get("cell_ops"):
+        lines += _cell_ops_section(report["cell_ops"], report.get("seq_len", "?"))
     for key, value in report.items():
         if key not in known and isinstance(value, (Mapping, list)):
             lines += [f"## {key}", "", "```json", json.dumps(_jsonable(value), indent=2), "```", ""]
@@ -575,6 +637,9 @@ def load_classifier(path: str | Path) -> PreTrainedModel:
     """Any saved sequence classifier (teacher, student, compressed student) through the Auto classes."""
     from transformers import AutoModelForSequenceClassification
 
+    from adabert import register_auto_classes
+
+    register_auto_classes()
     if not Path(path).is_dir():
         raise FileNotFoundError(f"{path}: no model directory (expected a save_pretrained output)")
     return AutoModelForSequenceClassification.from_pretrained(path).eval()
@@ -597,7 +662,7 @@ def run_evaluation(cfg: Any) -> dict[str, Any]:
         store.check_teacher(cfg.teacher)
     model = load_classifier(cfg.model)
     if model.config.num_labels != store.num_labels:
-        raise ValueError(
+        raise UserError(
             f"{cfg.model}: model has {model.config.num_labels} labels but task {task.name} has "
             f"{store.num_labels}; evaluate it with the store of the task it was trained on"
         )
@@ -635,6 +700,9 @@ def run_evaluation(cfg: Any) -> dict[str, Any]:
         "size": size,
         "references": ["teacher", "bert-base"],
     }
+    cell_ops = cell_op_costs(model, cfg.seq_len, pair=task.is_pair)
+    if cell_ops is not None:
+        report["cell_ops"], report["seq_len"] = cell_ops, cfg.seq_len
     if not cfg.skip_latency:
         report["latency"] = compare_latency(
             models, cfg.batch_sizes, cfg.seq_len, cfg.repeats, cfg.warmup, cfg.threads, pair=task.is_pair

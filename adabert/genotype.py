@@ -2,9 +2,11 @@
 
 A genotype names its search space, the searched depth and the kept edges of the one cell shared by
 every layer of the stack, and nothing else the student cannot rebuild from the space. It is JSON on
-disk (one edge per line, so two searches diff line by line), a networkx graph for analysis and
-drawing, and it is validated whenever it is read, so a hand-edited or stale file fails at load with
-the file, the field and what was expected, not deep inside the student builder.
+disk (one edge per line, so two searches diff line by line), a networkx graph for analysis (drawn by
+``adabert/draw.py``), and it is validated whenever it is read, so a hand-edited or stale file fails at
+load with the file, the field and what was expected, not deep inside the student builder. It also
+records where its space was defined (``space_source``), so that where the space is missing the error
+says which module or package to install.
 """
 
 from __future__ import annotations
@@ -18,18 +20,29 @@ from typing import Any
 import networkx as nx
 import torch
 
-from adabert.io import atomic_path, atomic_write_text
-from search_spaces.registry import SearchSpace, SearchSpaceError, get_space
+from adabert.errors import UserError
+from adabert.io import atomic_write_text
+from search_spaces.registry import SearchSpace, SearchSpaceError, get_space, space_source
 
 GENOTYPE_VERSION = 1
 
-_KEYS = ("version", "space", "num_cells", "hidden_size", "num_input_nodes", "num_nodes", "edges", "embedding")
-_OPTIONAL_KEYS = frozenset({"embedding"})
+_KEYS = (
+    "version",
+    "space",
+    "num_cells",
+    "hidden_size",
+    "num_input_nodes",
+    "num_nodes",
+    "edges",
+    "embedding",
+    "space_source",
+)
+_OPTIONAL_KEYS = frozenset({"embedding", "space_source"})
 _EDGE_KEYS = ("source", "target", "op")
 OUTPUT_NODE = "output"
 
 
-class GenotypeError(ValueError):
+class GenotypeError(UserError):
     """A genotype that is malformed or does not fit its search space; says where and what was expected."""
 
 
@@ -60,6 +73,8 @@ class Genotype:
     num_nodes: int = 3
     embedding: dict = field(default_factory=dict, hash=False)
     version: int = GENOTYPE_VERSION
+    # where the space was registered: {"module": ..., "package": ...}; provenance, not architecture
+    space_source: dict = field(default_factory=dict, hash=False, compare=False)
 
     def __post_init__(self) -> None:
         edges = self.edges
@@ -80,7 +95,7 @@ class Genotype:
         try:
             return get_space(self.space)
         except SearchSpaceError as e:
-            raise GenotypeError(f"genotype: space: {e}") from None
+            raise GenotypeError(f"genotype: space: {e}{_install_hint(self.space_source)}") from None
 
     def validate(self, source: str = "genotype") -> Genotype:
         """Return ``self`` if it is a well-formed architecture of its space, else raise GenotypeError."""
@@ -95,10 +110,14 @@ class Genotype:
             )
         if not isinstance(self.space, str):
             raise fail("space", f"expected a search space name, got {_short(self.space)}")
+        if not isinstance(self.space_source, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.space_source.items()
+        ):
+            raise fail("space_source", f"expected an object of strings, got {_short(self.space_source)}")
         try:
             space = get_space(self.space)
         except SearchSpaceError as e:
-            raise fail("space", str(e)) from None
+            raise fail("space", f"{e}{_install_hint(self.space_source)}") from None
         for name in ("num_input_nodes", "num_nodes"):
             value, expected = getattr(self, name), getattr(space, name)
             if not _is_int(value) or value != expected:
@@ -181,6 +200,7 @@ class Genotype:
             "num_nodes": self.num_nodes,
             "edges": [{"source": e.source, "target": e.target, "op": e.op} for e in self.edges],
             "embedding": dict(self.embedding),
+            **({"space_source": dict(self.space_source)} if self.space_source else {}),
         }
 
     @classmethod
@@ -207,9 +227,10 @@ class Genotype:
             )
         if not isinstance(d["space"], str):
             raise fail("space", f"expected a search space name (string), got {_short(d['space'])}")
-        embedding = d.get("embedding", {})
-        if not isinstance(embedding, dict):
-            raise fail("embedding", f"expected an object, got {_short(embedding)}")
+        embedding, origin = d.get("embedding", {}), d.get("space_source", {})
+        for key, value in (("embedding", embedding), ("space_source", origin)):
+            if not isinstance(value, dict):
+                raise fail(key, f"expected an object, got {_short(value)}")
         if not isinstance(d["edges"], list):
             raise fail(
                 "edges", f"expected a list of {{source, target, op}} objects, got {_short(d['edges'])}"
@@ -239,6 +260,7 @@ class Genotype:
             num_nodes=d["num_nodes"],
             embedding=dict(embedding),
             version=d["version"],
+            space_source=dict(origin),
         )
         return genotype.validate(source)
 
@@ -293,6 +315,7 @@ class Genotype:
             hidden_size=self.hidden_size,
             embedding=dict(self.embedding),
             version=self.version,
+            space_source=dict(self.space_source),
         )
         for n in range(self.num_input_nodes):
             g.add_node(n, kind="input", label=f"c_{{k-{self.num_input_nodes - n}}}")
@@ -350,6 +373,7 @@ class Genotype:
             num_nodes=num_nodes,
             embedding=dict(embedding if embedding is not None else meta.get("embedding", {})),
             version=meta.get("version", GENOTYPE_VERSION),
+            space_source=dict(meta.get("space_source", {})),
         ).validate("networkx graph")
 
     # -------------------------------------------------------------------------------------- reading
@@ -403,11 +427,67 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]], source: str) -> dict[str, A
     return d
 
 
+def _install_hint(source: dict) -> str:
+    """What to install for a space that is not registered here, from the genotype's ``space_source``."""
+    module, package = source.get("module"), source.get("package")
+    if package:
+        return f" (the genotype's space comes from package {package!r}, module {module!r}: install {package})"
+    if module:
+        return f" (the genotype's space was defined in module {module!r}, which did not register it here)"
+    return ""
+
+
 def _resolve(space: str | SearchSpace) -> SearchSpace:
     try:
         return space if isinstance(space, SearchSpace) else get_space(space)
     except SearchSpaceError as e:
         raise GenotypeError(str(e)) from None
+
+
+def _of_space(
+    space: SearchSpace,
+    edges: tuple[Edge, ...],
+    num_cells: int,
+    hidden_size: int | None,
+    embedding: dict | None,
+    what: str,
+) -> Genotype:
+    """A validated genotype of ``space``: its cell shape and, when it is registered, where it comes from."""
+    try:
+        source = space_source(space.name)
+    except SearchSpaceError:  # a space object that was never registered
+        source = {}
+    return Genotype(
+        space=space.name,
+        num_cells=num_cells,
+        edges=edges,
+        hidden_size=space.hidden_size if hidden_size is None else hidden_size,
+        num_input_nodes=space.num_input_nodes,
+        num_nodes=space.num_nodes,
+        embedding=dict(embedding or {}),
+        space_source=source,
+    ).validate(what)
+
+
+def make_genotype(
+    space: str | SearchSpace,
+    edges: Any,
+    num_cells: int,
+    hidden_size: int | None = None,
+    embedding: dict | None = None,
+    source: str = "hand-made genotype",
+) -> Genotype:
+    """A genotype written by hand: ``edges`` are ``(source, target, op)`` triples (or ``Edge``s), the cell
+    shape is the space's, ``hidden_size`` defaults to the space's; validated like any other."""
+    space = _resolve(space)
+    parsed = []
+    for i, e in enumerate(edges):
+        if not _is_edge(e):
+            if not isinstance(e, (tuple, list)) or len(e) != 3:
+                raise GenotypeError(f"{source}: edges[{i}]: expected (source, target, op), got {_short(e)}")
+            e = Edge(*e)
+        parsed.append(e)
+    return _of_space(space, tuple(parsed), num_cells, hidden_size, embedding, source)
 
 
 def derive_genotype(
@@ -458,15 +538,8 @@ def derive_genotype(
         ranked = sorted(incoming, key=lambda i: -strength[i].item())  # stable: ties keep edge order
         for i in sorted(ranked[:edges_per_node]):
             kept.append(Edge(edges[i][0], node, space.ops[keep[best[i].item()]]))
-    return Genotype(
-        space=space.name,
-        num_cells=int(depth_logits.argmax().item()) + 1,
-        edges=tuple(kept),
-        hidden_size=space.hidden_size if hidden_size is None else hidden_size,
-        num_input_nodes=space.num_input_nodes,
-        num_nodes=space.num_nodes,
-        embedding=dict(embedding or {}),
-    ).validate("derived genotype")
+    depth = int(depth_logits.argmax().item()) + 1
+    return _of_space(space, tuple(kept), depth, hidden_size, embedding, "derived genotype")
 
 
 def random_genotype(
@@ -493,155 +566,7 @@ def random_genotype(
     for node in range(space.num_input_nodes, space.num_input_nodes + space.num_nodes):
         for src in sorted(rng.sample(range(node), min(edges_per_node, node))):
             edges.append(Edge(src, node, rng.choice(ops)))
-    return Genotype(
-        space=space.name,
-        num_cells=depth,
-        edges=tuple(edges),
-        hidden_size=space.hidden_size if hidden_size is None else hidden_size,
-        num_input_nodes=space.num_input_nodes,
-        num_nodes=space.num_nodes,
-        embedding=dict(embedding or {}),
-    ).validate("random genotype")
-
-
-def _cell_layout(genotype: Genotype) -> dict[Any, tuple[float, float]]:
-    """Inputs stacked in the left column (c_{k-2} on top), one column per intermediate node, staggered
-    up and down so no three nodes line up, and the output on the right."""
-    n_in = genotype.num_input_nodes
-    pos: dict[Any, tuple[float, float]] = {i: (0.0, float(n_in - 1 - 2 * i)) for i in range(n_in)}
-    for j, n in enumerate(genotype.intermediate_nodes):
-        pos[n] = (float(j + 1), 0.6 if j % 2 == 0 else -0.6)
-    pos[OUTPUT_NODE] = (float(genotype.num_nodes + 1), 0.0)
-    return pos
-
-
-def _bend(pos: dict[Any, tuple[float, float]], u: Any, v: Any, clearance: float = 0.4) -> float:
-    """Arc radius for edge u -> v: 0 unless the straight line passes close to another node, then bulge
-    away from the nearest such node (matplotlib's arc3 puts the control point at mid + rad * (dy, -dx))."""
-    (x1, y1), (x2, y2) = pos[u], pos[v]
-    dx, dy = x2 - x1, y2 - y1
-    nearest, best = None, clearance
-    for n, (px, py) in pos.items():
-        if n in (u, v):
-            continue
-        t = min(1.0, max(0.0, ((px - x1) * dx + (py - y1) * dy) / (dx * dx + dy * dy)))
-        dist = ((x1 + t * dx - px) ** 2 + (y1 + t * dy - py) ** 2) ** 0.5
-        if dist < best:
-            nearest, best = (px, py), dist
-    if nearest is None:
-        return 0.0
-    mx, my = (x1 + x2) / 2 - nearest[0], (y1 + y2) / 2 - nearest[1]
-    return 0.3 if dy * mx - dx * my >= 0 else -0.3
-
-
-_LABEL_SPOTS = (0.5, 0.38, 0.62, 0.28, 0.72)  # where an edge label may sit, as fractions from the source
-_NODE_SIZE = 1400  # points^2, as networkx takes it
-
-
-def _arc_point(p0: Any, p2: Any, rad: float, t: float) -> tuple[Any, float]:
-    """Point at fraction ``t`` of matplotlib's arc3 curve from ``p0`` to ``p2`` (display coordinates:
-    control point = midpoint + rad * (dy, -dx)) and the curve's angle there in degrees, kept upright."""
-    import numpy as np
-
-    p0, p2 = np.asarray(p0, dtype=float), np.asarray(p2, dtype=float)
-    d = p2 - p0
-    c = (p0 + p2) / 2 + rad * np.array([d[1], -d[0]])
-    point = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * c + t**2 * p2
-    tangent = 2 * (1 - t) * (c - p0) + 2 * t * (p2 - c)
-    angle = float(np.degrees(np.arctan2(tangent[1], tangent[0])))
-    return point, angle - 180 if angle > 90 else angle + 180 if angle < -90 else angle
-
-
-def _place_edge_labels(fig: Any, ax: Any, g: nx.DiGraph, pos: dict[Any, tuple[float, float]]) -> None:
-    """Write each op name along its edge, slid to the first spot whose rendered box overlaps no node and
-    no earlier label (crossing edges would otherwise stack their labels at the shared midpoint)."""
-    from matplotlib.transforms import Bbox
-
-    renderer = fig.canvas.get_renderer()
-    to_px, to_data = ax.transData.transform, ax.transData.inverted().transform
-    r = (_NODE_SIZE**0.5 / 2) * fig.dpi / 72  # node radius in pixels
-    taken = [Bbox.from_extents(x - r, y - r, x + r, y + r) for x, y in to_px(list(pos.values()))]
-    for u, v, op in g.edges(data="op"):
-        if op == "mix":
-            continue
-        rad = _bend(pos, u, v)
-        best = None
-        for t in _LABEL_SPOTS:
-            point, angle = _arc_point(to_px(pos[u]), to_px(pos[v]), rad, t)
-            text = ax.text(
-                *to_data(point), op, rotation=angle, rotation_mode="anchor", ha="center", va="center",
-                fontsize=9, bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.85},
-            )  # fmt: skip
-            box = text.get_window_extent(renderer)
-            clashes = sum(box.overlaps(other) for other in taken)
-            if best is None or clashes < best[0]:
-                if best is not None:
-                    best[1].remove()
-                best = (clashes, text, box)
-            else:
-                text.remove()
-            if clashes == 0:
-                break
-        taken.append(best[2])
-
-
-def draw_genotype(genotype: Genotype, path: str | Path) -> Path:
-    """Draw the cell to PNG or SVG (by suffix) with edge labels naming the ops; written atomically.
-
-    Uses a bare matplotlib Figure on an Agg canvas (no pyplot), so it never switches the global backend
-    or leaks figures in a long-running search process.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    path = Path(path)
-    fmt = path.suffix.lower().lstrip(".")
-    if fmt not in ("png", "svg"):
-        raise ValueError(f"{path}: expected a .png or .svg file name")
-    g = genotype.to_networkx()
-    pos = _cell_layout(genotype)
-
-    fig = Figure(
-        figsize=(2.2 * (genotype.num_nodes + 2), 1.4 * max(genotype.num_input_nodes, 2) + 2), dpi=120
-    )
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.set_axis_off()
-    colors = {"input": "#a6cee3", "intermediate": "#fdbf6f", "output": "#b2df8a"}
-    nx.draw_networkx_nodes(
-        g,
-        pos,
-        ax=ax,
-        node_color=[colors[g.nodes[n]["kind"]] for n in g],
-        node_size=_NODE_SIZE,
-        edgecolors="#333",
-    )
-    nx.draw_networkx_labels(g, pos, ax=ax, labels={n: f"${g.nodes[n]['label']}$" for n in g}, font_size=11)
-    groups: dict[tuple[float, bool], list[tuple[Any, Any]]] = {}
-    for u, v, op in g.edges(data="op"):
-        groups.setdefault((_bend(pos, u, v), op == "mix"), []).append((u, v))
-    for (rad, mix), edgelist in groups.items():
-        style = f"arc3,rad={rad}"
-        nx.draw_networkx_edges(
-            g,
-            pos,
-            ax=ax,
-            edgelist=edgelist,
-            node_size=_NODE_SIZE,
-            arrowsize=14,
-            connectionstyle=style,
-            edge_color="#999" if mix else "#444",
-            style="dashed" if mix else "solid",
-        )
-    ax.set_title(f"{genotype.space}: depth {genotype.num_cells} (cells), hidden {genotype.hidden_size}")
-    ax.margins(0.1)
-    fig.tight_layout()
-    ax.set_xlim(ax.get_xlim())  # freeze the transform: labels are placed in display coordinates below
-    ax.set_ylim(ax.get_ylim())
-    _place_edge_labels(fig, ax, g, pos)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=fmt)
-    return path
+    return _of_space(space, tuple(edges), depth, hidden_size, embedding, "random genotype")
 
 
 __all__ = [
@@ -650,6 +575,6 @@ __all__ = [
     "Genotype",
     "GenotypeError",
     "derive_genotype",
-    "draw_genotype",
+    "make_genotype",
     "random_genotype",
 ]

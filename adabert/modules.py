@@ -9,11 +9,13 @@ searched weights transfer to the student by name.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from search_spaces import SearchSpace, get_op
+from search_spaces import SearchSpace
+from search_spaces.registry import takes_mask
 
 EdgeChoice = tuple[int, torch.Tensor | None] | None
 """Per edge: ``None`` drops the edge; ``(op_index, gate)`` runs that op, scaled by ``gate`` when given."""
@@ -25,15 +27,35 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
 
 
+def masked_max(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Max over real tokens of ``x [batch, channels, tokens]`` (0 for a row with no real token)."""
+    real = mask.unsqueeze(1) > 0
+    return x.masked_fill(~real, torch.finfo(x.dtype).min).amax(-1) * real.any(-1).to(x.dtype)
+
+
+def mean_max(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``[mean; max]`` over real tokens: the max finds the phrase that decides, the mean the rest."""
+    return torch.cat([masked_mean(x, mask), masked_max(x, mask)], dim=-1)
+
+
+class Masks(NamedTuple):
+    """Float token masks ``[batch, tokens]``: all real tokens, the first and the second sentence (the
+    one sentence twice for single-sentence tasks)."""
+
+    all: torch.Tensor
+    first: torch.Tensor
+    second: torch.Tensor
+
+
 def segment_masks(
-    attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None, pair: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
+    attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None, pair: bool, dtype: torch.dtype
+) -> Masks:
     """Masks of the two cell inputs: the two sentences of a pair, or the one sentence twice."""
-    mask = attention_mask.to(torch.float32)
+    mask = attention_mask.to(dtype)
     if not pair or token_type_ids is None:
-        return mask, mask
-    second = (token_type_ids > 0).to(mask.dtype) * mask
-    return mask - second, second
+        return Masks(mask, mask, mask)
+    second = (token_type_ids > 0).to(dtype) * mask
+    return Masks(mask, mask - second, second)
 
 
 def segment_positions(attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
@@ -51,7 +73,9 @@ class Cell(nn.Module):
     """A DAG of nodes: input nodes, then intermediate nodes summing one op per incoming edge.
 
     ``edges`` lists (source, target) pairs; ``candidates[i]`` the op names edge ``i`` may run. The
-    output is a learned softmax mix of the intermediate nodes. Padding stays zero after every node.
+    output is a learned softmax mix of the intermediate nodes. Padding (``mask`` 0, at the right end of
+    each row) stays zero after every node, so every op's input is zero there; ops that take a mask
+    (``search_spaces.registry.takes_mask``) are called as ``op(x, mask)`` with ``mask [batch, 1, tokens]``.
     """
 
     def __init__(
@@ -69,7 +93,10 @@ class Cell(nn.Module):
         self.ops = nn.ModuleList(
             nn.ModuleList(space.build_op(name, hidden_size) for name in names) for names in self.candidates
         )
-        self.takes_mask = [[get_op(name).takes_mask for name in names] for names in self.candidates]
+        self.takes_mask = [
+            [takes_mask(name, op) for name, op in zip(names, ops)]
+            for names, ops in zip(self.candidates, self.ops)
+        ]
         self.node_mix = nn.Parameter(torch.zeros(space.num_nodes))
 
     def forward(
@@ -100,19 +127,68 @@ class Cell(nn.Module):
 
 
 class ClassifierHead(nn.Module):
-    """Mean-pool each cell output, attend over cells, tanh, dropout, linear (AdaBERT's head)."""
+    """Pool each cell output, attend over cells, tanh, dropout, linear.
 
-    def __init__(self, hidden_size: int, num_labels: int, dropout: float) -> None:
+    ``pooling="mean"`` is AdaBERT's head; ``"meanmax"`` pools ``[mean; max]`` over the tokens (a
+    max over time, as in text CNNs, finds the phrase that decides a sentence).
+    """
+
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float, pooling: str = "mean") -> None:
         super().__init__()
-        self.score = nn.Linear(hidden_size, 1)
+        self.pool = masked_mean if pooling == "mean" else mean_max
+        width = hidden_size if pooling == "mean" else 2 * hidden_size
+        self.score = nn.Linear(width, 1)
         self.dropout = nn.Dropout(dropout)
-        self.out = nn.Linear(hidden_size, num_labels)
+        self.out = nn.Linear(width, num_labels)
 
-    def forward(self, pooled: Sequence[torch.Tensor]) -> torch.Tensor:
-        stacked = torch.stack(list(pooled), dim=1)  # [batch, cells, hidden]
+    def forward(self, levels: Sequence[torch.Tensor], masks: Masks) -> torch.Tensor:
+        stacked = torch.stack([self.pool(x, masks.all) for x in levels], dim=1)  # [batch, cells, width]
         attention = torch.softmax(self.score(stacked), dim=1)
         summary = torch.tanh((attention * stacked).sum(dim=1))
         return self.out(self.dropout(summary))
+
+
+class PairHead(nn.Module):
+    """Compare the two sentences of a pair (InferSent / Sentence-BERT): pool each sentence from the last
+    cell on its own (``[mean; max]``), then classify ``[u, v, |u - v|, u * v]`` through a tanh layer.
+
+    AdaBERT's head pools both sentences together, which leaves a student no way to compare them.
+    """
+
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float) -> None:
+        super().__init__()
+        self.mix = nn.Linear(8 * hidden_size, hidden_size)
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden_size, num_labels)
+
+    def forward(self, levels: Sequence[torch.Tensor], masks: Masks) -> torch.Tensor:
+        u, v = mean_max(levels[-1], masks.first), mean_max(levels[-1], masks.second)
+        features = torch.cat([u, v, (u - v).abs(), u * v], dim=-1)
+        return self.out(self.dropout(torch.tanh(self.mix(features))))
+
+
+HEADS = {
+    "paper": lambda h, n, d: ClassifierHead(h, n, d, "mean"),
+    "pooled": lambda h, n, d: ClassifierHead(h, n, d, "meanmax"),
+    "pair": PairHead,
+}
+"""``paper``: AdaBERT's head; ``pooled``: the same with ``[mean; max]`` pooling; ``pair``: compares the two
+sentences of a pair."""
+
+
+def head_kind(kind: str, pair: bool) -> str:
+    """``auto``: the pair head for sentence-pair tasks, the pooled head otherwise."""
+    if kind == "auto":
+        return "pair" if pair else "pooled"
+    if kind not in HEADS:
+        raise ValueError(f"unknown head {kind!r}: expected auto, {', '.join(HEADS)}")
+    if kind == "pair" and not pair:
+        raise ValueError("the pair head compares two sentences: it needs a sentence-pair task")
+    return kind
+
+
+def build_head(kind: str, hidden_size: int, num_labels: int, dropout: float) -> nn.Module:
+    return HEADS[kind](hidden_size, num_labels, dropout)
 
 
 class ProbeHeads(nn.Module):
@@ -184,15 +260,18 @@ class Embeddings(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
-    ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Return the two cell inputs ``[batch, hidden, tokens]`` and the float token mask."""
+    ) -> tuple[list[torch.Tensor], Masks]:
+        """Return the two cell inputs ``[batch, hidden, tokens]`` and the float token masks."""
         positions = segment_positions(attention_mask, token_type_ids if self.pair else None)
         x = self.word(input_ids) + self.position(positions)
         if self.projection is not None:
             x = self.projection(x)
         x = self.dropout(self.norm(x)).transpose(1, 2)
-        first, second = segment_masks(attention_mask, token_type_ids, self.pair)
-        return [x * first.unsqueeze(1), x * second.unsqueeze(1)], attention_mask.to(x.dtype)
+        masks = segment_masks(attention_mask, token_type_ids, self.pair, x.dtype)
+        if not self.pair:
+            x = x * masks.all.unsqueeze(1)
+            return [x, x], masks
+        return [x * masks.first.unsqueeze(1), x * masks.second.unsqueeze(1)], masks
 
     @torch.no_grad()
     def projected_tables(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,14 +15,23 @@ seconds per stage).
 
 Skipping and resuming. Each stage folder gets a ``stage.json``, written atomically after all of the
 stage's outputs, with the stage's full resolved settings, their hash (``config_hash``; the paths that
-connect the stages and ``resume`` are left out, so a moved run directory stays valid), the ``hash``
-of every upstream stage, and a ``hash`` of its own that is new each time the stage runs. On a re-run a
-stage is skipped when its ``stage.json`` has the same settings hash and the same upstream hashes;
-otherwise it runs, and since its new ``hash`` differs, so does everything downstream. A stage that was
-interrupted (a ``stage.started.json`` with the same settings and upstream, but no ``stage.json``) is
-continued with ``resume=True`` where the stage supports it (search, train); any other stage that runs
-starts from an emptied folder, so no output of an earlier run survives beside the new ones. A folder
-the pipeline did not write (no stage.json / stage.started.json) is never emptied: the run stops instead.
+connect the stages and ``resume`` are left out, so a moved run directory stays valid; the sha256 of the
+task's data files and of a local base model are in, so an edited label re-runs the teacher, the store
+and everything after them), the ``hash`` of every upstream stage, and a ``hash`` of its own that is new
+each time the stage runs. On a re-run a stage is skipped when its ``stage.json`` has the same settings
+hash and the same upstream hashes; otherwise it runs, and since its new ``hash`` differs, so does
+everything downstream. A stage that was interrupted (its entry in ``stages.started.json`` of the run
+directory has the same settings and upstream, but its folder has no ``stage.json``) is continued with
+``resume=True`` where the stage supports it (search, train); any other stage that runs starts from an
+emptied folder, so no output of an earlier run survives beside the new ones. A folder the pipeline did
+not write (no stage.json, and not started by an earlier run) is never emptied: the run stops instead.
+
+Faults. One pipeline at a time per run directory: it holds ``RUN_DIR/.pipeline.lock`` for the run
+(and each stage folder's lock while the stage runs, so a stage command writing into the same folder
+stops), and a second one exits naming the holder's pid. A run killed at any point continues on the
+next start: temporary files the killed run left are removed, a stage killed after its outputs but
+before its ``stage.json`` runs again (or resumes), and ``pipeline.json``, which a killed run leaves
+"running", is recorded as interrupted (``previous_run``). SIGTERM stops a run like Ctrl-C does.
 """
 
 from __future__ import annotations
@@ -32,14 +41,16 @@ import hashlib
 import json
 import logging
 import shutil
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from adabert.compress import compress
 from adabert.config import (
     CompressConfig,
     ConfigError,
@@ -49,17 +60,20 @@ from adabert.config import (
     ProbeConfig,
     SearchConfig,
     TrainConfig,
+    check_files,
+    check_positions,
     save_config,
     to_dict,
 )
-from adabert.export import export_model
-from adabert.io import atomic_write_json
+from adabert.io import atomic_write_json, folder_lock, lock_file, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
 STAGE_FILE = "stage.json"
-STARTED_FILE = "stage.started.json"
+STARTED_FILE = "stages.started.json"  # in the run directory: stage -> settings and upstream it started with
+LEGACY_STARTED_FILE = "stage.started.json"  # in the stage folder (runs of adabert 0.1.0)
 PIPELINE_FILE = "pipeline.json"
+LOCK_FILE = ".pipeline.lock"
 CONFIG_FILE = "pipeline_config.json"
 STAGES = ("teacher", "store", "search", "student", "compress", "eval", "export")
 
@@ -112,6 +126,34 @@ def digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def data_fingerprint(task_name: str, data_dir: str | None) -> dict[str, str] | None:
+    """sha256 of each local file the task's stages read (train and dev splits), None for hub data.
+
+    Part of the teacher's and the store's identity: one changed label in a file re-runs them and
+    everything after. A missing file is reported here, before any stage starts.
+    """
+    if data_dir is None:
+        return None
+    from adabert.store import sha256_files
+    from adabert.tasks import _resolve_path, get_task
+
+    task = get_task(task_name)
+    return {
+        split: sha256_files([_resolve_path(task, split, data_dir)])
+        for split in ("train", *task.dev_splits)
+        if split in task.files
+    }
+
+
+def _model_fingerprint(model: str) -> str | None:
+    """sha256 of a local base model's weight files (the bundled default too); None for a hub id."""
+    from adabert.config import model_dir
+    from adabert.store import teacher_hash
+
+    folder = model_dir(model)
+    return teacher_hash(folder)[0] if folder is not None else None
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
@@ -160,6 +202,8 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
     d = stage_dirs(cfg.run_dir)
     keep = tuple(Path(p) for p in (cfg.data_dir,) if p)
     stages: list[Stage] = []
+    data = data_fingerprint(cfg.task, cfg.data_dir)
+    by_content = ("data_dir",) if data is not None else ()  # local files: their hashes, not their path
 
     # teacher: fine-tune, or record the given teacher (its weights hash decides what is downstream)
     if cfg.teacher is not None:
@@ -181,12 +225,18 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
             data_dir=cfg.data_dir,
             model=cfg.model,
             output_dir=str(d["teacher"]),
+            **cfg.task_files(),
         )
+        check_files(ft)
         teacher = Stage(
             "teacher",
             (),
             to_dict(ft),
-            _identity(ft, ("output_dir",)),
+            {
+                **_identity(ft, ("output_dir", *by_content)),
+                "data_sha256": data,
+                "model_sha256": _model_fingerprint(ft.model),
+            },
             _runner("finetune", ft),
             keep=keep,
             outputs=("config.json", "adabert_task.json"),
@@ -201,13 +251,14 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
         task=cfg.task,
         data_dir=cfg.data_dir,
         output_dir=str(d["store"]),
+        **cfg.task_files(),
     )
     stages.append(
         Stage(
             "store",
             ("teacher",),
             to_dict(pr),
-            _identity(pr, ("teacher", "output_dir")),
+            {**_identity(pr, ("teacher", "output_dir", *by_content)), "data_sha256": data},
             _runner("probe", pr),
             keep=keep,
             outputs=("manifest.json",),
@@ -266,7 +317,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
             ("student", "store"),
             to_dict(co),
             _identity(co, ("model", "store", "output_dir")),
-            lambda resume: compress(co),
+            lambda resume: _compress(co),
             enabled=enabled,
             why_disabled="not enabled: set 'compress' in the config file, or pass --compress",
             keep=keep,
@@ -287,6 +338,13 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
         ev_compressed = dataclasses.replace(
             ev, model=str(d["compress"]), output_dir=str(d["eval"] / "compressed")
         )
+    # every model of the run has the teacher's positions: lengths are checked against them before any work
+    base_model = cfg.teacher if cfg.teacher is not None else cfg.model
+    lengths = {"evaluate.seq_len": ev.seq_len, "--export-seq-len": cfg.export_seq_len}
+    if enabled:
+        lengths["compress.seq_len"] = co.seq_len
+    for what, length in lengths.items():
+        check_positions(base_model, length, what)
     managed = ("model", "store", "teacher", "output_dir")
     stages.append(
         Stage(
@@ -294,7 +352,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
             ("student", "compress", "store"),
             {"student": to_dict(ev), "compressed": to_dict(ev_compressed) if ev_compressed else None},
             {"evaluate": _identity(ev, managed), "compressed": ev_compressed is not None},
-            lambda resume: _evaluate(ev, ev_compressed),
+            lambda resume: _evaluate(ev, ev_compressed, co if enabled else None, d["search"]),
             keep=keep,
             outputs=("report.json",) + (("compressed/report.json",) if ev_compressed else ()),
         )
@@ -314,9 +372,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
             (final.name, "store"),
             ex,
             {k: v for k, v in ex.items() if k not in ("model", "store")},
-            lambda resume: export_model(
-                final, d["export"], d["store"], "onnx", cfg.export_seq_len, cfg.export_atol
-            ),
+            lambda resume: _export(final, d["export"], d["store"], cfg.export_seq_len, cfg.export_atol),
             keep=keep,
             outputs=("model.onnx", "export.json"),
         )
@@ -353,12 +409,34 @@ def _runner(kind: str, stage_cfg: Any) -> Callable[[bool], Any]:
     return run
 
 
-def _evaluate(ev: EvalConfig, compressed: EvalConfig | None) -> None:
-    from adabert import evaluate
+def _compress(co: CompressConfig) -> Any:
+    from adabert.compress import compress
 
-    evaluate.run_evaluation(ev)
-    if compressed is not None:
-        evaluate.run_evaluation(compressed)
+    return compress(co)
+
+
+def _evaluate(
+    ev: EvalConfig, compressed: EvalConfig | None, co: CompressConfig | None, search_dir: Path
+) -> None:
+    """Evaluate the student (and the compressed student), then write their model cards with the figures."""
+    from adabert import evaluate
+    from adabert.deploy.card import update_model_card
+    from adabert.deploy.predict import score_test_file
+
+    report = evaluate.run_evaluation(ev)
+    test = score_test_file(ev.model, ev.store)
+    update_model_card(ev.model, ev.store, report, search_dir / "genotype.png", test)
+    if compressed is not None and co is not None:
+        report = evaluate.run_evaluation(compressed)
+        test = score_test_file(compressed.model, compressed.store)
+        update_model_card(compressed.model, compressed.store, _read_json(Path(co.output_dir) / "report.json"))
+        update_model_card(compressed.model, compressed.store, report, Path(ev.model) / "cell.png", test)
+
+
+def _export(model: Path, out: Path, store: Path, seq_len: int | None, atol: float) -> Any:
+    from adabert.deploy import export
+
+    return export.export_model(model, out, store, "onnx", seq_len, atol)
 
 
 # ------------------------------------------------------------------------------------------ running
@@ -367,17 +445,18 @@ def _inside(path: Path, other: Path) -> bool:
     return a == b or b in a.parents or a in b.parents
 
 
-def _empty(folder: Path, keep: tuple[Path, ...]) -> None:
+def _empty(folder: Path, keep: tuple[Path, ...], started_before: bool) -> None:
     """Remove an earlier run's outputs from a stage folder, unless it holds something to keep.
 
-    Only a folder the pipeline wrote (it has a stage.json or stage.started.json) is ever removed; a
-    non-empty folder from elsewhere (say, a teacher fine-tuned by hand into RUN_DIR/teacher) is refused.
+    Only a folder the pipeline wrote (it has a stage.json, or an earlier run started the stage: a folder
+    replaced whole by a rename, like the store, loses its own markers) is ever removed; a non-empty
+    folder from elsewhere (say, a teacher fine-tuned by hand into RUN_DIR/teacher) is refused.
     """
     if any(_inside(folder, k) for k in keep):
         folder.mkdir(parents=True, exist_ok=True)
         return
     if folder.is_dir() and any(folder.iterdir()):
-        if not ((folder / STAGE_FILE).exists() or (folder / STARTED_FILE).exists()):
+        if not ((folder / STAGE_FILE).exists() or started_before):
             hint = " or pass it as --teacher" if folder.name == "teacher" else ""
             raise ConfigError(
                 f"{folder} exists and was not written by 'adabert pipeline'; it is not replaced: move it "
@@ -394,6 +473,16 @@ class Progress:
     def __init__(self, cfg: PipelineConfig, stages: list[Stage]) -> None:
         self.path = Path(cfg.run_dir) / PIPELINE_FILE
         self.t0 = time.perf_counter()
+        previous = _read_json(self.path)
+        if previous and previous.get("status") == "running":  # we hold the lock: its run was killed
+            running = [n for n, v in (previous.get("stages") or {}).items() if v.get("status") == "running"]
+            previous.update(status="interrupted", note="ended without recording its end (killed)")
+            log.warning(
+                "%s: the previous run (started %s) was killed%s; continuing where it stopped",
+                self.path,
+                previous.get("started", "?"),
+                f" during stage {running[0]}" if running else "",
+            )
         self.value: dict[str, Any] = {
             "task": cfg.task,
             "run_dir": str(cfg.run_dir),
@@ -404,6 +493,9 @@ class Progress:
             "seconds": None,
             "stages": {s.name: {"status": "pending", "seconds": None} for s in stages},
         }
+        if previous and previous.get("status") in ("interrupted", "failed"):
+            keys = ("status", "note", "started", "finished", "failed_stage")
+            self.value["previous_run"] = {k: previous[k] for k in keys if k in previous}
         self.write()
 
     def stage(self, name: str, **values: Any) -> None:
@@ -440,6 +532,17 @@ def up_to_date(
     return done if done.get("hash") else None
 
 
+def _started(folder: Path) -> dict[str, Any] | None:
+    """The settings and upstream an earlier run started this stage with, if one did."""
+    entry = (_read_json(folder.parent / STARTED_FILE) or {}).get(folder.name)
+    return entry if isinstance(entry, dict) else _read_json(folder / LEGACY_STARTED_FILE)
+
+
+def _mark_started(folder: Path, marker: dict[str, Any]) -> None:
+    path = folder.parent / STARTED_FILE
+    atomic_write_json(path, {**(_read_json(path) or {}), folder.name: marker})
+
+
 def _run_stage(
     stage: Stage, folder: Path, label: str, config_hash: str, upstream: dict[str, str], progress: Progress
 ) -> tuple[str, bool]:
@@ -447,7 +550,7 @@ def _run_stage(
     write its stage.json last. Returns the stage's new hash and whether it resumed."""
     from adabert import __version__
 
-    started = _read_json(folder / STARTED_FILE)
+    started = _started(folder)
     resume = bool(
         stage.resumable
         and started
@@ -456,10 +559,9 @@ def _run_stage(
     )
     (folder / STAGE_FILE).unlink(missing_ok=True)  # its outputs are about to change
     if not resume:
-        _empty(folder, stage.keep)
+        _empty(folder, stage.keep, started is not None)
     started_at, t0 = _now(), time.perf_counter()
-    marker = {"config_hash": config_hash, "upstream": upstream, "started": started_at}
-    atomic_write_json(folder / STARTED_FILE, marker)
+    _mark_started(folder, {"config_hash": config_hash, "upstream": upstream, "started": started_at})
     log.info("%s: %s", label, "resuming an interrupted run" if resume else "started")
     progress.stage(stage.name, status="running", resumed=resume)
     stage.run(resume)
@@ -488,10 +590,37 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     """Run (or skip, or resume) every stage into ``cfg.run_dir``, then write the report.
 
     Returns the content of ``pipeline.json``. A stage that fails is recorded as failed there and its
-    exception propagates; the stages before it stay valid for the next run.
+    exception propagates; the stages before it stay valid for the next run. A second pipeline in the
+    same run directory stops at once with :class:`adabert.errors.LockedError`.
     """
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with folder_lock(run_dir, lock=run_dir / LOCK_FILE), _sigterm_interrupts():
+        return _run_locked(cfg, run_dir)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: stop like Ctrl-C, recording the run as interrupted and removing temporary files."""
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise Terminated(f"stopped by signal {signum} (SIGTERM)")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_locked(cfg: PipelineConfig, run_dir: Path) -> dict[str, Any]:
+    remove_stale_temporaries(run_dir, deep=False)  # the run directory's own files (pipeline.json, ...)
     stages = plan(cfg)
     save_config(cfg, run_dir / CONFIG_FILE)
     progress = Progress(cfg, stages)
@@ -526,7 +655,13 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
 
         t0 = time.perf_counter()
         try:
-            own_hash, resumed = _run_stage(stage, folder, label, config_hash, upstream, progress)
+            # the stage folder's own lock too: a stage command writing into it meanwhile is refused
+            with folder_lock(folder, lock=lock_file(folder)):
+                remove_stale_temporaries(folder)  # what a killed run left in and beside the folder
+                try:
+                    own_hash, resumed = _run_stage(stage, folder, label, config_hash, upstream, progress)
+                finally:
+                    remove_stale_temporaries(folder)
         except BaseException as err:
             seconds = round(time.perf_counter() - t0, 2)
             status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"

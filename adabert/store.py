@@ -6,16 +6,26 @@ those arrays are only meaningful for the exact teacher and rows they were comput
 records hashes of both, and a store that no longer matches is refused with :class:`StoreError`
 rather than silently mixing knowledge from different models or data.
 
-Layout (``format_version`` 1)::
+Layout (``format_version`` 2)::
 
     manifest.json                task, data_dir, max_length, num_labels, num_layers, teacher/tokenizer
-                                 hashes, splits (rows + fingerprint), teacher_metrics, probe_metrics
+                                 hashes, splits (rows + fingerprint), teacher_metrics, probe_metrics,
+                                 distilled (the distilled token table's settings and sha256)
     tokenizer/                   tokenizer.save_pretrained output
-    embeddings.safetensors       word_embeddings [V, H], position_embeddings [P, H],
-                                 token_type_embeddings [T, H] (fp32)
+    embeddings.safetensors       the teacher's input tables: word_embeddings [V, H],
+                                 position_embeddings [P, H], token_type_embeddings [T, H] (fp32)
+    distilled.safetensors        tokens [V, H]: the teacher's outputs per vocabulary entry, PCA-rotated
+                                 (see adabert.static_embeddings); variance [H]
+    probes.safetensors           the per-layer probe classifiers (weight, bias, feature mean and std)
     rows/<split>/                datasets.save_to_disk of the rows (text_a, text_b?, label, idx)
+    <split>.ids.npy, .offsets.npy, .second.npy   the rows tokenized once, flat (adabert.data.TokenRows)
+    <split>.labels.npy           int64 [N] (float32 for regression)
     <split>.teacher_logits.npy   float32 [N, C]
     <split>.probe_logits.npy     float32 [N, L+1, C]
+
+The augmented split ``train_aug`` has no ``rows/`` folder: its text is in ``train_aug.rows.jsonl``
+(one JSON object per row) and ``train_aug.source.npy`` / ``train_aug.copy.npy`` say which training
+row each one was made from and which copy of it it is; its labels are the teacher's.
 """
 
 from __future__ import annotations
@@ -37,18 +47,21 @@ from datasets import Dataset, load_from_disk
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from adabert.errors import UserError
+from adabert.io import as_os_error, seal_tree
 from adabert.tasks import TaskSpec
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+AUGMENTED = "train_aug"
 MANIFEST = "manifest.json"
 ROW_COLUMNS = ("text_a", "text_b", "label", "idx")
 _WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "tf_model.h5", "flax_model.msgpack")
 _FINGERPRINT_CHUNK = 10_000
 
 
-class StoreError(ValueError):
+class StoreError(UserError):
     """A knowledge store that is missing, corrupt, or does not match the teacher or rows it is used with."""
 
 
@@ -70,7 +83,8 @@ def fingerprint(dataset: Dataset) -> str:
     return h.hexdigest()
 
 
-def _sha256_files(files: list[Path]) -> str:
+def sha256_files(files: list[Path]) -> str:
+    """sha256 over files' names and contents, in the given order."""
     h = hashlib.sha256()
     for f in files:
         h.update(f.name.encode() + b"\0")
@@ -106,7 +120,7 @@ def teacher_hash(teacher: str | Path, model: torch.nn.Module | None = None) -> t
     """
     files = weight_files(teacher) if Path(teacher).is_dir() else []
     if files:
-        return _sha256_files(files), "files"
+        return sha256_files(files), "files"
     if Path(teacher).is_dir():
         raise StoreError(f"{teacher}: no model weight files ({', '.join(_WEIGHT_PATTERNS)}) found")
     if model is None:
@@ -188,15 +202,25 @@ class KnowledgeStore:
             raise StoreError(f"{emb}: word_embeddings shape {word_shape} does not match the manifest's "
                              f"teacher config; {hint}")
         c, n_layers = self.num_labels, self.num_layers
+        label_dtype = np.float32 if self.task.is_regression else np.int64
         for split, info in self.manifest["splits"].items():
             n = info["rows"]
-            if not (self.path / "rows" / split).is_dir():
+            if split != AUGMENTED and not (self.path / "rows" / split).is_dir():
                 raise StoreError(f"{self.path}: rows/{split}/ is missing; {hint}")
-            for kind, shape in (("teacher_logits", (n, c)), ("probe_logits", (n, n_layers + 1, c))):
+            expected = [("teacher_logits", (n, c), np.float32),
+                        ("probe_logits", (n, n_layers + 1, c), np.float32),
+                        ("labels", (n,), label_dtype), ("offsets", (n + 1,), np.int64),
+                        ("second", (n,), np.int32)]
+            if split == AUGMENTED:
+                expected += [("source", (n,), np.int64), ("copy", (n,), np.int32)]
+            for kind, shape, dtype in expected:
                 arr = self._load(split, kind, hint)
-                if arr.shape != shape or arr.dtype != np.float32:
+                if arr.shape != shape or arr.dtype != dtype:
                     raise StoreError(f"{self.path}: {split}.{kind}.npy has shape {arr.shape} {arr.dtype}, "
-                                     f"manifest says {shape} float32; {hint}")
+                                     f"manifest says {shape} {np.dtype(dtype)}; {hint}")
+            ids, offsets = self._load(split, "ids", hint), self._load(split, "offsets", hint)
+            if ids.dtype != np.int32 or ids.ndim != 1 or (n and int(offsets[-1]) != len(ids)):
+                raise StoreError(f"{self.path}: {split}.ids.npy does not match its offsets; {hint}")
 
     def _load(self, split: str, kind: str, hint: str | None = None) -> np.ndarray:
         key = f"{split}.{kind}"
@@ -253,9 +277,19 @@ class KnowledgeStore:
     # -- data
 
     def rows(self, split: str) -> Dataset:
+        """The split's text rows (text_a, text_b?, label, idx); for an augmented split, label is the
+        teacher's and idx that of the training row the copy was made from."""
         info = self._split_info(split)
+        text = self.path / f"{split}.rows.jsonl"
         try:
-            ds = load_from_disk(str(self.path / "rows" / split))
+            if text.is_file():
+                source = np.asarray(self._load(split, "source"))
+                train_idx = np.asarray(self.rows("train")["idx"])
+                ds = Dataset.from_json(str(text), keep_in_memory=True)
+                ds = ds.add_column("label", self.labels(split).tolist())
+                ds = ds.add_column("idx", train_idx[source].tolist())
+            else:
+                ds = load_from_disk(str(self.path / "rows" / split))
         except Exception as err:  # datasets raises FileNotFoundError / ArrowInvalid / JSON errors
             raise StoreError(f"{self.path}: rows/{split} cannot be read ({err}); "
                              f"{_rerun_hint(self.path)}") from None
@@ -272,12 +306,60 @@ class KnowledgeStore:
         self._split_info(split)
         return self._load(split, "probe_logits")
 
+    def labels(self, split: str) -> np.ndarray:
+        """Gold labels (the teacher's for augmented rows), int64 or float32 for regression."""
+        self._split_info(split)
+        return self._load(split, "labels")
+
+    def tokens(self, split: str) -> Any:
+        """The split's rows as tokenized once with the store's tokenizer (an adabert.data.TokenRows)."""
+        from adabert.data import TokenRows
+
+        self._split_info(split)
+        return TokenRows(*(self._load(split, name) for name in ("ids", "offsets", "second")))
+
+    def augment_sources(self, split: str = AUGMENTED) -> tuple[np.ndarray, np.ndarray]:
+        """For each augmented row: the training row it was made from, and which copy of it it is."""
+        self._split_info(split)
+        return self._load(split, "source"), self._load(split, "copy")
+
+    @property
+    def pad_token_id(self) -> int:
+        return int(self.manifest["tokenizer"].get("pad_token_id") or 0)
+
+    def distilled_tokens(self, width: int | None = None) -> torch.Tensor:
+        """The distilled token table [V, width] (its first ``width`` principal directions).
+
+        Refused when the file is not the one this store's manifest recorded (another teacher's table
+        copied in, or a damaged file): its sha256 and its teacher must match.
+        """
+        from adabert.static_embeddings import table_hash
+
+        info = self.manifest.get("distilled")
+        hint = _rerun_hint(self.path)
+        if not info:
+            raise StoreError(f"{self.path}: no distilled token table; {hint}")
+        try:
+            tables = load_file(str(self.path / "distilled.safetensors"))
+        except Exception as err:
+            raise StoreError(f"{self.path}/distilled.safetensors cannot be read ({err}); {hint}") from None
+        same_teacher = info.get("teacher") == self.manifest["teacher"]["sha256"]
+        if not same_teacher or table_hash(tables) != info.get("sha256"):
+            raise StoreError(f"{self.path}/distilled.safetensors is not the table distilled from this "
+                             f"store's teacher (sha256 or teacher differ from the manifest); {hint}")
+        table = tables["tokens"]
+        if width is not None and width > table.shape[1]:
+            raise StoreError(f"{self.path}: the distilled table is {table.shape[1]} wide, {width} were "
+                             "asked; use a student width of at most the teacher's hidden size")
+        return table[:, : width or table.shape[1]].contiguous()
+
     def tokenizer(self) -> Any:
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(str(self.path / "tokenizer"))
 
     def embeddings(self) -> dict[str, torch.Tensor]:
+        """The teacher's input tables: word, position and token-type embeddings."""
         try:
             return load_file(str(self.path / "embeddings.safetensors"))
         except Exception as err:
@@ -337,9 +419,25 @@ def _embedding_tables(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return tables
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
+def _save_npy(path: Path, array: np.ndarray, dtype: Any = np.float32) -> None:
     with open(path, "wb") as fh:
-        np.save(fh, np.ascontiguousarray(array, dtype=np.float32))
+        np.save(fh, np.ascontiguousarray(array, dtype=dtype))
+
+
+def write_split(
+    directory: Path,
+    split: str,
+    tokens: Any,
+    labels: np.ndarray,
+    teacher_logits: np.ndarray,
+    probe_logits: np.ndarray,
+    regression: bool,
+) -> None:
+    """The arrays of one split: token rows, labels, teacher and probe logits."""
+    tokens.save(directory, split)
+    _save_npy(directory / f"{split}.labels.npy", labels, np.float32 if regression else np.int64)
+    _save_npy(directory / f"{split}.teacher_logits.npy", teacher_logits)
+    _save_npy(directory / f"{split}.probe_logits.npy", probe_logits)
 
 
 def write_store(
@@ -351,16 +449,27 @@ def write_store(
     teacher_dir: str | Path,
     model: torch.nn.Module,
     tokenizer: Any,
-    splits: dict[str, tuple[Dataset, np.ndarray, np.ndarray]],
+    splits: dict[str, tuple],
     teacher_metrics: dict[str, dict[str, float]],
     probe_metrics: list[dict[str, Any]],
     extra: Callable[[Path], None] | None = None,
+    workdir: Path | None = None,
+    distilled: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None,
+    augmented: dict[str, Any] | None = None,
 ) -> KnowledgeStore:
-    """Write a complete store into a temp dir beside ``path`` and rename it into place.
+    """Write a complete store into a work dir beside ``path`` and rename it into place.
 
-    A killed run never leaves a half store, and an existing store at ``path`` is replaced only once the
-    new one is complete. ``extra(tmp_dir)`` may add further files (reports, plots) before the rename.
+    ``splits`` maps a split name to ``(rows, teacher_logits, probe_logits)`` and optionally its
+    ``TokenRows`` (else the rows are tokenized here with ``tokenizer`` and ``max_length``).
+    ``workdir``: a folder beside ``path`` that already holds streamed parts of the store (the
+    augmented split, whose manifest entry is ``augmented``); by default a new temporary one.
+    ``distilled``: the distilled token tables and their settings. A killed run never leaves a half
+    store, and an existing store at ``path`` is replaced only once the new one is complete.
+    ``extra(tmp_dir)`` may add further files (reports, plots) before the rename.
     """
+    from adabert.data import TokenRows
+    from adabert.static_embeddings import table_hash
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     num_labels = int(task.num_labels)
@@ -386,34 +495,58 @@ def write_store(
                 "model_type": cfg.model_type,
             },
         },
-        "tokenizer": {"name_or_path": str(teacher_dir), "vocab_sha256": vocab_hash(tokenizer)},
+        "tokenizer": {
+            "name_or_path": str(teacher_dir),
+            "vocab_sha256": vocab_hash(tokenizer),
+            "pad_token_id": tokenizer.pad_token_id,
+        },
         "splits": {},
         "teacher_metrics": teacher_metrics,
         "probe_metrics": probe_metrics,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = workdir or Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
         save_file(_embedding_tables(model), str(tmp / "embeddings.safetensors"))
-        for split, (rows, t_logits, p_logits) in splits.items():
+        for split, (rows, t_logits, p_logits, *tokens) in splits.items():
             n = len(rows)
             t_logits, p_logits = np.asarray(t_logits), np.asarray(p_logits)
             if t_logits.shape != (n, num_labels) or p_logits.shape != (n, num_layers + 1, num_labels):
                 raise ValueError(f"split {split!r}: {n} rows but teacher logits {t_logits.shape} and probe "
                                  f"logits {p_logits.shape}; expected ({n}, {num_labels}) and "
                                  f"({n}, {num_layers + 1}, {num_labels})")
+            for kind, values in (("teacher", t_logits), ("probe", p_logits)):
+                bad = np.flatnonzero(~np.isfinite(values.reshape(n, -1)).all(axis=1))
+                if len(bad):  # a broken teacher: nothing downstream could learn from these rows
+                    raise StoreError(f"{path}: the {kind} logits of split {split!r} are NaN or infinite on "
+                                     f"{len(bad)} of {n} rows (first: row {int(bad[0])}); the teacher or "
+                                     "its probes diverged: fine-tune or probe again with a lower --lr")
             rows = rows.select_columns([c for c in ROW_COLUMNS if c in rows.column_names])
+            texts_b = rows["text_b"] if "text_b" in rows.column_names else None
+            token_rows = tokens[0] if tokens else TokenRows.tokenize(rows["text_a"], texts_b, tokenizer,
+                                                                     max_length)
             rows.flatten_indices().save_to_disk(str(tmp / "rows" / split))
-            _save_npy(tmp / f"{split}.teacher_logits.npy", t_logits)
-            _save_npy(tmp / f"{split}.probe_logits.npy", p_logits)
+            write_split(tmp, split, token_rows, np.asarray(rows["label"]), t_logits, p_logits,
+                        task.is_regression)
             manifest["splits"][split] = {"rows": n, "fingerprint": fingerprint(rows)}
+        if augmented is not None:
+            manifest["splits"][AUGMENTED] = augmented
+        if distilled is not None:
+            tables, settings = distilled
+            save_file(tables, str(tmp / "distilled.safetensors"))
+            manifest["distilled"] = {**settings, "sha256": table_hash(tables), "teacher": sha}
         if extra is not None:
             extra(tmp)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        seal_tree(tmp)  # the usual modes (mkdtemp makes an owner-only folder), every file on disk
         _replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as err:
+        if workdir is None:  # a caller's work dir holds resumable parts: the caller decides
+            shutil.rmtree(tmp, ignore_errors=True)
+        translated = as_os_error(err, path) if isinstance(err, Exception) else err
+        if translated is not err:
+            raise translated from err
         raise
     logger.info("knowledge store written to %s (%s)", path,
                 ", ".join(f"{s}: {i['rows']} rows" for s, i in manifest["splits"].items()))

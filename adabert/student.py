@@ -22,7 +22,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from adabert.distill import task_loss
 from adabert.genotype import Genotype
-from adabert.modules import Cell, ClassifierHead, Embeddings, masked_mean
+from adabert.modules import Cell, ClassifierHead, Embeddings, build_head, masked_mean
 from search_spaces import get_space
 
 
@@ -39,17 +39,25 @@ class AdaBertStudentConfig(PretrainedConfig):
         pair: bool = True,
         pad_token_id: int = 0,
         norm_width: int | None = None,
+        head: str = "paper",
         **kwargs: Any,
     ) -> None:
-        """``norm_width``: the width before pruning removed hidden dimensions (see ``PrunedLayerNorm``)."""
+        """``norm_width``: the width before pruning removed hidden dimensions (see ``PrunedLayerNorm``);
+        ``head``: ``paper`` (AdaBERT's) or ``pair`` (compares the two sentences, see ``PairHead``)."""
         super().__init__(pad_token_id=pad_token_id, **kwargs)
         self.norm_width = norm_width
+        self.head = head
         self.genotype = genotype
         self.vocab_size = vocab_size
         self.max_position_embeddings = max_position_embeddings
         self.hidden_size = hidden_size
         self.hidden_dropout_prob = hidden_dropout_prob
         self.pair = pair
+
+
+def _head(config: AdaBertStudentConfig) -> nn.Module:
+    kind = getattr(config, "head", "paper")
+    return build_head(kind, config.hidden_size, config.num_labels, config.hidden_dropout_prob)
 
 
 def _embeddings(config: AdaBertStudentConfig) -> Embeddings:
@@ -80,7 +88,7 @@ class AdaBertStudentForSequenceClassification(PreTrainedModel):
         self.cells = nn.ModuleList(
             Cell(space, edges, ops, config.hidden_size) for _ in range(genotype.num_cells)
         )
-        self.head = ClassifierHead(config.hidden_size, config.num_labels, config.hidden_dropout_prob)
+        self.head = _head(config)
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -108,8 +116,10 @@ class AdaBertStudentForSequenceClassification(PreTrainedModel):
         keeps counting the removed dimensions (``norm_width``). Returns the widths, or None.
         """
         tables = (self.embeddings.word, self.embeddings.position)
-        if any(p.numel() for cell in self.cells for p in cell.ops.parameters()) or not all(
-            type(t) is nn.Embedding for t in tables
+        if (
+            any(p.numel() for cell in self.cells for p in cell.ops.parameters())
+            or not all(type(t) is nn.Embedding for t in tables)
+            or not (isinstance(self.head, ClassifierHead) and self.head.pool is masked_mean)
         ):
             return None
         state = self.state_dict()
@@ -123,7 +133,7 @@ class AdaBertStudentForSequenceClassification(PreTrainedModel):
         before, width = config.hidden_size, config.norm_width or config.hidden_size
         config.hidden_size, config.norm_width = int(keep.numel()), width
         self.embeddings = _embeddings(config)
-        self.head = ClassifierHead(config.hidden_size, config.num_labels, config.hidden_dropout_prob)
+        self.head = _head(config)
         self.to(device=device, dtype=dtype).train(self.training)
         read = ["head.score.weight", "head.out.weight"]  # the head's input columns of those dimensions
         self.load_state_dict({k: v[..., keep] if k in written + read else v for k, v in state.items()})
@@ -151,14 +161,14 @@ class AdaBertStudentForSequenceClassification(PreTrainedModel):
             )
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        inputs, mask = self.embeddings(input_ids, attention_mask, token_type_ids)
+        inputs, masks = self.embeddings(input_ids, attention_mask, token_type_ids)
         levels = [inputs[0] + inputs[1] if self.config.pair else inputs[0]]
         states = inputs
         for cell in self.cells:
-            out = cell(states, mask)
+            out = cell(states, masks.all)
             states = [states[-1], out]
             levels.append(out)
-        logits = self.head([masked_mean(x, mask) for x in levels[1:]])
+        logits = self.head(levels[1:], masks)
         loss = None
         if labels is not None:
             loss = task_loss(logits, labels, regression=self.config.num_labels == 1)
@@ -193,14 +203,18 @@ def build_student(
     pair: bool,
     dropout: float = 0.1,
     supernet_state: dict[str, torch.Tensor] | None = None,
+    head: str = "paper",
     **config_kwargs: Any,
 ) -> AdaBertStudentForSequenceClassification:
-    """A student whose embedding tables are the teacher's, projected to the cell width.
+    """A student whose embedding tables start from ``tables`` (``word`` [V, d], ``position`` [P, d]).
 
-    The projection is the searched one when ``supernet_state`` is given (and the cells, head and
-    LayerNorm start from the searched weights too); otherwise it is a PCA of the teacher's table.
+    Tables as wide as the cells (the distilled table) are used as they are; wider ones (the teacher's
+    input tables) are projected to the cell width, by the searched projection when
+    ``supernet_state`` has one, else by a PCA of the word table. With ``supernet_state`` the cells,
+    head and LayerNorm start from the searched weights too, and the tables from the searched ones
+    when the search trained them.
     """
-    word, position = tables["word_embeddings"], tables["position_embeddings"]
+    word, position = tables["word"], tables["position"]
     config = AdaBertStudentConfig(
         genotype=genotype.to_dict(),
         vocab_size=word.shape[0],
@@ -209,26 +223,28 @@ def build_student(
         hidden_dropout_prob=dropout,
         pair=pair,
         num_labels=num_labels,
+        head=head,
         **config_kwargs,
     )
     model = AdaBertStudentForSequenceClassification(config)
-    teacher_embeddings = Embeddings(word.shape[0], position.shape[0], genotype.hidden_size, dim=word.shape[1])
-    teacher_embeddings.word.weight.data.copy_(word)
-    teacher_embeddings.position.weight.data.copy_(position)
+    state = supernet_state or {}
+    searched = {k.removeprefix("embeddings."): v for k, v in state.items() if k.startswith("embeddings.")}
+    word = searched.get("word.weight", word)
+    position = searched.get("position.weight", position)
+    source = Embeddings(word.shape[0], position.shape[0], genotype.hidden_size, dim=word.shape[1])
+    source.word.weight.data.copy_(word)
+    source.position.weight.data.copy_(position)
+    if source.projection is not None:
+        if "projection.weight" in searched:
+            source.projection.weight.data.copy_(searched["projection.weight"])
+            source.projection.bias.data.copy_(searched["projection.bias"])
+        else:
+            weight, bias = pca_projection(word, genotype.hidden_size)
+            source.projection.weight.data.copy_(weight)
+            source.projection.bias.data.copy_(bias)
     if supernet_state is not None:
-        teacher_embeddings.projection.load_state_dict(
-            {
-                k.removeprefix("embeddings.projection."): v
-                for k, v in supernet_state.items()
-                if k.startswith("embeddings.projection.")
-            }
-        )
         _load_searched_weights(model, genotype, supernet_state)
-    else:
-        weight, bias = pca_projection(word, genotype.hidden_size)
-        teacher_embeddings.projection.weight.data.copy_(weight)
-        teacher_embeddings.projection.bias.data.copy_(bias)
-    word_table, position_table = teacher_embeddings.projected_tables()
+    word_table, position_table = source.projected_tables()
     model.embeddings.word.weight.data.copy_(word_table)
     model.embeddings.position.weight.data.copy_(position_table)
     return model

@@ -10,6 +10,7 @@ inside a data loader.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
@@ -17,11 +18,14 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from datasets import Dataset, Features, Value, load_dataset
-from scipy import stats
+
+if TYPE_CHECKING:  # datasets and scipy load in about a second: only where rows are read or scored
+    from datasets import Dataset, Features
+
+from adabert.errors import UserError
 
 METRICS = ("accuracy", "f1", "mcc", "pearson", "spearman")
 _REGRESSION_METRICS = {"pearson", "spearman"}
@@ -32,12 +36,13 @@ _HUB_SPLITS = {
     "dev_mismatched": "validation_mismatched",
 }
 _FORMATS = {".tsv": "tsv", ".csv": "csv", ".json": "json", ".jsonl": "json"}
+FORMATS = ("csv", "tsv", "json")
 
 # One parsed data row: (1-based line number or None, text fields, raw label value).
 _Record = tuple[int | None, list[Any], Any]
 
 
-class TaskDataError(ValueError):
+class TaskDataError(UserError):
     """Bad task data or task definition; the message starts with ``path:line:`` when they are known."""
 
     def __init__(self, message: str, path: str | Path | None = None, line: int | None = None):
@@ -73,6 +78,7 @@ class TaskSpec:
     num_fields: int | None = None
     hub_name: tuple[str, str] | None = None
     hub_text_columns: tuple[str, ...] | None = None  # text columns under their hub names, if different
+    format: str | None = None  # csv, tsv or json for every file of a custom task; None: by extension
 
     def __post_init__(self) -> None:
         for key in ("text_columns", "labels", "metrics", "hub_name", "hub_text_columns"):
@@ -108,6 +114,8 @@ class TaskSpec:
                 raise bad(f"a headerless task needs column_indices for {needed}")
         if self.hub_name is not None and len(self.hub_name) != 2:
             raise bad(f"hub_name must be (path, config), got {self.hub_name}")
+        if self.format is not None and self.format not in FORMATS:
+            raise bad(f"format must be one of {list(FORMATS)}, got {self.format!r}")
 
     def __hash__(self) -> int:  # files/column_indices are dicts; the name identifies a task
         return hash(self.name)
@@ -201,21 +209,38 @@ def _task_key(name: str) -> str:
     return re.sub(r"[\s_-]", "", name.lower())
 
 
+_CUSTOM: dict[str, TaskSpec] = {}
+
+
+def register_task(spec: TaskSpec) -> TaskSpec:
+    """Make a custom task findable by name with ``get_task`` in this process (the latest one of a name wins).
+
+    Stage configs with ``train_file`` register theirs, so a stage that looks its task up by name
+    (``get_task(cfg.task)``) finds the user's task; later stages read it from the knowledge store.
+    """
+    if spec.glue_dir is None and _task_key(spec.name) in TASKS:
+        raise TaskDataError(f"{spec.name!r} is a GLUE task name; give your own task another name")
+    _CUSTOM[spec.name] = spec
+    return spec
+
+
 def get_task(name: str | TaskSpec) -> TaskSpec:
-    """Look a GLUE task up by any common spelling ("SST-2", "sst-2", "sst2", "STS-B", "mnli")."""
+    """Look a GLUE task up by any common spelling ("SST-2", "sst-2", "sst2", "STS-B", "mnli"), or a
+    registered custom task by its name."""
     if isinstance(name, TaskSpec):
         return name
-    spec = TASKS.get(_task_key(str(name)))
+    spec = TASKS.get(_task_key(str(name))) or _CUSTOM.get(str(name))
     if spec is None:
         raise TaskDataError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)} "
-                            "(or build one with custom_task)")
+                            "(or your own files: --train-file, --dev-file, --text-columns, --label-column)")
     return spec
 
 
 def custom_task(name: str, files: Mapping[str, str | Path], text_columns: str | Sequence[str],
                 label_column: str, labels: Sequence[Any] | None = None, regression: bool = False,
-                metrics: Sequence[str] | None = None, data_dir: str | Path | None = None) -> TaskSpec:
-    """A task over the user's own csv / tsv / json / jsonl files (format chosen by extension).
+                metrics: Sequence[str] | None = None, data_dir: str | Path | None = None,
+                fmt: str | None = None) -> TaskSpec:
+    """A task over the user's own csv / tsv / json / jsonl files (format by extension, or ``fmt``).
 
     Without ``labels`` a classification task takes the sorted distinct label values of its train file
     (or its first file), and stores them in the spec so the class ids stay fixed from then on.
@@ -223,9 +248,12 @@ def custom_task(name: str, files: Mapping[str, str | Path], text_columns: str | 
     ``load_split``.
     """
     files = {split: str(path) for split, path in files.items()}
+    if fmt is not None and fmt not in FORMATS:
+        raise TaskDataError(f"unknown format {fmt!r}; expected one of {list(FORMATS)}")
     for path in files.values():
-        if Path(path).suffix.lower() not in _FORMATS:
-            raise TaskDataError(f"unsupported file type; expected one of {sorted(_FORMATS)}", path)
+        if fmt is None and Path(path).suffix.lower() not in _FORMATS:
+            raise TaskDataError(f"unsupported file type; expected one of {sorted(_FORMATS)} (or give the "
+                                "format: --format csv, tsv or json)", path)
     columns = (text_columns,) if isinstance(text_columns, str) else tuple(text_columns)
     if regression and labels is not None:
         raise TaskDataError(f"task {name!r}: a regression task takes no labels, got {list(labels)}")
@@ -235,17 +263,20 @@ def custom_task(name: str, files: Mapping[str, str | Path], text_columns: str | 
             source = files.get("train") or next(iter(files.values()), None)
             if source is not None and data_dir is not None and not Path(source).is_absolute():
                 source = str(Path(data_dir) / source)
-            label_names = _infer_labels(Path(source), columns, label_column) if source else None
+            label_names = _infer_labels(Path(source), columns, label_column, fmt) if source else None
         else:
             label_names = tuple(_label_str(x) for x in labels)
     if metrics is None:
         metrics = ("pearson", "spearman") if regression else ("accuracy",)
+    if labels is None and label_names is not None and len(label_names) < 2:
+        raise _too_few_labels(label_names, label_column, files.get("train"))
     return TaskSpec(name=name, text_columns=columns, label_column=label_column, labels=label_names,
-                    metrics=tuple(metrics), files=files)
+                    metrics=tuple(metrics), files=files, format=fmt)
 
 
-def _infer_labels(path: Path, columns: tuple[str, ...], label_column: str) -> tuple[str, ...]:
-    values = {_label_str(raw) for _, _, raw in _read_records(path, columns, label_column)}
+def _infer_labels(path: Path, columns: tuple[str, ...], label_column: str,
+                  fmt: str | None = None) -> tuple[str, ...]:
+    values = {_label_str(raw) for _, _, raw in _read_records(path, columns, label_column, fmt=fmt)}
     if all(re.fullmatch(r"-?\d+", v) for v in values):
         return tuple(sorted(values, key=int))
     return tuple(sorted(values))
@@ -253,6 +284,119 @@ def _infer_labels(path: Path, columns: tuple[str, ...], label_column: str) -> tu
 
 def _label_str(raw: Any) -> str:
     return raw.strip() if isinstance(raw, str) else str(raw)
+
+
+def _too_few_labels(labels: Sequence[str], column: str, path: Any) -> TaskDataError:
+    return TaskDataError(f"only one label ({', '.join(map(repr, labels))}) in column {column!r}: a "
+                         "classifier needs at least 2 (for a number to predict, use --regression)", path)
+
+
+def _label_kind(raw: Any) -> str:
+    if isinstance(raw, bool):
+        return "true/false"
+    text = raw.strip() if isinstance(raw, str) else raw
+    if isinstance(text, int) or (isinstance(text, str) and re.fullmatch(r"[-+]?\d+", text)):
+        return "whole numbers"
+    decimal = r"[-+]?(\d+\.\d*|\.\d+|\d+)([eE][-+]?\d+)?"
+    if isinstance(text, float) or (isinstance(text, str) and re.fullmatch(decimal, text)):
+        return "decimal numbers"
+    return "text"
+
+
+def _check_label_kinds(path: Path, records: list[_Record], column: str) -> None:
+    """Refuse a label column that mixes kinds (1 and "pos", 1 and 1.0): they would become separate classes."""
+    first: dict[str, tuple[int | None, Any]] = {}
+    for i, (line, _, raw) in enumerate(records):
+        first.setdefault(_label_kind(raw), (line if line is not None else i, raw))
+    if len(first) > 1:
+        (a, (la, ra)), (b, (lb, rb)) = list(first.items())[:2]
+        raise TaskDataError(f"mixed label types in column {column!r}: {a} (e.g. {ra!r} at row {la}) and {b} "
+                            f"(e.g. {rb!r} at row {lb}); expected one kind of label", path)
+
+
+def check_task_files(spec: TaskSpec, data_dir: str | Path | None = None) -> dict[str, int]:
+    """Read every file of a custom task and refuse, by file and row, what training would trip over later.
+
+    Checks columns, empty texts and labels, label types (no mixing of kinds), at least 2 classes in the
+    train file, every label known, and no dev / test label that never occurs in the train file (the
+    model could not learn it). Returns the row count of each split.
+    """
+    counts: dict[str, int] = {}
+    train_labels: set[str] | None = None
+    train_path: Path | None = None
+    for split in sorted(spec.files, key=lambda s: s != "train"):
+        path = _resolve_path(spec, split, data_dir)
+        records = _read_records(path, spec.text_columns, spec.label_column, fmt=spec.format)
+        if not spec.is_regression:
+            _check_label_kinds(path, records, spec.label_column)
+        for i, (line, texts, raw) in enumerate(records):
+            where = "" if line is not None else f"record {i}: "
+            for column, text in zip(spec.text_columns, texts):
+                if not text.strip():
+                    raise TaskDataError(f"{where}empty text in column {column!r}; every row needs text", path,
+                                        line)
+            if raw is None or (isinstance(raw, str) and not raw.strip()):
+                raise TaskDataError(f"{where}empty label in column {spec.label_column!r}", path, line)
+            _to_label(spec, raw, path, line, where)
+            label = _label_str(raw)
+            if split != "train" and train_labels is not None and label not in train_labels:
+                raise TaskDataError(f"{where}label {label!r} never occurs in the train file {train_path}, so "
+                                    f"the model cannot learn it (train labels: {sorted(train_labels)})", path,
+                                    line)
+        if split == "train" and not spec.is_regression:
+            train_labels, train_path = {_label_str(raw) for _, _, raw in records}, path
+            if len(train_labels) < 2:
+                raise _too_few_labels(sorted(train_labels), spec.label_column, path)
+        counts[split] = len(records)
+    return counts
+
+
+def _file_stamp(path: Path) -> tuple[str, int, int]:
+    try:
+        st = path.stat()
+    except OSError:
+        return (str(path), -1, -1)
+    return (str(path), st.st_mtime_ns, st.st_size)
+
+
+def task_from_files(name: str, train_file: str, dev_file: str | None, text_columns: str | None,
+                    label_column: str | None, test_file: str | None = None, regression: bool = False,
+                    label_names: str | None = None, fmt: str | None = None,
+                    data_dir: str | Path | None = None) -> TaskSpec:
+    """The task of the command-line flags (``--train-file`` ...), its files checked, registered by name.
+
+    Paths are made absolute (relative ones under ``data_dir`` if given, else the working directory),
+    so the saved task definition still finds them from elsewhere. Checked files are remembered by
+    path, size and modification time, so building the same config twice reads them once.
+    """
+    missing = [flag for flag, value in (("--dev-file", dev_file), ("--text-columns", text_columns),
+                                        ("--label-column", label_column)) if not value]
+    if missing:
+        raise TaskDataError(f"--train-file (your own task) also needs {', '.join(missing)}")
+    base = Path(data_dir) if data_dir is not None else Path.cwd()
+    files = {split: str((base / path).absolute()) for split, path in
+             (("train", train_file), ("dev", dev_file), ("test", test_file)) if path}
+    columns = tuple(c.strip() for c in str(text_columns).split(",") if c.strip())
+    names = tuple(n.strip() for n in label_names.split(",")) if label_names else None
+    stamps = tuple(_file_stamp(Path(p)) for p in files.values())
+    return register_task(
+        _checked_task(name, tuple(files.items()), columns, str(label_column), regression, names, fmt, stamps))
+
+
+@functools.lru_cache(maxsize=16)
+def _checked_task(name: str, files: tuple[tuple[str, str], ...], columns: tuple[str, ...], label_column: str,
+                  regression: bool, labels: tuple[str, ...] | None, fmt: str | None,
+                  stamps: tuple[tuple[str, int, int], ...]) -> TaskSpec:
+    if regression and labels:
+        raise TaskDataError(f"--label-names {','.join(labels)}: a regression task (--regression) has no "
+                            "labels")
+    if not 1 <= len(columns) <= 2:
+        raise TaskDataError(f"--text-columns {','.join(columns) or '(empty)'}: expected one column, or two "
+                            "for sentence pairs (COL or COL1,COL2)")
+    spec = custom_task(name, dict(files), columns, label_column, labels=labels, regression=regression,
+                       fmt=fmt)
+    check_task_files(spec)
+    return spec
 
 
 # ----------------------------------------------------------------------------------------- reading
@@ -316,8 +460,8 @@ def _table_records(path: Path, rows: Iterable[tuple[int, list[str]]], columns: t
     return records
 
 
-def _json_records(path: Path, text: str, columns: tuple[str, ...], label_column: str) -> list[_Record]:
-    """A JSON array of objects, or JSON lines (one object per line)."""
+def _json_items(path: Path, text: str) -> list[tuple[int | None, str, dict[str, Any]]]:
+    """(line or None, "record i: " or "", object) for a JSON array of objects or JSON lines."""
     stripped = text.lstrip()
     if stripped.startswith("["):
         try:
@@ -335,10 +479,16 @@ def _json_records(path: Path, text: str, columns: tuple[str, ...], label_column:
                 except json.JSONDecodeError as exc:
                     raise TaskDataError(f"invalid JSON line ({exc.msg}); expected a JSON array of objects or "
                                         "one JSON object per line", path, number) from exc
-    records: list[_Record] = []
     for line, where, item in numbered:
         if not isinstance(item, dict):
             raise TaskDataError(f"{where}expected a JSON object, found {type(item).__name__}", path, line)
+    return numbered
+
+
+def _json_records(path: Path, text: str, columns: tuple[str, ...], label_column: str) -> list[_Record]:
+    """A JSON array of objects, or JSON lines (one object per line)."""
+    records: list[_Record] = []
+    for line, where, item in _json_items(path, text):
         missing = [c for c in (*columns, label_column) if c not in item]
         if missing:
             raise TaskDataError(f"{where}missing key(s) {missing}; keys found: {sorted(item)}", path, line)
@@ -349,6 +499,53 @@ def _json_records(path: Path, text: str, columns: tuple[str, ...], label_column:
                                     f"{json.dumps(value)}", path, line)
         records.append((line, texts, item[label_column]))
     return records
+
+
+def file_format(path: str | Path, fmt: str | None = None) -> str:
+    """csv, tsv or json: ``fmt`` if given, else by the file's extension."""
+    if fmt is not None:
+        if fmt not in FORMATS:
+            raise TaskDataError(f"unknown format {fmt!r}; expected one of {list(FORMATS)}", path)
+        return fmt
+    found = _FORMATS.get(Path(path).suffix.lower())
+    if found is None:
+        raise TaskDataError(f"unknown file type; expected one of {sorted(_FORMATS)} (or give the format: "
+                            "--format csv, tsv or json)", path)
+    return found
+
+
+def read_table(path: str | Path, fmt: str | None = None) -> tuple[list[str], list[tuple[int | None, dict]]]:
+    """Every row of a csv / tsv file with a header, or of a JSON (Lines) file, as (line, {column: value}).
+
+    Returns the column names (the header, or the keys of the JSON objects in first-seen order) and
+    the rows; a row with another number of fields than the header is refused with its line.
+    """
+    path = Path(path)
+    kind = file_format(path, fmt)
+    if not path.is_file():
+        raise TaskDataError("file not found", path)
+    text = _read_text(path)
+    rows: list[tuple[int | None, dict[str, Any]]] = []
+    if kind == "json":
+        columns: dict[str, None] = {}
+        for line, _, item in _json_items(path, text):
+            columns.update(dict.fromkeys(item))
+            rows.append((line, item))
+        names = list(columns)
+    else:
+        lines = iter(_csv_rows(text) if kind == "csv" else _tsv_rows(text))
+        first = next(lines, None)
+        if first is None:
+            raise TaskDataError("file is empty; expected a header line and data rows", path, 1)
+        names = [n.strip() for n in first[1]]
+        for line, fields in lines:
+            if len(fields) != len(names):
+                raise TaskDataError(f"expected {len(names)} fields (as in the header), found {len(fields)}",
+                                    path, line)
+            rows.append((line, dict(zip(names, fields))))
+    if not rows:
+        raise TaskDataError("no data rows", path, max(text.count("\n"), 1))
+    return names, rows
 
 
 def _read_records(path: Path, columns: tuple[str, ...], label_column: str, header: bool = True,
@@ -401,6 +598,8 @@ def _subset(n: int, limit: int | None, seed: int) -> np.ndarray | None:
 
 
 def _features(spec: TaskSpec) -> Features:
+    from datasets import Features, Value
+
     cols = {"text_a": Value("string")}
     if spec.is_pair:
         cols["text_b"] = Value("string")
@@ -442,7 +641,7 @@ def load_split(task: str | TaskSpec, split: str, data_dir: str | Path | None = N
     if data_dir is None and spec.glue_dir is not None:
         return _load_hub(spec, split, limit, seed)
     path = _resolve_path(spec, split, data_dir)
-    fmt = "tsv" if spec.glue_dir is not None else None
+    fmt = "tsv" if spec.glue_dir is not None else spec.format
     records = _read_records(path, spec.text_columns, spec.label_column, spec.header, spec.column_indices,
                             spec.num_fields, fmt)
     keep = _subset(len(records), limit, seed)
@@ -456,6 +655,8 @@ def load_split(task: str | TaskSpec, split: str, data_dir: str | Path | None = N
         columns["idx"].append(i)
     if not spec.is_pair:
         del columns["text_b"]
+    from datasets import Dataset
+
     return Dataset.from_dict(columns, features=_features(spec))
 
 
@@ -465,6 +666,8 @@ def _load_hub(spec: TaskSpec, split: str, limit: int | None, seed: int) -> Datas
         raise TaskDataError(f"task {spec.name} has no hub dataset; pass data_dir")
     hub_split = _HUB_SPLITS[split]
     source = f"{'/'.join(spec.hub_name)}[{hub_split}]"
+    from datasets import Dataset, load_dataset
+
     ds = load_dataset(*spec.hub_name, split=hub_split)
     if len(ds) == 0:
         raise TaskDataError("no data rows: the split is empty", source)
@@ -511,18 +714,20 @@ def _mcc(p: np.ndarray, r: np.ndarray) -> float:
     return 0.0 if denom == 0 else float((c * s - t @ q) / denom)
 
 
-def _correlation(fn, p: np.ndarray, r: np.ndarray) -> float:
+def _correlation(name: str, p: np.ndarray, r: np.ndarray) -> float:
     if p.size < 2 or np.ptp(p) == 0 or np.ptp(r) == 0:
         return 0.0  # undefined for constant input; 0.0 instead of scipy's NaN and warning
-    return float(fn(p, r).statistic)
+    from scipy import stats
+
+    return float(getattr(stats, name)(p, r).statistic)
 
 
 _METRIC_FNS = {
     "accuracy": lambda p, r: float(np.mean(p == r)),
     "f1": _f1,
     "mcc": _mcc,
-    "pearson": lambda p, r: _correlation(stats.pearsonr, p, r),
-    "spearman": lambda p, r: _correlation(stats.spearmanr, p, r),
+    "pearson": lambda p, r: _correlation("pearsonr", p, r),
+    "spearman": lambda p, r: _correlation("spearmanr", p, r),
 }
 
 

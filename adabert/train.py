@@ -21,25 +21,27 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from adabert import data, distributed
-from adabert.checkpoint import CheckpointError, load_state, save_state, settings_hash
-from adabert.config import TrainConfig, save_config, to_dict
-from adabert.distill import hierarchical_kd, logits_kd, task_loss
-from adabert.genotype import Genotype
-from adabert.io import atomic_write_json, save_pretrained_atomic
-from adabert.modules import ProbeHeads, masked_mean
-from adabert.search import (
-    CHECKPOINT,
-    CHECKPOINT_KIND,
+from adabert import data, distributed, optim
+from adabert.checkpoint import (
+    CheckpointError,
     DivergenceError,
     check_resumable,
     divergence_advice,
-    gather_predictions,
     gather_rng_states,
-    load_checkpoint,
+    load_for_resume,
+    load_state,
     remove_stale_temporaries,
     restore_rng_state,
+    save_state,
+    settings_hash,
 )
+from adabert.config import TrainConfig, save_config, to_dict
+from adabert.distill import hierarchical_kd, logits_kd, task_loss
+from adabert.errors import UserError
+from adabert.genotype import Genotype
+from adabert.io import atomic_write_json, save_pretrained_atomic
+from adabert.modules import ProbeHeads, head_kind, masked_mean
+from adabert.search import CHECKPOINT, CHECKPOINT_KIND, student_tables
 from adabert.store import KnowledgeStore
 from adabert.student import build_student
 from adabert.tasks import compute_metrics, predictions_from_logits
@@ -59,7 +61,7 @@ def check_genotype_fits(genotype: Genotype, store: KnowledgeStore, path: str) ->
     for key in ("vocab_size", "max_position_embeddings"):
         have = genotype.embedding.get(key)
         if have is not None and have != teacher[key]:
-            raise ValueError(
+            raise UserError(
                 f"{path}: genotype was searched with {key}={have} but the store's teacher has "
                 f"{teacher[key]}; search again on this store or use the matching store"
             )
@@ -95,26 +97,26 @@ def check_supernet_fits(
     weights = state["model"]
     searched = state.get("config", {})
     if searched.get("space") not in (None, genotype.space):
-        raise ValueError(
+        raise UserError(
             f"{path}: the search checkpoint is from search space {searched['space']!r} but the genotype "
             f"{genotype_path} is from {genotype.space!r}; pass the genotype that search wrote, "
             "or drop --supernet"
         )
     head = weights.get("heads.0.out.weight")
     if head is not None and head.shape[0] != store.num_labels:
-        raise ValueError(
+        raise UserError(
             f"{path}: the search checkpoint has {head.shape[0]} output label(s) but task {store.task.name} "
             f"has {store.num_labels}; search on this task's store, or drop --supernet to train from scratch"
         )
     projection = weights.get("embeddings.projection.weight")
     if projection is not None and projection.shape[0] != genotype.hidden_size:
-        raise ValueError(
+        raise UserError(
             f"{path}: the search checkpoint's cells are {projection.shape[0]} wide but the genotype "
             f"{genotype_path} has hidden_size {genotype.hidden_size}; pass the genotype that search wrote"
         )
     cells = sum(1 for key in weights if key.startswith("cells.") and key.endswith(".node_mix"))
     if cells and genotype.num_cells > cells:
-        raise ValueError(
+        raise UserError(
             f"{path}: the search checkpoint has {cells} cell(s) but the genotype {genotype_path} has "
             f"{genotype.num_cells}; pass the genotype that search wrote"
         )
@@ -123,7 +125,7 @@ def check_supernet_fits(
 def check_positions_fit(store: KnowledgeStore, max_positions: int) -> None:
     """Refuse a store whose rows may be longer than the student's position table."""
     if store.max_length > max_positions:
-        raise ValueError(
+        raise UserError(
             f"{store.path}: the store's rows are up to max_length={store.max_length} tokens but the student "
             f"has {max_positions} positions (its teacher's); rebuild the store with --max-length "
             f"{max_positions} or less"
@@ -132,7 +134,7 @@ def check_positions_fit(store: KnowledgeStore, max_positions: int) -> None:
 
 def student_config_kwargs(store: KnowledgeStore) -> dict[str, Any]:
     task = store.task
-    kwargs: dict[str, Any] = {"pad_token_id": store.tokenizer().pad_token_id or 0}
+    kwargs: dict[str, Any] = {"pad_token_id": store.pad_token_id}
     if task.is_regression:
         kwargs["problem_type"] = "regression"
     else:
@@ -157,6 +159,36 @@ def predict_logits(
     return np.concatenate(logits), np.concatenate(labels)
 
 
+def starting_point(cfg: TrainConfig, genotype: Genotype, store: KnowledgeStore) -> dict[str, Any]:
+    """What the student starts from: its tables, its head and (with ``--supernet``) searched weights.
+
+    With ``--supernet`` the student keeps the search's head and token table kind, which its cells
+    were trained with; ``--head`` / ``--embeddings`` must then agree (or stay at their defaults).
+    """
+    head, embeddings, state = head_kind(cfg.head, store.task.is_pair), cfg.embeddings, None
+    if cfg.supernet:
+        checkpoint = load_supernet_checkpoint(cfg.supernet)
+        check_supernet_fits(checkpoint, genotype, store, cfg.supernet, cfg.genotype)
+        searched = checkpoint.get("config", {})
+        searched_head = head_kind(searched.get("head", "paper"), store.task.is_pair)
+        if cfg.head != "auto" and cfg.head != searched_head:
+            raise UserError(
+                f"--head {cfg.head}: the search in {cfg.supernet} used the {searched_head} head; "
+                "drop --head or --supernet"
+            )
+        head, embeddings, state = searched_head, searched.get("embeddings", "input"), checkpoint["model"]
+        log.info(
+            "the student starts from the searched weights in %s (head %s, %s token table)",
+            cfg.supernet,
+            head,
+            embeddings,
+        )
+    else:
+        log.info("the student starts from scratch (head %s, %s token table)", head, embeddings)
+    tables = student_tables(store, embeddings, genotype.hidden_size)
+    return {"tables": tables, "head": head, "supernet_state": state}
+
+
 def train_student(cfg: TrainConfig) -> dict[str, Any]:
     """Train the student; under ``torchrun`` the processes split each batch and rank 0 writes."""
     ctx = distributed.setup()
@@ -167,29 +199,24 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
     genotype = Genotype.load(cfg.genotype)
     check_genotype_fits(genotype, store, cfg.genotype)
     check_positions_fit(store, store.manifest["teacher"]["config"]["max_position_embeddings"])
-    supernet_state = None
-    if cfg.supernet:
-        checkpoint = load_supernet_checkpoint(cfg.supernet)
-        check_supernet_fits(checkpoint, genotype, store, cfg.supernet, cfg.genotype)
-        supernet_state = checkpoint["model"]
-        del checkpoint
+    start = starting_point(cfg, genotype, store)
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(out, (STATE, "metrics.json", "train_config.json"))
         save_config(cfg, out / "train_config.json")
     torch.manual_seed(cfg.seed)
     task, regression = store.task, store.task.is_regression
-
     model = build_student(
         genotype,
         store.num_labels,
-        store.embeddings(),
-        store.task.is_pair,
+        start["tables"],
+        task.is_pair,
         cfg.dropout,
-        supernet_state,
+        start["supernet_state"],
+        start["head"],
         **student_config_kwargs(store),
     )
-    del supernet_state
+    del start
     probes = (
         ProbeHeads(genotype.num_cells + 1, genotype.hidden_size, store.num_labels) if cfg.probe_kd else None
     )
@@ -198,24 +225,24 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
     # dropout: a stream of its own per rank, seeded after the build (whose draws may vary, e.g. the op
     # costs are measured on freshly built ops only the first time in a process)
     torch.manual_seed(cfg.seed + 7919 * ctx.rank)
-    train = data.load_split(store, "train", cfg.train_limit, cfg.use_augmented, cfg.seed)
+    train = data.load_split(store, "train", cfg.train_limit, cfg.use_augmented, cfg.seed, cfg.augment_copies)
     dev = data.load_split(store, store.dev_split)
-    pad_id = model.config.pad_token_id
+    pad_id = store.pad_token_id
     dev_lo, dev_hi = data.shard_bounds(len(dev), ctx.rank, ctx.world_size)
     dev_loader = data.loader(
         dev.subset(range(dev_lo, dev_hi)), cfg.batch_size * 2, False, pad_token_id=pad_id
     )
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = optim.adam(params, decoupled=True, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_linear_schedule_with_warmup(
         optimizer, int(0.06 * steps_per_epoch * cfg.epochs), steps_per_epoch * cfg.epochs
     )
     history: list[dict[str, Any]] = []
     start_epoch, best = 0, None
     state_path = out / STATE
-    state = load_checkpoint(state_path, cfg.resume, STATE_KIND)
+    state = load_for_resume(state_path, cfg.resume, STATE_KIND)
     if state is not None:
-        check_resumable(cfg, state["config"], state_path, RESUMABLE_CHANGES)
+        check_resumable(to_dict(cfg), state["config"], state_path, RESUMABLE_CHANGES)
         if state.get("genotype") != genotype.to_dict():
             raise CheckpointError(
                 f"{state_path}: cannot resume, the training started from another genotype than "
@@ -230,6 +257,7 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
         start_epoch, history, best = state["epoch"], state["history"], state["best"]
         log.info("resuming from %s after epoch %d", state_path, start_epoch)
     del state
+    log.info("training on %d rows (%d steps per epoch), %d dev rows", len(train), steps_per_epoch, len(dev))
 
     tokenizer = store.tokenizer()
     main_metric = task.main_metric
@@ -239,7 +267,15 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
         started = time.perf_counter()
         sums = dict.fromkeys(TERMS, 0.0)
         batches = data.loader(
-            train, cfg.batch_size, True, cfg.seed * 100_003 + epoch, pad_id, 0, ctx.rank, ctx.world_size
+            train,
+            cfg.batch_size,
+            True,
+            cfg.seed * 100_003 + epoch,
+            pad_id,
+            0,
+            ctx.rank,
+            ctx.world_size,
+            group_by_length=True,
         )
         bar = tqdm(
             data.with_shares(batches),
@@ -286,7 +322,7 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
             bar.set_postfix(loss=f"{values['loss']:.3f}")
         # each rank scores its part of the dev rows (none when there are more ranks than rows)
         mine = [predict_logits(model, dev_loader)] if len(dev_loader) else []
-        logits, labels = gather_predictions([x for x, _ in mine], [y for _, y in mine])
+        logits, labels = distributed.gather_arrays([x for x, _ in mine], [y for _, y in mine])
         metrics = compute_metrics(task, predictions_from_logits(task, logits), labels)
         n = max(1, steps_per_epoch)
         record = {
@@ -296,7 +332,7 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
             "seconds": time.perf_counter() - started,
         }
         history.append(record)
-        log.info("epoch %d: loss %.4f dev %s", epoch + 1, record["loss"], metrics)
+        log.info("epoch %d: loss %.4f dev %s (%.0fs)", epoch + 1, record["loss"], metrics, record["seconds"])
         improved = best is None or metrics[main_metric] > best["dev"][main_metric]
         if improved:
             best = record
@@ -323,7 +359,7 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
         distributed.barrier()  # the epoch is over everywhere once its state is on disk
 
     if best is None:
-        raise ValueError(f"{out}: nothing trained (epochs={cfg.epochs})")
+        raise UserError(f"{out}: nothing trained (epochs={cfg.epochs})")
     teacher_dev = store.manifest.get("teacher_metrics", {}).get(store.dev_split, {})
     result = {
         "task": task.name,
@@ -335,6 +371,7 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
             best["dev"][main_metric] / teacher_dev[main_metric] if teacher_dev.get(main_metric) else None
         ),
         "parameters": sum(p.numel() for p in model.parameters()),
+        "train_rows": len(train),
         "history": history,
         "seconds": time.perf_counter() - started_all,
     }

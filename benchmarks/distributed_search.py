@@ -77,13 +77,15 @@ def _worker(rank: int, world: int, threads: int, port: int, args: argparse.Names
     torch.set_num_interop_threads(1)
     from adabert import distributed
     from adabert.distill import hierarchical_kd, task_loss
-    from adabert.supernet import Supernet
+    from adabert.search.efficiency import PaperCost
+    from adabert.search.supernet import Supernet
     from search_spaces import get_space
 
     ctx = distributed.setup()
     torch.manual_seed(0)
-    tables = {"word_embeddings": torch.randn(30522, 384), "position_embeddings": torch.randn(512, 384)}
+    tables = {"word": torch.randn(30522, 384), "position": torch.randn(512, 384)}
     net = Supernet(get_space("adabert_cnn"), 2, tables, max_cells=args.max_cells).train()
+    cost = PaperCost(net.space, net.hidden_size, 128, net.max_cells)
     distributed.broadcast_parameters([*net.parameters(), *net.buffers()])
     w_params, a_params = net.weight_parameters(), net.arch_parameters()
     w_opt = torch.optim.Adam(w_params, lr=5e-4, weight_decay=3e-4)
@@ -103,7 +105,7 @@ def _worker(rank: int, world: int, threads: int, port: int, args: argparse.Names
             out = net(rows["input_ids"], rows["attention_mask"], rows["token_type_ids"], sample)
             ce = task_loss(out.logits, rows["labels"], False)
             kd = hierarchical_kd(out.probe_logits, rows["probe_logits"], rows["labels"], False)
-            loss = 0.2 * ce + 0.8 * kd + 4.0 * net.efficiency_loss(sample)
+            loss = 0.2 * ce + 0.8 * kd + 4.0 * cost.loss(sample)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             stats = torch.tensor([loss.item(), ce.item(), kd.item()], dtype=torch.float64)

@@ -18,16 +18,16 @@ import time
 
 import torch
 
-from adabert.modules import masked_mean
-from adabert.supernet import Sample, Supernet
+from adabert.search.supernet import Sample, Supernet
 from search_spaces import get_space
 
 
 def darts_forward(net: Supernet, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """DARTS continuous relaxation: every op of every edge, weighted by softmax(edge logits)."""
     weights = torch.softmax(net.edge_logits, dim=-1)
-    inputs, mask = net.embeddings(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-    states, pooled = inputs, []
+    inputs, masks = net.embeddings(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    mask = masks.all
+    states, levels = inputs, []
     for cell in net.cells:
         nodes = list(states)
         for node in range(cell.num_input_nodes, cell.num_input_nodes + cell.num_nodes):
@@ -42,9 +42,9 @@ def darts_forward(net: Supernet, batch: dict[str, torch.Tensor]) -> torch.Tensor
         mix = torch.softmax(cell.node_mix, 0)
         out = sum(w * s for w, s in zip(mix, nodes[cell.num_input_nodes :]))
         states = [states[-1], out]
-        pooled.append(masked_mean(out, mask))
+        levels.append(out)
     depth = torch.softmax(net.depth_logits, 0)
-    return sum(depth[k] * net.heads[k](pooled[: k + 1]) for k in range(net.max_cells))
+    return sum(depth[k] * net.heads[k](levels[: k + 1], masks) for k in range(net.max_cells))
 
 
 def sampled_forward(net: Supernet, batch: dict[str, torch.Tensor], full_depth: bool) -> torch.Tensor:
@@ -80,7 +80,7 @@ def main() -> None:
     parser.add_argument("--space", default="adabert_cnn")
     args = parser.parse_args()
     torch.manual_seed(0)
-    tables = {"word_embeddings": torch.randn(30522, 384), "position_embeddings": torch.randn(512, 384)}
+    tables = {"word": torch.randn(30522, 384), "position": torch.randn(512, 384)}
     net = Supernet(get_space(args.space), 2, tables).train()
     optimizer = torch.optim.Adam(net.weight_parameters(), lr=1e-4)
     batch = {

@@ -4,11 +4,14 @@ Every module in this package is imported on first use of the registry, so adding
 operation or a whole space is one new file here and nothing else.
 """
 
+from search_spaces.layers import MaskedBatchNorm1d, MaskedSequential, accepts_mask
 from search_spaces.registry import (
+    BrokenFile,
     OpSpec,
     SearchSpace,
     get_op,
     get_space,
+    list_broken,
     list_ops,
     list_spaces,
     register_op,
@@ -16,10 +19,15 @@ from search_spaces.registry import (
 )
 
 __all__ = [
+    "BrokenFile",
+    "MaskedBatchNorm1d",
+    "MaskedSequential",
     "OpSpec",
     "SearchSpace",
+    "accepts_mask",
     "get_op",
     "get_space",
+    "list_broken",
     "list_ops",
     "list_spaces",
     "register_op",

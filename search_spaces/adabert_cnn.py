@@ -3,6 +3,8 @@
 Ten 1-D operations over tokens, each ``[batch, channels, tokens] -> [batch, channels, tokens]``:
 standard and dilated convolutions (ReLU -> conv -> BatchNorm), pooling with window 3 and stride 1,
 identity and zero. A cell has 2 input nodes and 3 intermediate nodes (9 edges); at most 8 cells.
+Every op that mixes tokens or takes batch statistics takes the padding mask, so padding never
+changes what real tokens see (in training mode too).
 """
 
 from __future__ import annotations
@@ -11,18 +13,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from search_spaces.layers import MaskedBatchNorm1d, MaskedSequential
 from search_spaces.registry import SearchSpace, register_op, register_space
 
 
-class ConvBN(nn.Sequential):
-    """ReLU -> Conv1d (same length) -> BatchNorm, the AdaBERT convolution block."""
+class ConvBN(MaskedSequential):
+    """ReLU -> Conv1d (same length) -> BatchNorm over real tokens, the AdaBERT convolution block."""
 
     def __init__(self, channels: int, kernel_size: int, dilation: int = 1) -> None:
         padding = dilation * (kernel_size - 1) // 2
         super().__init__(
             nn.ReLU(),
             nn.Conv1d(channels, channels, kernel_size, padding=padding, dilation=dilation, bias=False),
-            nn.BatchNorm1d(channels),
+            MaskedBatchNorm1d(channels),
         )
 
 
@@ -62,12 +65,12 @@ class MaskedMaxPool(nn.Module):
         return F.max_pool1d(x, 3, stride=1, padding=1)
 
 
-@register_op("avg_pool3", "average pooling over 3 tokens, stride 1", takes_mask=True)
+@register_op("avg_pool3", "average pooling over 3 tokens, stride 1")
 def _avg_pool(channels: int) -> nn.Module:
     return MaskedAvgPool()
 
 
-@register_op("max_pool3", "max pooling over 3 tokens, stride 1", takes_mask=True)
+@register_op("max_pool3", "max pooling over 3 tokens, stride 1")
 def _max_pool(channels: int) -> nn.Module:
     return MaskedMaxPool()
 

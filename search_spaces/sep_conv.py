@@ -12,18 +12,19 @@ import dataclasses
 
 from torch import nn
 
+from search_spaces.layers import MaskedBatchNorm1d, MaskedSequential
 from search_spaces.registry import SearchSpace, get_space, register_op, register_space
 
 
-class SepConvBN(nn.Sequential):
-    """ReLU -> depthwise Conv1d of width ``kernel_size`` -> pointwise Conv1d -> BatchNorm."""
+class SepConvBN(MaskedSequential):
+    """ReLU -> depthwise Conv1d of width ``kernel_size`` -> pointwise Conv1d -> BatchNorm over real tokens."""
 
     def __init__(self, channels: int, kernel_size: int) -> None:
         super().__init__(
             nn.ReLU(),
             nn.Conv1d(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels, bias=False),
             nn.Conv1d(channels, channels, 1, bias=False),
-            nn.BatchNorm1d(channels),
+            MaskedBatchNorm1d(channels),
         )
 
 

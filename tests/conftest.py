@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import os
 import random
+import resource
+import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -130,3 +133,37 @@ def tiny_store(tmp_path: Path, tiny_bert_dir: Path, tiny_glue_dir: Path) -> Path
     store = tmp_path / "store"
     probe(ProbeConfig(teacher=str(teacher), output_dir=str(store), epochs=2))
     return store
+
+
+# Small settings of every pipeline stage for the tiny teacher and task (tests and benchmarks/faults.py).
+TINY_STAGES = {
+    "finetune": {"epochs": 1, "max_length": 32, "batch_size": 16},
+    "probe": {"epochs": 2},
+    "search": {
+        "hidden_size": 16,
+        "max_cells": 3,
+        "epochs": 1,
+        "batch_size": 8,
+        "w_lr": 3e-3,
+        "arch_lr": 3e-2,
+        "cost_seq_len": 16,
+    },
+    "train": {"epochs": 1, "batch_size": 8},
+    "evaluate": {"batch_sizes": [1, 2], "seq_len": 16, "repeats": 2, "warmup": 1},
+}
+
+
+def tiny_finetune_argv(bert: Path, glue: Path, out: Path, *extra: str) -> list[str]:
+    """Command-line arguments of ``adabert teacher finetune`` of the tiny teacher on the tiny task."""
+    return ["teacher", "finetune", "--task", "sst2", "--data-dir", str(glue), "--model", str(bert),
+            "--max-length", "32", "--output-dir", str(out), *extra]  # fmt: skip
+
+
+def file_size_limit(limit: int) -> Callable[[], None]:
+    """A ``preexec_fn``: the child's writes past ``limit`` bytes per file fail (EFBIG), as on a full disk."""
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply

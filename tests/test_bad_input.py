@@ -278,8 +278,8 @@ def test_evaluate_refuses_a_teacher_or_tokenizer_other_than_the_stores(tiny_stor
 
 
 def test_train_and_search_refuse_mismatched_inputs_up_front(tiny_store, tmp_path):
-    from adabert.search import run_search
-    from adabert.supernet import Supernet
+    from adabert.search import run_search, student_tables
+    from adabert.search.supernet import Supernet
     from adabert.train import train_student
     from search_spaces import get_space
 
@@ -300,7 +300,7 @@ def test_train_and_search_refuse_mismatched_inputs_up_front(tiny_store, tmp_path
 
     # searched weights for another number of labels (a 3-label task's search checkpoint)
     torch.manual_seed(0)
-    net = Supernet(get_space("adabert_cnn"), 3, store.embeddings(), hidden_size=16,
+    net = Supernet(get_space("adabert_cnn"), 3, student_tables(store, "input", 16), hidden_size=16,
                    max_cells=genotype.num_cells, pair=False)  # fmt: skip
     foreign = tmp_path / "foreign_search"
     foreign.mkdir()
@@ -334,7 +334,7 @@ def test_student_refuses_inputs_longer_than_its_positions():
     from adabert.student import build_student
 
     genotype = random_genotype("adabert_cnn", 0, hidden_size=8)
-    tables = {"word_embeddings": torch.randn(30, 12), "position_embeddings": torch.randn(16, 12)}
+    tables = {"word": torch.randn(30, 12), "position": torch.randn(16, 12)}
     model = build_student(genotype, 2, tables, pair=False).eval()
     ok = torch.randint(0, 30, (2, 16))
     assert model(input_ids=ok).logits.shape == (2, 2)

@@ -6,6 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -39,7 +40,7 @@ from adabert.compress import (
 from adabert.compress.factorize import energy_kept
 from adabert.compress.pipeline import Distiller, run_block, run_magnitude
 from adabert.config import STAGE_CONFIGS, CompressConfig, from_dict
-from adabert.data import StoreSplit
+from adabert.data import StoreSplit, TokenRows
 from adabert.distill import hidden_state_kd
 from adabert.genotype import random_genotype
 from adabert.student import build_student
@@ -362,8 +363,8 @@ def _student(num_labels: int = 2, seed: int = 3):
             break
     generator = torch.Generator().manual_seed(0)
     tables = {
-        "word_embeddings": torch.randn(60, 24, generator=generator),
-        "position_embeddings": torch.randn(40, 24, generator=generator),
+        "word": torch.randn(60, 24, generator=generator),
+        "position": torch.randn(40, 24, generator=generator),
     }
     return build_student(genotype, num_labels, tables, pair=True)
 
@@ -412,8 +413,8 @@ def _pooling_student(seed: int = 0):
     genotype = Genotype("adabert_cnn", 2, edges, hidden_size=16)
     generator = torch.Generator().manual_seed(seed)
     tables = {
-        "word_embeddings": torch.randn(60, 24, generator=generator),
-        "position_embeddings": torch.randn(40, 24, generator=generator),
+        "word": torch.randn(60, 24, generator=generator),
+        "position": torch.randn(40, 24, generator=generator),
     }
     return build_student(genotype, 2, tables, pair=True).eval()
 
@@ -553,17 +554,18 @@ def _rows(model: nn.Module, n: int = 32, length: int = 10) -> StoreSplit:
     ids = torch.randint(7, model.config.vocab_size, (n, length), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         logits = model(input_ids=ids).logits
-    columns = {
-        "input_ids": ids.tolist(),
-        "attention_mask": [[1] * length] * n,
-        "token_type_ids": [[0] * length] * n,
-        "labels": logits.argmax(-1).tolist(),
-    }
-    return StoreSplit(columns, logits.numpy(), logits[:, None].numpy())
+    tokens = TokenRows(
+        ids=ids.numpy().astype(np.int32).ravel(),
+        offsets=np.arange(n + 1, dtype=np.int64) * length,
+        second=np.full(n, length, dtype=np.int32),
+    )
+    labels = logits.argmax(-1).numpy()
+    return StoreSplit(tokens, labels, logits.numpy(), logits[:, None].numpy())
 
 
 def _hidden_gap(model: nn.Module, original: nn.Module, rows: StoreSplit) -> float:
-    batch = {k: torch.tensor(rows.columns[k]) for k in ("input_ids", "attention_mask")}
+    rows_batch = rows.__getitems__(range(len(rows)))
+    batch = {k: rows_batch[k] for k in ("input_ids", "attention_mask")}
     with torch.no_grad():
         ours, theirs = (m.eval()(**batch, output_hidden_states=True).hidden_states for m in (model, original))
     return hidden_state_kd(ours, theirs, batch["attention_mask"]).item()
@@ -649,12 +651,14 @@ def test_compress_end_to_end_teacher_and_student(tiny_store, tmp_path):
 
     # an AdaBERT student, LadaBERT style: factorize, then prune the factors iteratively
     from adabert.io import save_pretrained_atomic
+    from adabert.search import student_tables
     from adabert.store import KnowledgeStore
     from adabert.train import student_config_kwargs
 
     store = KnowledgeStore.open(tiny_store)
     genotype = random_genotype(get_space("adabert_cnn"), 5, hidden_size=16)
-    student = build_student(genotype, 2, store.embeddings(), False, **student_config_kwargs(store))
+    tables = student_tables(store, "input", 16)
+    student = build_student(genotype, 2, tables, False, **student_config_kwargs(store))
     student_dir = tmp_path / "student"
     save_pretrained_atomic(student_dir, student, store.tokenizer())
     out = tmp_path / "student_compressed"
@@ -686,7 +690,7 @@ def test_compress_end_to_end_teacher_and_student(tiny_store, tmp_path):
 
     edges = tuple(Edge(*e) for e in POOLING_CELL)
     pooling = Genotype("adabert_cnn", 1, edges, hidden_size=16)
-    student = build_student(pooling, 2, store.embeddings(), False, **student_config_kwargs(store))
+    student = build_student(pooling, 2, tables, False, **student_config_kwargs(store))
     save_pretrained_atomic(tmp_path / "pooling", student, store.tokenizer())
     out = tmp_path / "student_narrow"
     settings = _settings(tiny_store, out, model=str(tmp_path / "pooling"), methods="block", group="col")

@@ -141,7 +141,7 @@ def test_single_process_helpers_are_no_ops(monkeypatch):
 
 
 def test_resuming_with_another_number_of_processes_keeps_rank_0s_stream(caplog):
-    from adabert.search import restore_rng_state
+    from adabert.checkpoint import restore_rng_state
 
     torch.manual_seed(1)
     first = torch.get_rng_state()
@@ -157,7 +157,7 @@ def test_resuming_with_another_number_of_processes_keeps_rank_0s_stream(caplog):
 # ------------------------------------------------------------------------------------- the worker
 def _worker(store: str, out: str) -> None:
     """One rank of the test run (under torchrun): search, interrupted search + resume, training."""
-    import adabert.search as search_module
+    import adabert.search.loop as search_module
     import adabert.train as train_module
     from adabert.config import TrainConfig
     from adabert.train import train_student
@@ -176,9 +176,9 @@ def _worker(store: str, out: str) -> None:
         return real_predict(model, loader)
 
     search_module.derive_genotype, train_module.predict_logits = derive, predict
-    run_search(search_config(Path(store), out_dir / "full", epochs=2))
+    run_search(search_config(Path(store), out_dir / "full", epochs=2, select="last"))
     # interrupted on every rank during epoch 2 (before its checkpoint), then resumed
-    real_evaluate, calls = search_module.evaluate_genotype, []
+    real_evaluate, calls = search_module.epoch_record, []
 
     def dies_in_epoch_two(*args, **kwargs):
         calls.append(1)
@@ -186,14 +186,14 @@ def _worker(store: str, out: str) -> None:
             raise KeyboardInterrupt
         return real_evaluate(*args, **kwargs)
 
-    search_module.evaluate_genotype = dies_in_epoch_two
+    search_module.epoch_record = dies_in_epoch_two
     try:
-        run_search(search_config(Path(store), out_dir / "part", epochs=2))
+        run_search(search_config(Path(store), out_dir / "part", epochs=2, select="last"))
     except KeyboardInterrupt:
         pass
-    search_module.evaluate_genotype = real_evaluate
+    search_module.epoch_record = real_evaluate
     assert len((out_dir / "part" / "search_log.jsonl").read_text().splitlines()) == 1
-    run_search(search_config(Path(store), out_dir / "part", epochs=2, resume=True))
+    run_search(search_config(Path(store), out_dir / "part", epochs=2, select="last", resume=True))
     result = train_student(
         TrainConfig(
             genotype=str(out_dir / "full" / "genotype.json"),

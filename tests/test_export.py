@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
+from adabert.deploy.export import ExportError, check_parity, export_onnx, export_torchscript
 from adabert.evaluate import dummy_batch
-from adabert.export import ExportError, check_parity, export_onnx, export_torchscript
 
 pytest.importorskip("onnxruntime")
 
@@ -73,3 +76,117 @@ def test_export_keeps_the_model_mode_and_rejects_unknown_formats(tmp_path):
     assert model.training
     with pytest.raises(ExportError, match="unknown export format"):
         check_parity(model, tmp_path / "model.xyz", dummy_batch(model, 1, 8))
+
+
+# ------------------------------------------------------------------------------ the export folder
+def folder_state(path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(path.iterdir())}
+
+
+def test_export_folder_carries_tokenizer_card_and_is_replaced_whole(tiny_bert_dir, tmp_path):
+    from adabert.deploy.export import export_model
+
+    out = tmp_path / "export"
+    info = export_model(tiny_bert_dir, out)
+    names = {p.name for p in out.iterdir()}
+    assert {"model.onnx", "config.json", "tokenizer.json", "export.json", "README.md"} <= names
+    assert sorted(names) == json.loads((out / "export.json").read_text())["files"] == info["files"]
+    (out / "notes.txt").write_text("mine")  # a file no export wrote survives the next one
+    export_model(tiny_bert_dir, out, fmt="torchscript")
+    names = {p.name for p in out.iterdir()}
+    assert "model.pt" in names and "model.onnx" not in names and (out / "notes.txt").read_text() == "mine"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_failed_export_leaves_the_previous_folder_untouched(tiny_bert_dir, tmp_path, monkeypatch):
+    import adabert.deploy.card
+    from adabert.deploy.export import export_model
+
+    out = tmp_path / "export"
+    export_model(tiny_bert_dir, out)
+    before = folder_state(out)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(adabert.deploy.card, "write_export_card", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_model(tiny_bert_dir, out, fmt="torchscript")
+    assert folder_state(out) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+KILLED_EXPORT = """
+import sys, time
+from pathlib import Path
+import adabert.deploy.card as card
+from adabert.deploy.export import export_model
+
+def stall(folder, *args, **kwargs):
+    Path(sys.argv[3]).write_text(str(folder))  # the model file is written: now wait to be killed
+    time.sleep(600)
+
+card.write_export_card = stall
+export_model(sys.argv[1], sys.argv[2], fmt="torchscript")
+"""
+
+
+def test_a_killed_export_leaves_the_previous_folder_and_the_next_one_tidies_up(tiny_bert_dir, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from adabert.deploy.export import export_model
+
+    out, marker = tmp_path / "export", tmp_path / "marker"
+    export_model(tiny_bert_dir, out)
+    before = folder_state(out)
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED_EXPORT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    proc = subprocess.Popen([sys.executable, str(script), str(tiny_bert_dir), str(out), str(marker)], env=env)
+    try:
+        deadline = time.monotonic() + 300
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert marker.exists(), "the export did not get to its model card"
+        half = Path(marker.read_text())
+        assert (half / "model.pt").exists() and half.parent == tmp_path
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert folder_state(out) == before and half.exists()
+    export_model(tiny_bert_dir, out, fmt="torchscript")  # sweeps the half-written folder
+    assert (out / "model.pt").exists() and not half.exists()
+
+
+def test_a_kill_between_the_two_renames_is_undone_by_the_next_write(tmp_path):
+    from adabert.io import atomic_dir
+
+    old = tmp_path / ".export.old-123"  # what a kill after "move the old folder aside" leaves
+    old.mkdir()
+    (old / "model.onnx").write_text("old")
+    with pytest.raises(RuntimeError), atomic_dir(tmp_path / "export"):
+        raise RuntimeError("fails before renaming")
+    assert (tmp_path / "export" / "model.onnx").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["export"]
+
+
+def test_export_refuses_what_it_cannot_do_before_any_work(tiny_bert_dir, tmp_path):
+    from adabert.deploy.export import export_model
+
+    with pytest.raises(ExportError, match="overlaps the model directory"):
+        export_model(tiny_bert_dir, tiny_bert_dir)
+    with pytest.raises(ExportError, match="overlaps the model directory"):
+        export_model(tiny_bert_dir, tiny_bert_dir / "onnx")
+    with pytest.raises(ExportError, match="needs --store"):
+        export_model(tiny_bert_dir, tmp_path / "x", quantize="int8")
+    with pytest.raises(ExportError, match="needs --format onnx"):
+        export_model(tiny_bert_dir, tmp_path / "x", fmt="torchscript", quantize="int8")
+    with pytest.raises(ExportError, match="--seq-len must be a positive"):
+        export_model(tiny_bert_dir, tmp_path / "x", seq_len=0)
+    assert not (tmp_path / "x").exists()

@@ -1,5 +1,9 @@
 """Faults: a search killed with SIGKILL mid-epoch resumes to the same result; a diverging training
-stops with a clear message and leaves its last good state as it was."""
+(search, student, teacher, probes) stops with a clear message and saves nothing non-finite; hostile
+checkpoints are refused without running their payload; a second command in a folder in use exits 2.
+
+benchmarks/faults.py runs these faults, and more (kills at every stage boundary, full disks, read-only
+folders), against the command line in subprocesses."""
 
 from __future__ import annotations
 
@@ -14,11 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from adabert.checkpoint import DivergenceError
 from adabert.config import TrainConfig
 from adabert.genotype import Genotype
-from adabert.search import DivergenceError, run_search
+from adabert.search import run_search
 
 sys.path.insert(0, str(Path(__file__).parent))
+from conftest import tiny_finetune_argv  # noqa: E402
 from test_search import search_config  # noqa: E402
 
 SETTINGS = dict(epochs=3, batch_size=4)
@@ -27,8 +33,20 @@ SETTINGS = dict(epochs=3, batch_size=4)
 def _cli(store: Path, out: Path, *extra: str) -> list[str]:
     cfg = search_config(store, out, **SETTINGS)
     flags = []
-    for key in ("store", "output_dir", "hidden_size", "max_cells", "epochs", "batch_size", "w_lr", "arch_lr",
-                "cost_seq_len", "seed"):  # fmt: skip
+    for key in (
+        "store",
+        "output_dir",
+        "hidden_size",
+        "max_cells",
+        "epochs",
+        "batch_size",
+        "w_lr",
+        "arch_lr",
+        "cost_seq_len",
+        "uniform_warmup_epochs",
+        "tau_start",
+        "seed",
+    ):
         flags += ["--" + key.replace("_", "-"), str(getattr(cfg, key))]
     return [sys.executable, "-m", "adabert.cli", "search", *flags, *extra]
 
@@ -112,3 +130,229 @@ def test_diverging_training_stops_with_a_clear_message(tiny_store, tmp_path, mon
         train_module.train_student(TrainConfig(**{**settings, "epochs": 2, "resume": True}))
     assert {name: (student / name).read_bytes() for name in before} == before
     assert not list(student.glob(".*.tmp")) and not list(student.glob(".save.*"))
+
+
+# ------------------------------------------------------------------------------------------ teacher
+def _leftovers(root: Path) -> list[Path]:
+    return [p for p in root.rglob(".*") if p.name.endswith((".tmp", ".old")) or p.name.startswith(".save.")]
+
+
+def test_a_teacher_with_a_huge_learning_rate_stops_and_saves_no_teacher(
+    tiny_bert_dir, tiny_glue_dir, tmp_path, capsys
+):
+    from adabert.cli import main
+
+    out = tmp_path / "teacher"
+    argv = tiny_finetune_argv(tiny_bert_dir, tiny_glue_dir, out, "--epochs", "2", "--lr", "1e30")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "fine-tuning diverged, the loss became nan at epoch 1" in err and "lower --lr (now 1e+30)" in err
+    assert not list(out.glob("*.safetensors")) and not (out / "adabert_task.json").exists()
+    assert not _leftovers(tmp_path)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # the inf feature
+def test_probe_training_stops_on_a_non_finite_loss():
+    import numpy as np
+
+    from adabert.errors import DivergenceError as AnyDivergence
+    from adabert.tasks import get_task
+    from adabert.teacher import train_probes
+
+    features = np.random.default_rng(0).normal(size=(32, 3, 8)).astype(np.float32)
+    labels = np.arange(32) % 2
+    train_probes(get_task("sst2"), features, labels, epochs=1, batch_size=8, lr=1e-3, seed=0)
+    features[5, 1, 2] = np.inf  # features of a broken teacher
+    with pytest.raises(
+        AnyDivergence, match=r"probe training diverged, the loss became nan at epoch 1, step 1"
+    ):
+        train_probes(get_task("sst2"), features, labels, epochs=3, batch_size=8, lr=1e-3, seed=0)
+
+
+def test_the_store_refuses_non_finite_logits(tiny_store, tmp_path):
+    import numpy as np
+
+    from adabert.store import KnowledgeStore, StoreError, write_store
+    from adabert.teacher import resolve_model
+
+    store = KnowledgeStore.open(tiny_store)
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    teacher = resolve_model(store.manifest["teacher"]["path"])
+    model = AutoModelForSequenceClassification.from_pretrained(teacher)
+    rows, logits, probes = store.rows("dev"), np.array(store.teacher_logits("dev")), store.probe_logits("dev")
+    logits[3, 1] = np.nan
+    with pytest.raises(
+        StoreError, match=r"teacher logits of split 'dev' are NaN or infinite on 1 of 16 rows"
+    ):
+        write_store(
+            tmp_path / "out" / "store",
+            task=store.task,
+            data_dir=None,
+            max_length=store.max_length,
+            teacher_dir=teacher,
+            model=model,
+            tokenizer=AutoTokenizer.from_pretrained(teacher),
+            splits={"dev": (rows, logits, probes)},
+            teacher_metrics={},
+            probe_metrics=[],
+        )
+    assert list((tmp_path / "out").iterdir()) == []  # no store, no temporary folder
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.fixture
+def searched(tiny_store, tmp_path):
+    """A finished search and a student trained one epoch from it."""
+    from adabert.train import train_student
+
+    search = tmp_path / "search"
+    run_search(search_config(tiny_store, search, epochs=1))
+    student = tmp_path / "student"
+    train_student(
+        TrainConfig(
+            genotype=str(search / "genotype.json"),
+            store=str(tiny_store),
+            output_dir=str(student),
+            epochs=1,
+            batch_size=8,
+        )
+    )
+    return search, student
+
+
+def test_crafted_pickles_are_refused_by_every_command_and_never_run(searched, tiny_store, tmp_path, capsys):
+    import torch
+
+    from adabert.cli import main
+
+    search, student = searched
+    marker = tmp_path / "payload-ran"
+    store = ["--store", str(tiny_store)]
+    hostile = {"model": _Payload(marker), "config": {}, "epoch": 1}
+    torch.save(hostile, search / "checkpoint.safetensors")
+    torch.save(hostile, student / "training_state.safetensors")
+    cases = [
+        ["search", "--config", str(search / "config.json"), *store, "--output-dir", str(search), "--resume"],
+        [
+            "train",
+            "--genotype",
+            str(search / "genotype.json"),
+            *store,
+            "--supernet",
+            str(search),
+            "--output-dir",
+            str(tmp_path / "s2"),
+            "--batch-size",
+            "8",
+        ],
+        [
+            "train",
+            "--config",
+            str(student / "train_config.json"),
+            "--genotype",
+            str(search / "genotype.json"),
+            *store,
+            "--output-dir",
+            str(student),
+            "--epochs",
+            "2",
+            "--resume",
+        ],
+    ]
+    for argv, name in zip(
+        cases, ("checkpoint.safetensors", "checkpoint.safetensors", "training_state.safetensors")
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert f"{name}: a pickle-based checkpoint" in err and "Traceback" not in err
+    (search / "checkpoint.safetensors").unlink()  # a legacy checkpoint.pt alone is never read either
+    torch.save(hostile, search / "checkpoint.pt")
+    assert main(cases[1]) == 2
+    assert "its checkpoint.pt is from an older adabert and is never read" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def test_resume_with_another_genotype_exits_2(searched, tiny_store, tmp_path, capsys):
+    from adabert.cli import main
+    from adabert.genotype import random_genotype
+
+    search, student = searched
+    searched_genotype = Genotype.load(search / "genotype.json")
+    other = next(
+        g
+        for seed in range(1, 50)
+        if (
+            g := random_genotype(
+                searched_genotype.space,
+                seed,
+                hidden_size=searched_genotype.hidden_size,
+                embedding=searched_genotype.embedding,
+            )
+        )
+        != searched_genotype
+    )
+    other.save(tmp_path / "other.json")
+    before = (student / "model.safetensors").read_bytes()
+    argv = [
+        "train",
+        "--config",
+        str(student / "train_config.json"),
+        "--genotype",
+        str(tmp_path / "other.json"),
+        "--store",
+        str(tiny_store),
+        "--output-dir",
+        str(student),
+        "--epochs",
+        "2",
+        "--resume",
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "cannot resume, the training started from another genotype" in err and "Traceback" not in err
+    assert (student / "model.safetensors").read_bytes() == before
+
+
+# ------------------------------------------------------------------------------------------ locks
+def test_a_second_command_into_a_folder_in_use_exits_2_naming_the_holder(tmp_path, capsys):
+    from adabert.cli import main
+    from adabert.io import folder_lock, lock_file
+
+    out = tmp_path / "search"
+    with folder_lock(out):
+        assert lock_file(out) == tmp_path / ".search.lock"
+        assert main(["search", "--store", str(tmp_path / "store"), "--output-dir", str(out)]) == 2
+        assert f"{out} is in use by another adabert process, pid {os.getpid()}" in capsys.readouterr().err
+    # released, the next command gets past the lock (and stops at the missing store instead)
+    assert main(["search", "--store", str(tmp_path / "store"), "--output-dir", str(out)]) == 2
+    assert "knowledge store" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_killed_holder_never_blocks_the_next_run(tmp_path):
+    from adabert.io import folder_lock, lock_file
+
+    out = tmp_path / "student"
+    code = f"import os; from adabert.io import folder_lock\nwith folder_lock({str(out)!r}): os._exit(0)"
+    subprocess.run([sys.executable, "-c", code], env=_env(), check=True, timeout=120)
+    assert lock_file(out).read_text().strip()  # the dead holder's pid is still written there
+    with folder_lock(out) as held:
+        assert held and lock_file(out).read_text().split()[0] == str(os.getpid())
+
+
+def test_under_torchrun_only_rank_0_takes_the_lock(tmp_path, monkeypatch):
+    from adabert.io import folder_lock
+
+    out = tmp_path / "search"
+    with folder_lock(out):
+        monkeypatch.setenv("RANK", "1")
+        with folder_lock(out) as held:  # rank 1 does not wait for, or take, the lock
+            assert held is False

@@ -14,13 +14,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from adabert.draw import draw_genotype
 from adabert.genotype import (
     GENOTYPE_VERSION,
     Edge,
     Genotype,
     GenotypeError,
     derive_genotype,
-    draw_genotype,
+    make_genotype,
     random_genotype,
 )
 from search_spaces import get_space, list_spaces
@@ -139,6 +140,8 @@ MALFORMED = [
     (lambda d: d.update(space=["adabert_cnn"]), "space: expected a search space name"),
     (lambda d: d.update(edges={}), "edges: expected a list"),
     (lambda d: d.update(embedding="bert"), "embedding: expected an object"),
+    (lambda d: d.update(space_source="pkg"), "space_source: expected an object"),
+    (lambda d: d.update(space_source={"module": 3}), "space_source: expected an object of strings"),
     (lambda d: d["edges"].__setitem__(1, [1, 2, "identity"]), r"edges\[1\]: expected an object"),
     (lambda d: _drop(d["edges"][0], "op"), r"edges\[0\]\.op: missing"),
     (lambda d: d["edges"][0].update(weight=0.3), r"edges\[0\]\.weight: unknown key"),
@@ -223,6 +226,50 @@ def test_validation_errors(changes: dict, message: str) -> None:
     bad = make(**changes)
     with pytest.raises(GenotypeError, match=rf"^genotype: {message}"):
         bad.validate()
+
+
+# ------------------------------------------------------------------------------------------ by hand
+def test_make_genotype_takes_the_space_shape_and_records_its_source() -> None:
+    g = make_genotype("adabert_cnn", [(e.source, e.target, e.op) for e in EDGES], 3, embedding=EMBEDDING)
+    assert g == make() and g.hidden_size == SPACE.hidden_size
+    assert g.space_source == {"module": "search_spaces.adabert_cnn"}
+    assert Genotype.from_json(g.to_json()).space_source == g.space_source
+    assert Genotype.from_networkx(g.to_networkx()).space_source == g.space_source
+    small = make_genotype("attention_rnn", [(0, 2, "bigru"), (2, 3, "self_attention")], 4, hidden_size=32)
+    assert (small.num_input_nodes, small.num_nodes, small.num_cells) == (2, 2, 4)
+    with pytest.raises(GenotypeError, match=r"^mine: edges\[1\]: expected \(source, target, op\)"):
+        make_genotype("adabert_cnn", [(0, 2, "conv3"), (1, 2)], 1, source="mine")
+    with pytest.raises(GenotypeError, match="num_cells: expected an integer in 1..4, got 5"):
+        make_genotype("attention_rnn", [(0, 2, "bigru"), (2, 3, "conv3")], 5)
+    with pytest.raises(GenotypeError, match=r"intermediate node\(s\) \[3\] have no incoming edge"):
+        make_genotype("attention_rnn", [(0, 2, "bigru")], 1)
+
+
+def test_a_missing_space_is_reported_with_its_package() -> None:
+    source = {"module": "g.space", "package": "g-spaces"}
+    d = {**make().to_dict(), "space": "gated_conv", "space_source": source}
+    with pytest.raises(GenotypeError, match=r"unknown search space 'gated_conv'.*package 'g-spaces'"):
+        Genotype.from_dict(d)
+
+
+def test_genotype_new_writes_a_genotype_that_train_accepts(tmp_path: Path, tiny_store: Path, capsys) -> None:
+    from adabert.cli import main
+
+    path = tmp_path / "mine.json"
+    edges = ["--edge", "0", "2", "self_attention", "--edge", "1", "2", "bigru", "--edge", "2", "3", "conv3"]
+    args = ["genotype", "new", "--space", "attention_rnn", "--cells", "2", "--hidden-size", "16", *edges]
+    assert main([*args, "--store", str(tiny_store), "--output", str(path)]) == 0
+    g = Genotype.load(path)
+    assert g.edges == (Edge(0, 2, "self_attention"), Edge(1, 2, "bigru"), Edge(2, 3, "conv3"))
+    assert g.embedding["vocab_size"] > 0
+    assert "node 2 <- self_attention(0), bigru(1)" in capsys.readouterr().out
+    out = tmp_path / "student"
+    train = ["train", "--genotype", str(path), "--store", str(tiny_store), "--output-dir", str(out)]
+    assert main([*train, "--epochs", "1", "--batch-size", "16"]) == 0
+    assert (out / "model.safetensors").is_file()
+    assert main([*args, "--edge", "0", "3", "zero", "--output", str(tmp_path / "bad.json")]) == 2
+    assert "the zero op 'zero' means 'no edge'" in capsys.readouterr().err
+    assert not (tmp_path / "bad.json").exists()
 
 
 # --------------------------------------------------------------------------------------------- networkx

@@ -11,35 +11,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_tiny_bert, write_tiny_glue
+from conftest import TINY_STAGES, write_tiny_bert, write_tiny_glue
 
+import adabert.deploy.export
 import adabert.evaluate
 import adabert.pipeline
 import adabert.search
+import adabert.search.loop
 import adabert.teacher
 import adabert.train
 from adabert.cli import main
 from adabert.config import ConfigError, PipelineConfig
-from adabert.pipeline import STAGE_FILE, plan, run_pipeline
+from adabert.pipeline import STAGE_FILE, digest, plan, run_pipeline
 from adabert.report import build_report
 
+CARD_FILES = ("README.md", "model_card.json", "cell.png", "adabert_task.json")  # added by the evaluation
 RAN = ("teacher", "store", "search", "student", "eval", "export")
 
-TINY_STAGES = {
-    "finetune": {"epochs": 1, "max_length": 32, "batch_size": 16},
-    "probe": {"epochs": 2},
-    "search": {
-        "hidden_size": 16,
-        "max_cells": 3,
-        "epochs": 1,
-        "batch_size": 8,
-        "w_lr": 3e-3,
-        "arch_lr": 3e-2,
-        "cost_seq_len": 16,
-    },
-    "train": {"epochs": 1, "batch_size": 8},
-    "evaluate": {"batch_sizes": [1, 2], "seq_len": 16, "repeats": 2, "warmup": 1},
-}
 TINY_COMPRESS = {
     "methods": "svd",
     "kd_epochs": 0.5,
@@ -139,7 +127,7 @@ def forbid(monkeypatch, *names: str) -> None:
         "search": (adabert.search, "run_search"),
         "train": (adabert.train, "train_student"),
         "evaluate": (adabert.evaluate, "run_evaluation"),
-        "export": (adabert.pipeline, "export_model"),
+        "export": (adabert.deploy.export, "export_model"),
     }
     for name in names:
         module, attr = targets[name]
@@ -161,7 +149,9 @@ def test_full_run_writes_every_stage_the_report_and_a_checked_onnx_model(finishe
         info = stage_info(run, stage)
         assert {"config", "config_hash", "upstream", "hash", "seconds"} <= set(info)
         # stage.json is written last: no output of the stage is newer
-        newest = max(p.stat().st_mtime_ns for p in (run / stage).rglob("*") if p.name != STAGE_FILE)
+        newest = max(
+            p.stat().st_mtime_ns for p in (run / stage).rglob("*") if p.name not in (STAGE_FILE, *CARD_FILES)
+        )
         assert (run / stage / STAGE_FILE).stat().st_mtime_ns >= newest
     assert stage_info(run, "search")["config"]["hidden_size"] == 16
     assert stage_info(run, "student")["upstream"] == {
@@ -269,7 +259,7 @@ def test_compression_stage_when_enabled(finished_run, tmp_path, monkeypatch, inp
 def test_interrupted_search_resumes_and_the_pipeline_completes(finished_run, tmp_path, monkeypatch, inputs):
     run = copy_run(finished_run, tmp_path)
     cfg = tiny_config(inputs, run, search={"epochs": 2})
-    real_evaluate, calls = adabert.search.evaluate_genotype, []
+    real_evaluate, calls = adabert.search.loop.epoch_record, []
 
     def dies_in_epoch_two(*args, **kwargs):
         calls.append(1)
@@ -277,7 +267,7 @@ def test_interrupted_search_resumes_and_the_pipeline_completes(finished_run, tmp
             raise KeyboardInterrupt
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(adabert.search, "evaluate_genotype", dies_in_epoch_two)
+    monkeypatch.setattr(adabert.search.loop, "epoch_record", dies_in_epoch_two)
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(cfg)
     progress = json.loads((run / "pipeline.json").read_text())
@@ -285,7 +275,7 @@ def test_interrupted_search_resumes_and_the_pipeline_completes(finished_run, tmp
     assert not (run / "search" / STAGE_FILE).exists()
     assert (run / "search" / "checkpoint.safetensors").exists()
 
-    monkeypatch.setattr(adabert.search, "evaluate_genotype", real_evaluate)
+    monkeypatch.setattr(adabert.search.loop, "epoch_record", real_evaluate)
     real_search, resumes = adabert.search.run_search, []
     monkeypatch.setattr(adabert.search, "run_search", lambda c: resumes.append(c.resume) or real_search(c))
     forbid(monkeypatch, "finetune", "probe")
@@ -321,7 +311,7 @@ def test_failed_stage_is_recorded_and_run_again(finished_run, tmp_path, monkeypa
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(adabert.pipeline, "export_model", broken)
+    monkeypatch.setattr(adabert.deploy.export, "export_model", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         run_pipeline(tiny_config(inputs, run))
     progress = json.loads((run / "pipeline.json").read_text())
@@ -370,9 +360,10 @@ def test_budgets_and_stage_settings_resolve(inputs, tmp_path):
     assert paper["teacher"]["train_limit"] is None and paper["teacher"]["epochs"] == 3
     assert (paper["search"]["epochs"], paper["student"]["epochs"]) == (50, 30)
 
-    given = {
-        s.name: s.config for s in plan(PipelineConfig(run_dir=str(tmp_path), teacher=str(inputs["model"])))
-    }
+    with pytest.raises(ConfigError, match=r"evaluate.seq_len 128 is longer than the 64 positions"):
+        plan(PipelineConfig(run_dir=str(tmp_path), teacher=str(inputs["model"])))  # a tiny teacher
+    tiny = PipelineConfig(run_dir=str(tmp_path), teacher=str(inputs["model"]), evaluate={"seq_len": 16})
+    given = {s.name: s.config for s in plan(tiny)}
     assert given["store"]["train_limit"] == 8000 and given["store"]["teacher"] == str(inputs["model"])
     scratch = {s.name: s.config for s in plan(PipelineConfig(run_dir=str(tmp_path), from_supernet=False))}
     assert scratch["student"]["supernet"] is None
@@ -426,3 +417,114 @@ def test_build_report_on_a_run_directory(finished_run, tmp_path):
     md_path, _ = build_report(partial)
     text = md_path.read_text()
     assert "store/probe_metrics.png" in text and "Not available" in text and "No evaluation yet" in text
+
+
+# ------------------------------------------------------------------------------------------ faults
+def test_a_second_pipeline_in_the_same_folder_exits_2_while_the_first_finishes(
+    finished_run, tmp_path, monkeypatch, inputs, capsys
+):
+    import os
+    import threading
+
+    run = copy_run(finished_run, tmp_path)
+    (run / "export" / STAGE_FILE).unlink()  # the first run has the export to do
+    inside, release = threading.Event(), threading.Event()
+    real_export = adabert.deploy.export.export_model
+
+    def slow_export(*args, **kwargs):
+        inside.set()
+        assert release.wait(60)
+        return real_export(*args, **kwargs)
+
+    monkeypatch.setattr(adabert.deploy.export, "export_model", slow_export)
+    outcome = {}
+    first = threading.Thread(target=lambda: outcome.update(result=run_pipeline(tiny_config(inputs, run))))
+    first.start()
+    try:
+        assert inside.wait(120)
+        config = tmp_path / "second.json"
+        config.write_text(json.dumps({**json.loads((run / "pipeline_config.json").read_text())}))
+        assert main(["pipeline", "--config", str(config)]) == 2
+        err = capsys.readouterr().err
+        assert f"{run} is in use by another adabert process, pid {os.getpid()}" in err
+        assert statuses(run)["export"] == "running"  # the refused run touched nothing
+    finally:
+        release.set()
+        first.join(120)
+    assert outcome["result"]["status"] == "done" and statuses(run)["export"] == "ran"
+
+
+def test_changed_data_reruns_the_teacher_and_the_store_moved_data_does_not(
+    finished_run, tmp_path, monkeypatch, inputs
+):
+    run = copy_run(finished_run, tmp_path)
+    data = tmp_path / "glue"
+    shutil.copytree(inputs["data_dir"], data)
+    forbid(monkeypatch, "finetune", "probe", "search", "train", "evaluate", "export")
+    run_pipeline(tiny_config(inputs, run, data_dir=str(data)))  # the same files elsewhere: all skipped
+    assert set(statuses(run).values()) == {"skipped", "disabled"}
+
+    train = data / "SST-2" / "train.tsv"
+    lines = train.read_text().splitlines()
+    text, label = lines[1].rsplit("\t", 1)
+    lines[1] = f"{text}\t{1 - int(label)}"
+    train.write_text("\n".join(lines) + "\n")
+    with pytest.raises(AssertionError, match="stage finetune should have been skipped"):
+        run_pipeline(tiny_config(inputs, run, data_dir=str(data)))
+    # with a given teacher, the store's identity holds the data's hash too
+    given = str(finished_run / "teacher")
+    before = {s.name: s for s in plan(tiny_config(inputs, tmp_path / "a", teacher=given))}["store"]
+    after = {s.name: s for s in plan(tiny_config(inputs, tmp_path / "b", teacher=given, data_dir=str(data)))}
+    assert digest(before.identity) != digest(after["store"].identity)
+    assert before.identity["data_sha256"]["dev"] == after["store"].identity["data_sha256"]["dev"]
+
+
+def test_a_kill_right_after_the_store_rename_resumes_to_the_same_result(
+    finished_run, tmp_path, monkeypatch, inputs
+):
+    """The store folder is complete but has no stage.json (the rename replaced the folder the
+    pipeline had marked): the next run re-makes the store instead of refusing the folder."""
+    run = copy_run(finished_run, tmp_path)
+    (run / "store" / STAGE_FILE).unlink()
+    for stage in ("search", "student", "eval", "export"):  # a killed run had not got further
+        shutil.rmtree(run / stage)
+    progress = json.loads((run / "pipeline.json").read_text())
+    progress["status"] = "running"  # as a kill -9 leaves it
+    progress["stages"]["store"]["status"] = "running"
+    (run / "pipeline.json").write_text(json.dumps(progress))
+    (run / ".store.x1.tmp").mkdir()  # what write_store and probe were writing
+    (run / ".store.features.x2").mkdir()
+    (run / ".pipeline.json.x3.tmp").write_text("{")
+    forbid(monkeypatch, "finetune")
+    result = run_pipeline(tiny_config(inputs, run))
+    assert statuses(run) == {**dict.fromkeys(RAN, "ran"), "teacher": "skipped", "compress": "disabled"}
+    assert result["previous_run"]["status"] == "interrupted" and "killed" in result["previous_run"]["note"]
+    for name in ("search/genotype.json", "student/model.safetensors"):
+        assert (run / name).read_bytes() == (finished_run / name).read_bytes(), name
+    left = [p.name for p in run.rglob(".*") if p.name.endswith(".tmp") or ".features." in p.name]
+    assert left == []
+
+
+def test_a_failed_stage_leaves_no_temporary_file(finished_run, tmp_path, monkeypatch, inputs):
+    run = copy_run(finished_run, tmp_path)
+    (run / "student" / STAGE_FILE).unlink()
+
+    def dies_while_saving(cfg):
+        (Path(cfg.output_dir) / ".model.safetensors.abc.tmp").write_bytes(b"half")  # a writer cut short
+        raise OSError(28, "No space left on device", str(Path(cfg.output_dir) / "model.safetensors"))
+
+    monkeypatch.setattr(adabert.train, "train_student", dies_while_saving)
+    with pytest.raises(OSError, match="No space left"):
+        run_pipeline(tiny_config(inputs, run))
+    progress = json.loads((run / "pipeline.json").read_text())
+    assert progress["status"] == "failed" and progress["failed_stage"] == "student"
+    assert not [p for p in run.rglob(".*") if p.name.endswith(".tmp")]
+
+
+def test_the_store_follows_the_umask_like_the_rest_of_the_run(finished_run):
+    from adabert.io import DIR_MODE, FILE_MODE
+
+    for path in (finished_run / "store").rglob("*"):
+        want = DIR_MODE if path.is_dir() else FILE_MODE
+        assert path.stat().st_mode & 0o777 == want, path
+    assert (finished_run / "store").stat().st_mode & 0o777 == DIR_MODE

@@ -6,10 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from adabert.checkpoint import load_state
+from adabert.checkpoint import DivergenceError, load_state
 from adabert.config import EvalConfig, SearchConfig, TrainConfig
 from adabert.genotype import Genotype
-from adabert.search import DivergenceError, run_search, temperature
+from adabert.search import run_search
+from adabert.search.remedies import temperature
 
 
 def search_config(store: Path, out: Path, **overrides) -> SearchConfig:
@@ -23,6 +24,8 @@ def search_config(store: Path, out: Path, **overrides) -> SearchConfig:
         w_lr=3e-3,
         arch_lr=3e-2,
         cost_seq_len=16,
+        uniform_warmup_epochs=1,
+        tau_start=1.0,
         seed=0,
     )
     return SearchConfig(**{**settings, **overrides})
@@ -38,6 +41,7 @@ def test_search_writes_genotype_picture_log_and_plots(tiny_store, tmp_path):
         "depth_distribution.png",
         "checkpoint.safetensors",
         "config.json",
+        "selection.json",
     ):
         assert (out / name).stat().st_size > 0, name
     log = [json.loads(line) for line in (out / "search_log.jsonl").read_text().splitlines()]
@@ -50,6 +54,8 @@ def test_search_writes_genotype_picture_log_and_plots(tiny_store, tmp_path):
             "efficiency",
             "tau",
             "dev",
+            "heldout",
+            "op_counts",
             "op_probabilities",
             "depth_probabilities",
         } <= set(record)
@@ -62,9 +68,9 @@ def test_search_writes_genotype_picture_log_and_plots(tiny_store, tmp_path):
 def test_fixed_seed_reproduces_and_resume_continues(tiny_store, tmp_path, monkeypatch):
     full = run_search(search_config(tiny_store, tmp_path / "full", epochs=3))
     # an interrupted run: killed during its third epoch, after two finished epochs
-    import adabert.search as search_module
+    import adabert.search.loop as search_module
 
-    real_evaluate, calls = search_module.evaluate_genotype, []
+    real_evaluate, calls = search_module.epoch_record, []
 
     def dies_in_epoch_three(*args, **kwargs):
         calls.append(1)
@@ -72,10 +78,10 @@ def test_fixed_seed_reproduces_and_resume_continues(tiny_store, tmp_path, monkey
             raise KeyboardInterrupt
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(search_module, "evaluate_genotype", dies_in_epoch_three)
+    monkeypatch.setattr(search_module, "epoch_record", dies_in_epoch_three)
     with pytest.raises(KeyboardInterrupt):
         run_search(search_config(tiny_store, tmp_path / "part", epochs=3))
-    monkeypatch.setattr(search_module, "evaluate_genotype", real_evaluate)
+    monkeypatch.setattr(search_module, "epoch_record", real_evaluate)
     assert len((tmp_path / "part" / "search_log.jsonl").read_text().splitlines()) == 2
     resumed = run_search(search_config(tiny_store, tmp_path / "part", epochs=3, resume=True))
     assert resumed == full
@@ -106,7 +112,7 @@ def test_ablations_and_random_architecture(tiny_store, tmp_path):
 
 
 def test_diverging_search_stops_with_a_clear_message(tiny_store, tmp_path, monkeypatch):
-    import adabert.search as search_module
+    import adabert.search.loop as search_module
 
     out = tmp_path / "nan"
     run_search(search_config(tiny_store, out, epochs=1))
@@ -119,11 +125,10 @@ def test_diverging_search_stops_with_a_clear_message(tiny_store, tmp_path, monke
 
 
 def test_temperature_anneals_from_start_to_end():
-    cfg = SearchConfig(tau_start=1.0, tau_end=0.2, tau_anneal_fraction=0.5)
-    assert temperature(cfg, 0, 100) == 1.0
-    assert temperature(cfg, 50, 100) == pytest.approx(0.2)
-    assert temperature(cfg, 100, 100) == pytest.approx(0.2)
-    assert 0.2 < temperature(cfg, 25, 100) < 1.0
+    assert temperature(1.0, 0.2, 0.5, 0, 100) == 1.0
+    assert temperature(1.0, 0.2, 0.5, 50, 100) == pytest.approx(0.2)
+    assert temperature(1.0, 0.2, 0.5, 100, 100) == pytest.approx(0.2)
+    assert 0.2 < temperature(1.0, 0.2, 0.5, 25, 100) < 1.0
 
 
 def test_train_evaluate_export_from_a_searched_genotype(tiny_store, tmp_path):
@@ -215,13 +220,103 @@ def test_train_evaluate_export_from_a_searched_genotype(tiny_store, tmp_path):
         assert load_classifier(student_dir).config.num_labels == 2
 
 
-def test_arch_warmup_trains_weights_before_the_architecture(tiny_store, tmp_path):
-    def probabilities(name: str, warmup: int) -> list:
-        run_search(search_config(tiny_store, tmp_path / name, epochs=2, arch_warmup_epochs=warmup))
-        lines = (tmp_path / name / "search_log.jsonl").read_text().splitlines()
-        return [json.loads(line)["op_probabilities"] for line in lines]
+def test_uniform_warmup_trains_every_op_before_the_architecture_moves(tiny_store, tmp_path):
+    run_search(search_config(tiny_store, tmp_path / "s", epochs=3, uniform_warmup_epochs=2, batch_size=4))
+    log = [json.loads(line) for line in (tmp_path / "s" / "search_log.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in log] == ["uniform warm-up", "uniform warm-up", "search"]
+    # the logits do not move during the warm-up, then they do
+    assert log[0]["op_probabilities"] == log[1]["op_probabilities"] != log[2]["op_probabilities"]
+    # one sampled op per edge and step is counted (24 weight rows, batch 4: 6 steps per epoch)
+    counts = torch.tensor(log[0]["op_counts"]) + torch.tensor(log[1]["op_counts"])
+    assert counts.shape == (9, 10) and counts.sum(1).tolist() == [12] * 9
+    assert log[0]["beta"] == 0.0 and log[0]["efficiency"] == 0.0
 
-    frozen = probabilities("frozen", warmup=2)  # weights only, both epochs
-    assert frozen[0] == frozen[1]
-    warm = probabilities("warm", warmup=1)  # weights only in epoch 1, then architecture steps too
-    assert warm[0] == frozen[0] and warm[1] != warm[0]
+
+def test_uniform_samples_train_every_op_and_depth_equally():
+    from test_supernet import tiny_supernet
+
+    net = tiny_supernet()
+    net.edge_logits.data[:, 0] = 10.0  # the logits have no say in a uniform sample
+    generator = torch.Generator().manual_seed(0)
+    draws = [net.uniform_sample(generator) for _ in range(2000)]
+    ops = torch.tensor([[net.zero_index if o is None else o for o in d.ops] for d in draws])
+    per_op = torch.stack([(ops == o).sum(0) for o in range(len(net.space.ops))])  # [ops, edges]
+    assert int(per_op.min()) > 130 and int(per_op.max()) < 270  # 200 expected (sd 13) per op and edge
+    depths = torch.bincount(torch.tensor([d.depth for d in draws]))[1:]
+    assert len(depths) == 3 and int(depths.min()) > 600
+    assert all(d.depth_gate is None and all(c is None or c[1] is None for c in d.edges) for d in draws)
+
+
+def test_selection_by_best_epoch_and_by_contribution(tiny_store, tmp_path):
+    from adabert.search.selection import best_epoch
+
+    run_search(search_config(tiny_store, tmp_path / "best", epochs=3, select="best_epoch"))
+    log = [json.loads(line) for line in (tmp_path / "best" / "search_log.jsonl").read_text().splitlines()]
+    chosen = json.loads((tmp_path / "best" / "selection.json").read_text())
+    best = min(log, key=lambda r: r["heldout"]["loss"])
+    assert chosen["epoch"] == best["epoch"] == best_epoch(log)["epoch"]
+    assert Genotype.load(tmp_path / "best" / "genotype.json") == Genotype.from_dict(best["genotype"])
+
+    run_search(search_config(tiny_store, tmp_path / "pt", epochs=2, select="contribution"))
+    chosen = json.loads((tmp_path / "pt" / "selection.json").read_text())
+    genotype = Genotype.load(tmp_path / "pt" / "genotype.json")
+    assert chosen["selection"] == "contribution" and len(chosen["edges"]) == 9
+    for edge in genotype.edges:  # every kept edge runs the op with the lowest held-out loss on it
+        evidence = next(e for e in chosen["edges"] if e["edge"] == [edge.source, edge.target])
+        assert edge.op == min(evidence["op_loss"], key=evidence["op_loss"].get) == evidence["op"]
+    for node in genotype.intermediate_nodes:  # per node, the edges whose removal costs most are kept
+        kept = {(e.source, e.target) for e in genotype.node_inputs(node)}
+        incoming = [e for e in chosen["edges"] if e["edge"][1] == node]
+        ranked = sorted(incoming, key=lambda e: -e["removal_cost"])[:2]
+        assert {tuple(e["edge"]) for e in ranked} == kept
+
+
+def test_baseline_genotypes_load_and_train(tiny_store, tmp_path):
+    from adabert.train import train_student
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks" / "genotypes"
+    for name in ("bag_of_embeddings", "conv_cell"):
+        genotype = Genotype.load(root / f"{name}.json")
+        assert genotype.space == "adabert_cnn" and genotype.hidden_size == 128
+        small = tmp_path / f"{name}.json"  # the tiny teacher is 32 wide: the same cell at width 16
+        Genotype.from_dict({**genotype.to_dict(), "hidden_size": 16}).save(small)
+        result = train_student(
+            TrainConfig(
+                genotype=str(small),
+                store=str(tiny_store),
+                output_dir=str(tmp_path / name),
+                epochs=1,
+                batch_size=8,
+            )
+        )
+        assert result["best_epoch"] == 1 and (tmp_path / name / "model.safetensors").exists()
+
+
+def test_the_student_trains_on_every_row_plus_the_augmented_ones(tiny_store, tmp_path):
+    from adabert.config import ProbeConfig
+    from adabert.store import KnowledgeStore
+    from adabert.teacher import probe
+    from adabert.train import train_student
+
+    teacher = json.loads((tiny_store / "manifest.json").read_text())["teacher"]["path"]
+    store = probe(ProbeConfig(teacher=teacher, output_dir=str(tmp_path / "aug"), epochs=1, augment_factor=3))
+    assert store.manifest["splits"]["train_aug"]["rows"] == 3 * 48
+    run_search(search_config(tmp_path / "aug", tmp_path / "rand", random_architecture=True))
+    base = dict(
+        genotype=str(tmp_path / "rand" / "genotype.json"),
+        store=str(tmp_path / "aug"),
+        epochs=1,
+        batch_size=16,
+    )
+    rows = {}
+    for name, extra in (
+        ("all", {}),
+        ("one_copy", {"augment_copies": 1}),
+        ("none", {"use_augmented": False}),
+        ("subset", {"train_limit": 10}),
+    ):
+        rows[name] = train_student(TrainConfig(**base, output_dir=str(tmp_path / name), **extra))[
+            "train_rows"
+        ]
+    assert rows == {"all": 48 + 144, "one_copy": 48 + 48, "none": 48, "subset": 10 + 30}
+    assert len(KnowledgeStore.open(tmp_path / "aug").labels("train")) == 48

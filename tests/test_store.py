@@ -73,6 +73,78 @@ def test_round_trip(written, tiny_bert_dir):
     }
     again.check_teacher(tiny_bert_dir)
     again.check_rows("dev", splits["dev"][0])
+    tokenizer = again.tokenizer()
+    for split, (rows, *_) in splits.items():  # the rows tokenized once, as the teacher's tokenizer does
+        tokens = again.tokens(split)
+        assert isinstance(tokens.ids, np.memmap) and len(tokens) == len(rows)
+        for i in (0, len(rows) - 1):
+            expected = tokenizer(rows[i]["text_a"], truncation=True, max_length=32)["input_ids"]
+            assert tokens.ids[tokens.offsets[i] : tokens.offsets[i + 1]].tolist() == expected
+        np.testing.assert_array_equal(again.labels(split), np.asarray(rows["label"]))
+    assert again.pad_token_id == tokenizer.pad_token_id
+
+
+def test_distilled_table_is_deterministic_rotated_and_tied_to_its_teacher(
+    tiny_bert_dir, tiny_glue_dir, tmp_path
+):
+    from adabert.config import FinetuneConfig, ProbeConfig
+    from adabert.teacher import finetune, probe
+
+    teacher = tmp_path / "teacher"
+    finetune(
+        FinetuneConfig(
+            task="sst2",
+            data_dir=str(tiny_glue_dir),
+            model=str(tiny_bert_dir),
+            output_dir=str(teacher),
+            epochs=1,
+            max_length=32,
+            batch_size=16,
+        )
+    )
+    a = probe(ProbeConfig(teacher=str(teacher), output_dir=str(tmp_path / "a"), epochs=1))
+    b = probe(ProbeConfig(teacher=str(teacher), output_dir=str(tmp_path / "b"), epochs=1))
+    vocab, width = (
+        a.manifest["teacher"]["config"]["vocab_size"],
+        a.manifest["teacher"]["config"]["hidden_size"],
+    )
+    table = a.distilled_tokens()
+    assert table.shape == (vocab, width) and a.distilled_tokens(8).shape == (vocab, 8)
+    torch.testing.assert_close(
+        table, b.distilled_tokens(), rtol=0, atol=0
+    )  # the same teacher, the same table
+    torch.testing.assert_close(a.distilled_tokens(8), table[:, :8])
+    plain = probe(ProbeConfig(teacher=str(teacher), output_dir=str(tmp_path / "p"), epochs=1, distill_sif=0))
+    variance = plain.distilled_tokens().var(0)  # PCA-rotated: columns by falling variance
+    assert bool((variance[:-1] >= variance[1:] - 1e-6).all())
+    assert not torch.equal(plain.distilled_tokens(), table)  # SIF weighting scales the rows
+    assert a.manifest["distilled"]["teacher"] == a.manifest["teacher"]["sha256"]
+    with pytest.raises(StoreError, match=f"{width} wide, {width + 1} were asked"):
+        a.distilled_tokens(width + 1)
+
+    # another teacher's table copied into the store is refused
+    other = tmp_path / "other"
+    shutil.copytree(tiny_bert_dir, other)
+    model = AutoModelForSequenceClassification.from_pretrained(str(other))
+    with torch.no_grad():
+        model.bert.embeddings.word_embeddings.weight.mul_(2.0)
+    model.save_pretrained(str(other))
+    finetune(
+        FinetuneConfig(
+            task="sst2",
+            data_dir=str(tiny_glue_dir),
+            model=str(other),
+            output_dir=str(tmp_path / "teacher2"),
+            epochs=1,
+            max_length=32,
+            batch_size=16,
+        )
+    )
+    c = probe(ProbeConfig(teacher=str(tmp_path / "teacher2"), output_dir=str(tmp_path / "c"), epochs=1))
+    assert not torch.equal(c.distilled_tokens(), table)
+    shutil.copy(c.path / "distilled.safetensors", a.path / "distilled.safetensors")
+    with pytest.raises(StoreError, match="not the table distilled from this store's teacher"):
+        KnowledgeStore.open(a.path).distilled_tokens()
 
 
 def test_refuses_a_different_teacher(written, tiny_bert_dir, tmp_path):
@@ -123,6 +195,8 @@ def test_refuses_changed_rows(written, tiny_glue_dir):
         "delete_embeddings",
         "truncate_embeddings",
         "wrong_rows",
+        "truncate_ids",
+        "wrong_labels",
     ],
 )
 def test_damaged_store_is_refused(written, damage):
@@ -145,6 +219,11 @@ def test_damaged_store_is_refused(written, damage):
     elif damage == "truncate_embeddings":
         f = path / "embeddings.safetensors"
         f.write_bytes(f.read_bytes()[:100])
+    elif damage == "truncate_ids":
+        f = path / "train.ids.npy"
+        f.write_bytes(f.read_bytes()[:-8])
+    elif damage == "wrong_labels":
+        np.save(path / "dev.labels.npy", np.zeros(3, dtype=np.int64))
     elif damage == "wrong_rows":
         manifest = json.loads((path / "manifest.json").read_text())
         manifest["splits"]["dev"]["rows"] += 1

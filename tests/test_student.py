@@ -1,12 +1,14 @@
 """The compact student: built from a genotype alone, reloadable, Auto-class and pipeline compatible."""
 
+import json
+
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
-from adabert.genotype import Edge, Genotype, random_genotype
+from adabert.genotype import Edge, Genotype, GenotypeError, make_genotype, random_genotype
+from adabert.search.supernet import Supernet
 from adabert.student import AdaBertStudentForSequenceClassification, build_student, pca_projection
-from adabert.supernet import Supernet
 from search_spaces import get_space, list_spaces
 
 VOCAB, POSITIONS, TEACHER_DIM = 60, 40, 24
@@ -16,8 +18,8 @@ VOCAB, POSITIONS, TEACHER_DIM = 60, 40, 24
 def tables() -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     return {
-        "word_embeddings": torch.randn(VOCAB, TEACHER_DIM),
-        "position_embeddings": torch.randn(POSITIONS, TEACHER_DIM),
+        "word": torch.randn(VOCAB, TEACHER_DIM),
+        "position": torch.randn(POSITIONS, TEACHER_DIM),
     }
 
 
@@ -34,10 +36,11 @@ def inputs(size: int = 3, length: int = 9) -> dict[str, torch.Tensor]:
 
 
 def one_op_genotype(space_name: str, op: str, hidden: int = 16) -> Genotype:
+    """Every intermediate node reads the node before it through ``op``, in the space's own cell shape."""
     space = get_space(space_name)
     first = space.num_input_nodes
-    edges = tuple(Edge(node - 1, node, op) for node in range(first, first + space.num_nodes))
-    return Genotype(space=space_name, num_cells=2, edges=edges, hidden_size=hidden).validate()
+    edges = [(node - 1, node, op) for node in range(first, first + space.num_nodes)]
+    return make_genotype(space, edges, num_cells=min(2, space.max_cells), hidden_size=hidden)
 
 
 @pytest.mark.parametrize(
@@ -51,7 +54,59 @@ def test_builds_from_genotype_for_every_op(space_name, op, tables):
     out.loss.backward()
     assert model.embeddings.word.weight.grad is not None
     # only the chosen op exists: one module per kept edge per cell
-    assert all(len(cell.ops) == 3 and all(len(e) == 1 for e in cell.ops) for cell in model.cells)
+    nodes = get_space(space_name).num_nodes
+    assert all(len(cell.ops) == nodes and all(len(e) == 1 for e in cell.ops) for cell in model.cells)
+
+
+def padded_twice(extra: int = 5) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The same rows (one with padding) as a batch, and padded by ``extra`` more tokens."""
+    short = inputs()
+    long = {k: torch.cat([v, torch.zeros(v.shape[0], extra, dtype=v.dtype)], 1) for k, v in short.items()}
+    return short, long
+
+
+@pytest.mark.parametrize("space_name", list_spaces())
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_padding_never_changes_the_logits(space_name, mode, tables):
+    """How much a batch is padded changes nothing, in training mode too (BatchNorm statistics over real
+    tokens only); every non-zero op of the space appears in the cell."""
+    space = get_space(space_name)
+    ops = [op for op in space.ops if op != space.zero_op]
+    edges = [(src, dst, ops[i % len(ops)]) for i, (src, dst) in enumerate(space.edges)]
+    genotype = make_genotype(space, edges, num_cells=min(2, space.max_cells), hidden_size=16)
+    torch.manual_seed(0)
+    model = build_student(genotype, 2, tables, pair=True, dropout=0.0).train(mode == "train")
+    short, long = padded_twice()
+    with torch.no_grad():
+        torch.testing.assert_close(model(**short).logits, model(**long).logits, atol=1e-5, rtol=1e-5)
+
+
+# torch warns that a GRU exported at one batch size may fail at another; the parity check below runs two
+@pytest.mark.filterwarnings("ignore:Exporting a model to ONNX with a batch_size other than 1")
+def test_student_with_attention_and_gru_exports_to_onnx(tmp_path, tables):
+    """The worked example's ops trace and export with parity on a padded batch of another shape."""
+    pytest.importorskip("onnxruntime")
+    from adabert.deploy.export import check_parity, export_onnx
+
+    edges = [(0, 2, "self_attention"), (1, 2, "bigru"), (2, 3, "conv3"), (1, 3, "self_attention")]
+    genotype = make_genotype("attention_rnn", edges, num_cells=2, hidden_size=16)
+    model = build_student(genotype, 2, tables, pair=True).eval()
+    path = export_onnx(model, tmp_path / "model.onnx", seq_len=12)
+    for size, length in ((1, 5), (4, 9)):
+        assert check_parity(model, path, inputs(size=size, length=length), atol=1e-4) <= 1e-4
+
+
+def test_a_student_of_a_missing_space_names_its_package(tmp_path, tables):
+    """A student saved where its space came from another package fails to load naming space and package."""
+    model = build_student(one_op_genotype("adabert_cnn", "conv3"), 2, tables, pair=True)
+    assert model.config.genotype["space_source"] == {"module": "search_spaces.adabert_cnn"}
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["genotype"]["space"] = "gated_conv"
+    config["genotype"]["space_source"] = {"module": "gated_pkg.space", "package": "gated-spaces"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(GenotypeError, match=r"unknown search space 'gated_conv'.*package 'gated-spaces'"):
+        AutoModelForSequenceClassification.from_pretrained(tmp_path)
     assert model.embeddings.projection is None  # tables already projected to the cell width
     assert model.embeddings.word.weight.shape == (VOCAB, 16)
 
@@ -91,10 +146,11 @@ def test_pca_projection_keeps_the_top_directions():
     torch.testing.assert_close(projected.mean(0), torch.zeros(3), atol=1e-4, rtol=0)
 
 
-def test_searched_weights_transfer_to_the_student(tables):
+@pytest.mark.parametrize("head", ["paper", "pair"])
+def test_searched_weights_transfer_to_the_student(tables, head):
     space = get_space("adabert_cnn")
     torch.manual_seed(0)
-    net = Supernet(space, 2, tables, hidden_size=16, max_cells=3, dropout=0.0).eval()
+    net = Supernet(space, 2, tables, hidden_size=16, max_cells=3, dropout=0.0, head=head).eval()
     genotype = Genotype(
         space="adabert_cnn",
         num_cells=2,
@@ -114,7 +170,7 @@ def test_searched_weights_transfer_to_the_student(tables):
             module.running_mean.uniform_(-1, 1)
             module.running_var.uniform_(0.5, 2)
     student = build_student(
-        genotype, 2, tables, pair=True, dropout=0.0, supernet_state=net.state_dict()
+        genotype, 2, tables, pair=True, dropout=0.0, supernet_state=net.state_dict(), head=head
     ).eval()
     batch = inputs()
     with torch.no_grad():
@@ -131,8 +187,8 @@ def test_text_classification_pipeline(tmp_path, tiny_bert_dir):
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
     genotype = one_op_genotype("adabert_cnn", "conv3")
     tables = {
-        "word_embeddings": torch.randn(tokenizer.vocab_size, TEACHER_DIM),
-        "position_embeddings": torch.randn(POSITIONS, TEACHER_DIM),
+        "word": torch.randn(tokenizer.vocab_size, TEACHER_DIM),
+        "position": torch.randn(POSITIONS, TEACHER_DIM),
     }
     model = build_student(genotype, 2, tables, pair=False, id2label={0: "negative", 1: "positive"})
     model.save_pretrained(tmp_path)
@@ -141,3 +197,23 @@ def test_text_classification_pipeline(tmp_path, tiny_bert_dir):
     result = classify(["the movie was good", "bad"])
     assert len(result) == 2 and {r["label"] for r in result} <= {"negative", "positive"}
     assert all(0 <= r["score"] <= 1 for r in result)
+
+
+def test_evaluate_reports_each_cell_op_cost(tables):
+    """Per edge of the student's cell: params and FLOPs over all cells, as op_cost measures one op."""
+    from adabert.evaluate import cell_op_costs, render_report
+    from search_spaces.registry import op_cost
+
+    edges = [(0, 2, "self_attention"), (1, 2, "bigru"), (2, 3, "conv3")]
+    model = build_student(make_genotype("attention_rnn", edges, 3, hidden_size=16), 2, tables, pair=True)
+    rows = cell_op_costs(model, 20)
+    assert [(r["edge"], r["op"], r["cells"]) for r in rows] == [
+        ("0 -> 2", "self_attention", 3), ("1 -> 2", "bigru", 3), ("2 -> 3", "conv3", 3),
+    ]  # fmt: skip
+    for row in rows:
+        cost = op_cost(row["op"], 16, 20)
+        assert (row["params"], row["flops_per_example"]) == (3 * cost.params, 3 * cost.flops) != (0, 0)
+    text = render_report({"cell_ops": rows, "seq_len": 20})
+    assert "## Cell operations (each edge summed over the 3 cell(s); FLOPs at seq_len 20)" in text
+    assert "| 1 -> 2 | bigru |" in text
+    assert cell_op_costs(torch.nn.Linear(2, 2), 20) is None

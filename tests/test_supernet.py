@@ -5,7 +5,8 @@ import torch
 
 from adabert.distill import hierarchical_kd, matched_layers, soft_cross_entropy
 from adabert.genotype import Edge, Genotype, derive_genotype
-from adabert.supernet import Supernet, normalised_op_costs, straight_through_gumbel
+from adabert.search.efficiency import PaperCost, normalised_op_costs
+from adabert.search.supernet import Sample, Supernet, straight_through_gumbel
 from search_spaces import get_space, list_spaces
 
 VOCAB, POSITIONS, TEACHER_DIM = 50, 32, 24
@@ -13,13 +14,9 @@ VOCAB, POSITIONS, TEACHER_DIM = 50, 32, 24
 
 def tiny_supernet(space_name: str = "adabert_cnn", pair: bool = True, labels: int = 2) -> Supernet:
     torch.manual_seed(0)
-    tables = {
-        "word_embeddings": torch.randn(VOCAB, TEACHER_DIM),
-        "position_embeddings": torch.randn(POSITIONS, TEACHER_DIM),
-    }
-    return Supernet(
-        get_space(space_name), labels, tables, hidden_size=16, max_cells=3, pair=pair, cost_seq_len=16
-    )
+    tables = {"word": torch.randn(VOCAB, TEACHER_DIM), "position": torch.randn(POSITIONS, TEACHER_DIM)}
+    space = get_space(space_name)  # each space at its own cell shape, at most 3 cells
+    return Supernet(space, labels, tables, hidden_size=16, max_cells=min(3, space.max_cells), pair=pair)
 
 
 def batch(size: int = 4, length: int = 10) -> dict[str, torch.Tensor]:
@@ -53,7 +50,8 @@ def test_gradients_reach_architecture_logits(space_name):
         net.zero_grad()
         sample = net.sample(tau=1.0)
         out = net(b["input_ids"], b["attention_mask"], b["token_type_ids"], sample)
-        loss = torch.nn.functional.cross_entropy(out.logits, b["labels"]) + net.efficiency_loss(sample)
+        efficiency = PaperCost(net.space, 16, 16, net.max_cells).loss(sample)
+        loss = torch.nn.functional.cross_entropy(out.logits, b["labels"]) + efficiency
         loss.backward()
         assert net.depth_logits.grad is not None and net.depth_logits.grad.abs().sum() > 0
         assert net.edge_logits.grad is not None and net.edge_logits.grad.abs().sum() > 0
@@ -116,9 +114,7 @@ def test_efficiency_loss_orders_ops_by_cost():
         onehot = torch.nn.functional.one_hot(
             torch.full((len(space.edges),), space.op_index(op)), len(space.ops)
         ).float()
-        from adabert.supernet import Sample
-
-        return float(net.efficiency_loss(Sample([], 1, None, onehot, depth_onehot)))
+        return float(PaperCost(space, 16, 16, net.max_cells).loss(Sample([], 1, None, onehot, depth_onehot)))
 
     assert loss("conv7", depth) > loss("conv3", depth) > loss("identity", depth) > 0
     assert loss("conv7", depth) > loss("conv7", shallow)

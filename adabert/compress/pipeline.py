@@ -45,12 +45,13 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from adabert import data
+from adabert import data, optim
 from adabert.compress import prune
 from adabert.compress.factorize import FACTORIZED, compressible_layers, factorize_model
 from adabert.compress.model import unwrap, wrap
-from adabert.config import CompressConfig, save_config, to_dict
+from adabert.config import COMPRESS_METHODS, CompressConfig, save_config, to_dict
 from adabert.distill import hidden_state_kd, logits_kd, task_loss
+from adabert.errors import UserError
 from adabert.evaluate import (
     _jsonable,
     compare_latency,
@@ -68,7 +69,7 @@ from adabert.train import predict_logits
 
 log = logging.getLogger(__name__)
 
-METHODS = ("magnitude", "block", "svd")
+METHODS = COMPRESS_METHODS
 STUDENT_LR, DEFAULT_LR = 1e-3, 5e-5
 EXACT_ATOL = 1e-4
 
@@ -77,29 +78,10 @@ def parse_methods(text: str) -> list[str]:
     """``"svd,block"`` -> ``["svd", "block"]``, refusing unknown names."""
     methods = [m.strip().lower() for m in str(text).split(",") if m.strip()]
     if not methods:
-        raise ValueError(f"no compression methods given; choose from {', '.join(METHODS)}")
+        raise UserError(f"no compression methods given; choose from {', '.join(METHODS)}")
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise ValueError(f"unknown compression method(s) {unknown}; choose from {', '.join(METHODS)}")
-    return methods
-
-
-def check_config(cfg: CompressConfig) -> list[str]:
-    methods = parse_methods(cfg.methods)
-    if not 0.0 <= cfg.target_sparsity < 1.0:
-        raise ValueError(f"target_sparsity must be in [0, 1), got {cfg.target_sparsity}")
-    if cfg.group not in prune.GROUPS:
-        raise ValueError(f"group must be one of {prune.GROUPS}, got {cfg.group!r}")
-    if len(cfg.block_size) != 2 or any(b < 0 for b in cfg.block_size):
-        raise ValueError(f"block_size must be two sizes >= 0 (rows cols), got {cfg.block_size}")
-    if cfg.prune_rounds < 1 or cfg.reweight_every < 1:
-        raise ValueError("prune_rounds and reweight_every must be at least 1")
-    if not 0.0 < cfg.rank_ratio <= 1.0:
-        raise ValueError(f"rank_ratio must be in (0, 1], got {cfg.rank_ratio}")
-    if cfg.energy is not None and not 0.0 < cfg.energy <= 1.0:
-        raise ValueError(f"energy must be in (0, 1], got {cfg.energy}")
-    if cfg.kd_epochs < 0 or cfg.retrain_epochs < 0 or cfg.batch_size < 1:
-        raise ValueError("kd_epochs and retrain_epochs must be >= 0, batch_size >= 1")
+        raise UserError(f"unknown compression method(s) {unknown}; choose from {', '.join(METHODS)}")
     return methods
 
 
@@ -174,7 +156,7 @@ class Distiller:
             return {"steps": 0}
         cfg, model = self.cfg, self.model
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=cfg.weight_decay)
+        optimizer = optim.adam(params, decoupled=True, lr=self.lr, weight_decay=cfg.weight_decay)
         scheduler = get_linear_schedule_with_warmup(optimizer, int(0.06 * steps), steps)
         sums = {"loss": 0.0, "task": 0.0, "kd": 0.0, "hidden": 0.0, "penalty": 0.0}
         model.train()
@@ -195,7 +177,7 @@ class Distiller:
                 terms["hidden"] = hidden_state_kd(out.hidden_states, target, batch["attention_mask"])
                 loss = loss + cfg.hidden_kd * terms["hidden"]
             if not torch.isfinite(loss):
-                raise RuntimeError(
+                raise UserError(
                     f"{desc}: training loss became {loss.item()} at step {step + 1}; lower --lr"
                 )
             optimizer.zero_grad(set_to_none=True)
@@ -388,7 +370,7 @@ def _dev_metrics(
     metrics: dict[str, Any] = {}
     for split in [s for s in task.dev_splits if s in store.splits] or [store.dev_split]:
         rows = data.load_split(store, split)
-        labels = np.asarray(rows.columns["labels"])
+        labels = np.asarray(rows.labels[rows.index])
         teacher_logits = np.asarray(store.teacher_logits(split))
         suffix = "" if split == store.dev_split else f" ({split})"
         for name, model in models.items():
@@ -417,11 +399,11 @@ def _size(model: nn.Module, path: str | Path | None, seq_len: int, pair: bool) -
 # ---------------------------------------------------------------------------------------------- the stage
 def compress(cfg: CompressConfig) -> dict[str, Any]:
     """Run the methods with KD, save the compressed model, write its report and return the report."""
-    methods = check_config(cfg)
+    methods = parse_methods(cfg.methods)  # the other settings' ranges: CompressConfig checks them
     started = time.perf_counter()
     out = Path(cfg.output_dir)
     if _same_path(out, cfg.model):
-        raise ValueError(f"output_dir {out} is the model's own directory; write the result elsewhere")
+        raise UserError(f"output_dir {out} is the model's own directory; write the result elsewhere")
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "compress_config.json")
     torch.manual_seed(cfg.seed)
@@ -432,7 +414,7 @@ def compress(cfg: CompressConfig) -> dict[str, Any]:
     task = store.task
     original = load_classifier(cfg.model)
     if original.config.num_labels != store.num_labels:
-        raise ValueError(
+        raise UserError(
             f"{cfg.model}: model has {original.config.num_labels} labels but task {task.name} has "
             f"{store.num_labels}; compress it with the store of the task it was trained on"
         )

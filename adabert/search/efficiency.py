@@ -1,0 +1,108 @@
+"""What a sampled sub-network costs, as a differentiable loss term for the architecture step.
+
+Two terms, chosen by ``--efficiency``:
+
+* ``budget`` (default): the user states what the student may cost (``--target-speedup`` over the
+  teacher, ``--target-latency-ms`` or ``--target-params``) and the loss is TuNAS's absolute reward
+  ``|cost / target - 1|``: zero at the target and growing on both sides, so the search spends the
+  budget instead of driving the cost to zero. Latency comes from the measured table
+  (:mod:`adabert.search.latency`).
+* ``paper``: AdaBERT's ``(K / K_max) x mean over edges of sum_o y_o cost(o)``, with each op's cost the
+  average of softmaxes of its size and its FLOPs; it always pushes towards cheaper ops.
+
+Both read the straight-through one-hots of a sample, so their value is the sampled network's cost
+and their gradient reaches the edge and depth logits. A cell keeps ``edges_per_node`` edges per node
+after derivation, so a sample's cost counts that many edges at its mean edge cost.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from adabert.search.latency import LatencyTable
+from adabert.search.supernet import Sample
+from search_spaces import SearchSpace
+from search_spaces.registry import op_cost
+
+# AdaBERT scores an op by softmax(params / 1e5) and softmax(FLOPs / 1e7) over the ops, averaged. Those
+# constants fit its 128-channel, 128-token setting, where the largest op (conv7) scores 1.15 and 2.94.
+# Scaling by the space's largest op instead keeps exactly those scores there and any other width sane.
+PARAM_SCALE, FLOP_SCALE = 1.15, 2.94
+
+
+def normalised_op_costs(space: SearchSpace, hidden_size: int, seq_len: int) -> torch.Tensor:
+    """Cost per op (sums to 1, cheapest for parameter-free ops): AdaBERT's averaged size/FLOP softmaxes."""
+    costs = [op_cost(name, hidden_size, seq_len) for name in space.ops]
+    params = torch.tensor([float(c.params) for c in costs])
+    flops = torch.tensor([float(c.flops) for c in costs])
+    by_params = torch.softmax(PARAM_SCALE * params / params.max().clamp(min=1), 0)
+    by_flops = torch.softmax(FLOP_SCALE * flops / flops.max().clamp(min=1), 0)
+    return 0.5 * (by_params + by_flops)
+
+
+def _depths(sample: Sample) -> torch.Tensor:
+    k = torch.arange(1, len(sample.depth_onehot) + 1, dtype=sample.depth_onehot.dtype)
+    return (sample.depth_onehot * k).sum()
+
+
+class PaperCost:
+    """AdaBERT's efficiency term: always lower for fewer cells and cheaper ops."""
+
+    def __init__(self, space: SearchSpace, hidden_size: int, seq_len: int, max_cells: int) -> None:
+        self.op_costs = normalised_op_costs(space, hidden_size, seq_len)
+        self.max_cells = max_cells
+
+    def loss(self, sample: Sample) -> torch.Tensor:
+        per_edge = (sample.edge_onehot * self.op_costs).sum(-1)
+        return _depths(sample) / self.max_cells * per_edge.mean()
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "paper", "op_costs": self.op_costs.tolist()}
+
+
+class BudgetCost:
+    """``|cost / target - 1|`` of the sampled network, cost in milliseconds (table) or parameters."""
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        table: LatencyTable,
+        target: float,
+        unit: str,
+        batch: int,
+        edges_per_node: int = 2,
+    ) -> None:
+        if target <= 0:
+            raise ValueError(f"the efficiency target must be positive, got {target}")
+        self.target, self.unit, self.batch, self.table = target, unit, batch, table
+        self.edges = edges_per_node * space.num_nodes
+        b = str(batch)
+        if unit == "ms":
+            per_op = [table.ops[name][b] for name in space.ops]
+            self.fixed, self.cell = table.base[b], table.cell[b]
+        else:  # parameters of the cells (the embedding table and head are the same for every sample)
+            per_op = [float(table.params[name]) for name in space.ops]
+            self.fixed, self.cell = 0.0, 0.0
+        self.per_op = torch.tensor(per_op, dtype=torch.float32)
+        if space.zero_op is not None:
+            self.per_op[space.ops.index(space.zero_op)] = 0.0
+
+    def cost(self, sample: Sample) -> torch.Tensor:
+        per_edge = (sample.edge_onehot * self.per_op).sum(-1).mean()
+        return self.fixed + _depths(sample) * (self.cell + self.edges * per_edge)
+
+    def loss(self, sample: Sample) -> torch.Tensor:
+        return (self.cost(sample) / self.target - 1).abs()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": "budget",
+            "target": self.target,
+            "unit": self.unit,
+            "batch": self.batch,
+            "per_op": self.per_op.tolist(),
+            "fixed": self.fixed,
+            "cell": self.cell,
+        }

@@ -1,0 +1,592 @@
+"""The architecture search loop: weight step, architecture step, epoch record, checkpoint.
+
+First-order alternating updates (DARTS) on ``(1 - gamma) CE + gamma KD`` of a freshly sampled
+sub-network, plus ``beta x`` the efficiency term (:mod:`adabert.search.efficiency`) in the
+architecture step. The first ``uniform_warmup_epochs`` sample every op and depth uniformly and take no
+architecture steps (:mod:`adabert.search.remedies`), so every op is trained before any is judged.
+Each epoch ends with the derived genotype scored on held-out training rows (and on dev, for the log),
+an atomic checkpoint, and the log; the search ends with the genotype chosen by ``select``
+(:mod:`adabert.search.selection`).
+
+The same code runs in one process or under ``torchrun`` (``adabert.distributed``): the processes
+split each batch, sum their weighted gradients, draw the same samples, and so hold the same
+architecture logits; rank 0 writes the checkpoint, log and genotype while the others wait.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from adabert import data, distributed, optim
+from adabert.checkpoint import (
+    DivergenceError,
+    check_resumable,
+    divergence_advice,
+    gather_rng_states,
+    load_for_resume,
+    remove_stale_temporaries,
+    restore_rng_state,
+    save_state,
+    settings_hash,
+)
+from adabert.config import SearchConfig, save_config, to_dict
+from adabert.distill import hierarchical_kd, task_loss
+from adabert.draw import draw_genotype
+from adabert.errors import UserError
+from adabert.genotype import Genotype, derive_genotype, random_genotype
+from adabert.io import atomic_write_json, atomic_write_text
+from adabert.search import remedies
+from adabert.search.efficiency import BudgetCost, PaperCost
+from adabert.search.selection import score, select
+from adabert.search.supernet import Sample, Supernet
+from adabert.store import KnowledgeStore
+from search_spaces import SearchSpace, get_space
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.safetensors"
+CHECKPOINT_KIND = "search"
+GENOTYPE = "genotype.json"
+LOG = "search_log.jsonl"
+SELECTION = "selection.json"
+LATENCY_TABLE = "latency_table.json"
+OUTPUTS = (
+    CHECKPOINT,
+    GENOTYPE,
+    LOG,
+    SELECTION,
+    LATENCY_TABLE,
+    "genotype.png",
+    "config.json",
+    "op_probabilities.png",
+    "depth_distribution.png",
+)
+# Settings that may change between an interrupted run and its resumption.
+RESUMABLE_CHANGES = {"resume", "epochs", "num_workers", "output_dir", "store"}
+TERMS = ("loss", "ce", "kd", "efficiency")
+
+
+# ------------------------------------------------------------------------------------------ set-up
+def genotype_embedding(store: KnowledgeStore) -> dict[str, Any]:
+    config = store.manifest["teacher"]["config"]
+    return {
+        "vocab_size": config["vocab_size"],
+        "max_position_embeddings": config["max_position_embeddings"],
+        "teacher_hidden_size": config["hidden_size"],
+        "pair": store.task.is_pair,
+    }
+
+
+def student_tables(store: KnowledgeStore, kind: str, hidden: int) -> dict[str, torch.Tensor]:
+    """The tables a supernet or student starts from: ``distilled`` (the distilled token table at the
+    cell width, positions learned from zero) or ``input`` (the teacher's input tables, to be projected)."""
+    if kind == "distilled":
+        word = store.distilled_tokens(hidden).float()
+        positions = store.manifest["teacher"]["config"]["max_position_embeddings"]
+        return {"word": word, "position": torch.zeros(positions, hidden)}
+    if kind == "input":
+        tables = store.embeddings()
+        return {"word": tables["word_embeddings"], "position": tables["position_embeddings"]}
+    raise UserError(f"unknown embeddings {kind!r}: expected distilled or input")
+
+
+def build_supernet(cfg: SearchConfig, store: KnowledgeStore) -> Supernet:
+    space = get_space(cfg.space)
+    hidden = cfg.hidden_size or space.hidden_size
+    return Supernet(
+        space,
+        store.num_labels,
+        student_tables(store, cfg.embeddings, hidden),
+        hidden_size=hidden,
+        max_cells=cfg.max_cells,
+        dropout=cfg.dropout,
+        pair=store.task.is_pair,
+        head=cfg.head,
+        train_tables=cfg.train_embeddings,
+    )
+
+
+def build_efficiency(cfg: SearchConfig, store: KnowledgeStore, net: Supernet) -> BudgetCost | PaperCost:
+    """The efficiency term; a budget in milliseconds comes from the measured latency table."""
+    if cfg.efficiency == "paper":
+        return PaperCost(net.space, net.hidden_size, cfg.cost_seq_len, net.max_cells)
+    table = load_latency_table(cfg, store, net.space, net.hidden_size)
+    if cfg.target_params is not None:
+        return BudgetCost(net.space, table, float(cfg.target_params), "params", cfg.target_batch)
+    target = cfg.target_latency_ms
+    if target is None:
+        target = table.teacher[str(cfg.target_batch)] / cfg.target_speedup
+    return BudgetCost(net.space, table, target, "ms", cfg.target_batch)
+
+
+def load_latency_table(cfg: SearchConfig, store: KnowledgeStore, space: SearchSpace, hidden: int) -> Any:
+    from adabert.search.latency import latency_table
+
+    teacher = store.manifest["teacher"]
+    batches = tuple(sorted({1, 32, cfg.target_batch}))
+    seq_len = min(cfg.cost_seq_len, teacher["config"]["max_position_embeddings"])
+    embedding = genotype_embedding(store)
+    return latency_table(
+        space,
+        hidden,
+        seq_len,
+        teacher["path"],
+        teacher["sha256"],
+        embedding,
+        store.num_labels,
+        batches,
+        cfg.latency_threads,
+    )
+
+
+def split_rows(cfg: SearchConfig, store: KnowledgeStore) -> tuple[data.StoreSplit, data.StoreSplit]:
+    """Rows for the weight steps (with their augmented copies) and held-out rows for the architecture
+    steps and the selection (original rows only, none of whose copies the weights see)."""
+    total = len(store.labels("train"))
+    rng = np.random.default_rng(cfg.seed)
+    rows = np.arange(total)
+    if cfg.train_limit is not None and cfg.train_limit < total:
+        rows = np.sort(rng.choice(total, size=cfg.train_limit, replace=False))
+    order = rng.permutation(rows)
+    n_arch = max(1, int(round(cfg.arch_fraction * len(order))))
+    if n_arch >= len(order):
+        raise UserError(
+            f"{cfg.store}: {len(order)} training row(s) leave none for the weight steps after "
+            f"arch_fraction={cfg.arch_fraction}; use more rows or a smaller --arch-fraction"
+        )
+    weights = data.load_split(
+        store,
+        "train",
+        rows=np.sort(order[n_arch:]),
+        with_augmented=cfg.use_augmented,
+        augment_copies=cfg.augment_copies,
+    )
+    held_out = data.load_split(store, "train", rows=np.sort(order[:n_arch]))
+    return weights, held_out
+
+
+@dataclass
+class Search:
+    """What the loop carries from step to step."""
+
+    net: Supernet
+    w_opt: torch.optim.Optimizer
+    a_opt: torch.optim.Optimizer
+    sampler: torch.Generator
+    cost: BudgetCost | PaperCost
+    steps_per_epoch: int = 1
+    total_steps: int = 1
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------ steps
+def search_loss(
+    net: Supernet,
+    batch: dict[str, torch.Tensor],
+    sample: Sample,
+    cfg: SearchConfig,
+    regression: bool,
+    skip: float = 0.0,
+    free_dropout: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``(1 - gamma) CE + gamma KD`` of one sampled sub-network on one batch."""
+    out = net(
+        batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], sample, skip, free_dropout
+    )
+    ce = task_loss(out.logits, batch["labels"], regression)
+    kd = (
+        hierarchical_kd(
+            out.probe_logits, batch["probe_logits"], batch["labels"], regression, cfg.kd_temperature
+        )
+        if cfg.gamma > 0
+        else torch.zeros(())
+    )
+    return (1 - cfg.gamma) * ce + cfg.gamma * kd, {"ce": ce, "kd": kd}
+
+
+def _apply(
+    params: list[torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    loss: torch.Tensor,
+    terms: dict[str, torch.Tensor],
+    share: float,
+    clip: float,
+    where: str,
+) -> dict[str, float]:
+    """Backward, sum the ranks' weighted gradients, refuse a non-finite loss, clip, step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    values = torch.tensor([loss.item()] + [terms[k].item() for k in TERMS[1:]], dtype=torch.float64)
+    reduced = dict(zip(TERMS, distributed.reduce_gradients(params, share, values).tolist()))
+    if not math.isfinite(reduced["loss"]):
+        raise DivergenceError(f"search loss became {reduced['loss']} {where}")
+    torch.nn.utils.clip_grad_norm_(params, clip)
+    optimizer.step()
+    return reduced
+
+
+def weight_step(
+    s: Search, batch: dict, share: float, sample: Sample, cfg: SearchConfig, regression: bool, where: str
+) -> dict[str, float]:
+    """Train the sampled sub-network's weights on a batch of the weight rows."""
+    first = cfg.uniform_warmup_epochs * s.steps_per_epoch
+    skip = remedies.decayed(cfg.aux_skip, s.step, first, s.total_steps)
+    drop = remedies.decayed(cfg.free_op_dropout, s.step, first, s.total_steps)
+    loss, terms = search_loss(s.net, batch, sample, cfg, regression, skip, drop)
+    terms["efficiency"] = torch.zeros(())
+    return _apply(s.net.weight_parameters(), s.w_opt, loss, terms, share, cfg.grad_clip, where)
+
+
+def arch_step(
+    s: Search,
+    batch: dict,
+    share: float,
+    tau: float,
+    beta: float,
+    cfg: SearchConfig,
+    regression: bool,
+    where: str,
+) -> dict[str, float]:
+    """Move the architecture logits on a held-out batch: task loss + efficiency + regulariser."""
+    sample = s.net.sample(tau, s.sampler)
+    loss, terms = search_loss(s.net, batch, sample, cfg, regression)
+    terms["efficiency"] = s.cost.loss(sample)
+    loss = loss + beta * terms["efficiency"]
+    if cfg.beta_reg:
+        loss = loss + cfg.beta_reg * remedies.beta_regulariser(s.net.edge_logits)
+    return _apply(s.net.arch_parameters(), s.a_opt, loss, terms, share, cfg.grad_clip, where)
+
+
+# ------------------------------------------------------------------------------------------ epoch
+def run_epoch(
+    s: Search,
+    epoch: int,
+    cfg: SearchConfig,
+    weight_rows: data.StoreSplit,
+    arch_rows: data.StoreSplit,
+    regression: bool,
+    ctx: Any,
+) -> dict[str, Any]:
+    """One pass over the weight rows: a weight step per batch, then (after the warm-up) an arch step."""
+    shard = {
+        "rank": ctx.rank,
+        "world_size": ctx.world_size,
+        "pad_token_id": weight_rows.pad_token_id,
+        "num_workers": cfg.num_workers,
+        "group_by_length": True,
+    }
+    w_loader = data.loader(weight_rows, cfg.batch_size, True, cfg.seed * 100_003 + epoch, **shard)
+    a_batches = _cycle(data.loader(arch_rows, cfg.batch_size, True, cfg.seed * 100_019 + epoch, **shard))
+    warm = epoch < cfg.uniform_warmup_epochs
+    beta = (
+        cfg.beta * min(1.0, (epoch + 1 - cfg.uniform_warmup_epochs) / cfg.beta_warmup_epochs)
+        if (cfg.beta_warmup_epochs)
+        else cfg.beta
+    )
+    sums = dict.fromkeys(TERMS, 0.0)
+    counts = np.zeros(tuple(s.net.edge_logits.shape), dtype=np.int64)
+    tau = remedies.temperature(cfg.tau_start, cfg.tau_end, cfg.tau_anneal_fraction, s.step, s.total_steps)
+    bar = tqdm(
+        data.with_shares(w_loader),
+        total=len(w_loader),
+        desc=f"search epoch {epoch + 1}/{cfg.epochs}",
+        leave=False,
+        disable=not ctx.is_main,
+    )
+    for batch, share in bar:
+        where = f"at epoch {epoch + 1}, step {s.step}"
+        tau = remedies.temperature(cfg.tau_start, cfg.tau_end, cfg.tau_anneal_fraction, s.step, s.total_steps)
+        sample = s.net.uniform_sample(s.sampler) if warm else s.net.sample(tau, s.sampler)
+        for e, op in enumerate(sample.ops):
+            counts[e, s.net.zero_index if op is None else op] += 1
+        terms = weight_step(s, batch, share, sample, cfg, regression, where)
+        if not warm:
+            a_batch, a_share = next(a_batches)
+            terms["efficiency"] = arch_step(s, a_batch, a_share, tau, max(beta, 0.0), cfg, regression, where)[
+                "efficiency"
+            ]
+        for key, value in terms.items():
+            sums[key] += value
+        s.step += 1
+        bar.set_postfix(loss=f"{terms['loss']:.3f}", tau=f"{tau:.2f}")
+    n = max(1, len(w_loader))
+    return {
+        **{k: v / n for k, v in sums.items()},
+        "tau": tau,
+        "beta": 0.0 if warm else max(beta, 0.0),
+        "phase": "uniform warm-up" if warm else "search",
+        "op_counts": counts.tolist(),
+    }
+
+
+def epoch_record(
+    s: Search,
+    epoch: int,
+    terms: dict[str, Any],
+    genotype: Genotype,
+    heldout: Any,
+    dev: Any,
+    task: Any,
+    started: float,
+) -> dict[str, Any]:
+    """Everything the log keeps of an epoch: losses, schedule, scores, distributions, the genotype."""
+    net = s.net
+    sample = net.fixed_sample(genotype)
+    return {
+        "epoch": epoch + 1,
+        "step": s.step,
+        **terms,
+        "heldout": score(net, sample, heldout, task),
+        "dev": score(net, sample, dev, task),
+        "depth": genotype.num_cells,
+        "op_probabilities": torch.softmax(net.edge_logits.detach(), -1).tolist(),
+        "depth_probabilities": torch.softmax(net.depth_logits.detach(), -1).tolist(),
+        "genotype": genotype.to_dict(),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def save_checkpoint(s: Search, cfg: SearchConfig, path: Path, epoch: int, ctx: Any, extra: dict) -> None:
+    """Everything needed to continue after ``epoch``; tensors in safetensors, never a pickle."""
+    rng_states = gather_rng_states()
+    if not ctx.is_main:
+        return
+    frozen = {name for name, p in s.net.named_parameters() if not p.requires_grad}
+    state = {
+        "model": {k: v for k, v in s.net.state_dict().items() if k not in frozen},
+        "w_opt": s.w_opt.state_dict(),
+        "a_opt": s.a_opt.state_dict(),
+        "rng": rng_states[0],
+        "rng_per_rank": rng_states,
+        "sample_rng": s.sampler.get_state(),
+        "world_size": ctx.world_size,
+        "epoch": epoch + 1,
+        "step": s.step,
+        "history": s.history,
+        "config": to_dict(cfg),
+        **extra,
+    }
+    save_state(path, state, CHECKPOINT_KIND, settings_hash(to_dict(cfg), RESUMABLE_CHANGES))
+
+
+def restore(s: Search, state: dict[str, Any], cfg: SearchConfig, path: Path, costs: str) -> int:
+    """Continue from a checkpoint: the same settings (and costs) or a clear refusal."""
+    check_resumable(to_dict(cfg), state["config"], path, RESUMABLE_CHANGES)
+    if state.get("costs") != costs:
+        log.warning(
+            "%s: the efficiency costs changed since the checkpoint (another latency table: a new "
+            "machine, torch or op code); the search continues with the new costs",
+            path,
+        )
+    missing, unexpected = s.net.load_state_dict(state["model"], strict=False)
+    frozen = {name for name, p in s.net.named_parameters() if not p.requires_grad}
+    if unexpected or set(missing) - frozen:
+        raise UserError(f"{path}: the checkpoint does not fit this supernet ({(missing, unexpected)})")
+    s.w_opt.load_state_dict(state["w_opt"])
+    s.a_opt.load_state_dict(state["a_opt"])
+    restore_rng_state(state, cfg.seed)
+    s.sampler.set_state(state["sample_rng"])
+    s.step, s.history = state["step"], state["history"]
+    log.info("resuming from %s after epoch %d", path, state["epoch"])
+    return state["epoch"]
+
+
+# ------------------------------------------------------------------------------------------ the search
+def run_search(cfg: SearchConfig) -> Genotype:
+    """Search an architecture for the store's task; writes genotype, selection, log, plots, checkpoints."""
+    ctx = distributed.setup()
+    out, store = Path(cfg.output_dir), KnowledgeStore.open(cfg.store)
+    check_positions(store)
+    space = get_space(cfg.space)
+    hidden = cfg.hidden_size or space.hidden_size
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out, OUTPUTS)
+        save_config(cfg, out / "config.json")
+    if cfg.random_architecture:
+        return _random_architecture(cfg, store, space, hidden, out, ctx)
+
+    torch.manual_seed(cfg.seed)
+    weight_rows, arch_rows = split_rows(cfg, store)
+    selection_rows = arch_rows.subset(np.arange(min(len(arch_rows), cfg.selection_rows)))
+    dev_rows = data.load_split(store, store.dev_split)
+    heldout, dev = (_eval_loader(rows, cfg, ctx) for rows in (selection_rows, dev_rows))
+    net = build_supernet(cfg, store)
+    distributed.broadcast_parameters([*net.parameters(), *net.buffers()])  # the same start everywhere
+    cost = build_efficiency(cfg, store, net)
+    costs = json.dumps(cost.describe(), sort_keys=True)
+    if ctx.is_main and isinstance(cost, BudgetCost):
+        atomic_write_json(out / LATENCY_TABLE, {**cost.table.to_dict(), "sha256": cost.table.sha256})
+    torch.manual_seed(cfg.seed + 7919 * ctx.rank)  # dropout: a stream of its own per rank
+    s = Search(
+        net,
+        optim.adam(net.weight_parameters(), lr=cfg.w_lr, weight_decay=cfg.w_weight_decay),
+        optim.adam(net.arch_parameters(), lr=cfg.arch_lr, weight_decay=cfg.arch_weight_decay),
+        torch.Generator().manual_seed(cfg.seed * 100_043 + 17),  # the same samples on every rank
+        cost,
+        steps_per_epoch=data.steps(len(weight_rows), cfg.batch_size),
+    )
+    s.total_steps = cfg.epochs * s.steps_per_epoch
+    path = out / CHECKPOINT
+    state = load_for_resume(path, cfg.resume, CHECKPOINT_KIND)
+    start = restore(s, state, cfg, path, costs) if state is not None else 0
+    del state
+    log.info(
+        "search: %d weight rows, %d held-out rows, %s; %s",
+        len(weight_rows),
+        len(arch_rows),
+        f"{cfg.uniform_warmup_epochs} uniform warm-up epoch(s)",
+        cost.describe()["kind"],
+    )
+
+    regression = store.task.is_regression
+    net.train()
+    for epoch in range(start, cfg.epochs):
+        started = time.perf_counter()
+        try:
+            terms = run_epoch(s, epoch, cfg, weight_rows, arch_rows, regression, ctx)
+        except DivergenceError as err:
+            advice = divergence_advice(path, epoch, "--w-lr / --arch-lr or --beta")
+            raise DivergenceError(f"{err}; {advice}") from None
+        distributed.check_in_sync({"edge_logits": net.edge_logits, "depth_logits": net.depth_logits})
+        genotype = derive_genotype(
+            space,
+            net.edge_logits.detach(),
+            net.depth_logits.detach(),
+            hidden,
+            embedding=genotype_embedding(store),
+        )
+        s.history.append(epoch_record(s, epoch, terms, genotype, heldout, dev, store.task, started))
+        _log_epoch(s.history[-1])
+        save_checkpoint(s, cfg, path, epoch, ctx, {"costs": costs})
+        if ctx.is_main:
+            _write_log(s.history, out)
+            _write_genotype(genotype, out)
+        distributed.barrier()  # the epoch is over everywhere once its checkpoint is on disk
+
+    if not s.history:
+        raise UserError(f"{out}: nothing to search (epochs={cfg.epochs})")
+    genotype, evidence = select(cfg.select, net, s.history, heldout, store.task)
+    if ctx.is_main:
+        _write_genotype(genotype, out)
+        atomic_write_json(
+            out / SELECTION, {**evidence, "genotype": genotype.to_dict(), "costs": cost.describe()}
+        )
+        plot_search(s.history, space.ops, out)
+        log.info("selected (%s) genotype:\n%s", cfg.select, genotype)
+    distributed.barrier()
+    return genotype
+
+
+def _eval_loader(rows: data.StoreSplit, cfg: SearchConfig, ctx: Any) -> Any:
+    """This rank's contiguous part of the rows; the parts are gathered in order when scoring."""
+    lo, hi = data.shard_bounds(len(rows), ctx.rank, ctx.world_size)
+    return data.loader(rows.subset(range(lo, hi)), cfg.batch_size * 2, False, pad_token_id=rows.pad_token_id)
+
+
+def _random_architecture(
+    cfg: SearchConfig, store: KnowledgeStore, space: SearchSpace, hidden: int, out: Path, ctx: Any
+) -> Genotype:
+    genotype = random_genotype(space, cfg.seed, hidden_size=hidden, embedding=genotype_embedding(store))
+    if ctx.is_main:
+        _write_genotype(genotype, out)
+        log.info("random architecture from %s:\n%s", space.name, genotype)
+    distributed.barrier()
+    return genotype
+
+
+def check_positions(store: KnowledgeStore) -> None:
+    """Refuse a store whose rows may be longer than the teacher's position table (the model's positions)."""
+    positions = store.manifest["teacher"]["config"]["max_position_embeddings"]
+    if store.max_length > positions:
+        raise UserError(
+            f"{store.path}: the store's rows are up to max_length={store.max_length} tokens but its teacher "
+            f"has only {positions} positions; rebuild the store with --max-length {positions} or less"
+        )
+
+
+def _cycle(batches: torch.utils.data.DataLoader):
+    while True:
+        yield from data.with_shares(batches)
+
+
+def _log_epoch(r: dict[str, Any]) -> None:
+    log.info(
+        "epoch %d (%s): loss %.4f (ce %.4f kd %.4f eff %.4f) tau %.3f held-out loss %.4f dev %s depth %d",
+        r["epoch"],
+        r["phase"],
+        r["loss"],
+        r["ce"],
+        r["kd"],
+        r["efficiency"],
+        r["tau"],
+        r["heldout"]["loss"],
+        {k: round(v, 4) for k, v in r["dev"].items()},
+        r["depth"],
+    )
+
+
+def _write_log(history: list[dict[str, Any]], out: Path) -> None:
+    atomic_write_text(out / LOG, "".join(json.dumps(r) + "\n" for r in history))
+
+
+def _write_genotype(genotype: Genotype, out: Path) -> None:
+    genotype.save(out / GENOTYPE)
+    draw_genotype(genotype, out / "genotype.png")
+
+
+def plot_search(history: list[dict[str, Any]], ops: tuple[str, ...], out: Path) -> list[Path]:
+    """Op probabilities per edge and the depth distribution over epochs, as PNG files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from adabert.io import atomic_save
+
+    epochs = [r["epoch"] for r in history]
+    probs = np.array([r["op_probabilities"] for r in history])  # [epochs, edges, ops]
+    n_edges = probs.shape[1]
+    cols = 3
+    rows = math.ceil(n_edges / cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(4 * cols, 2.6 * rows), sharex=True, sharey=True, squeeze=False
+    )
+    for e in range(rows * cols):
+        ax = axes[e // cols][e % cols]
+        if e >= n_edges:
+            ax.axis("off")
+            continue
+        for o, name in enumerate(ops):
+            ax.plot(epochs, probs[:, e, o], label=name)
+        ax.set_title(f"edge {e}", fontsize=9)
+    axes[0][0].legend(fontsize=6, ncol=2)
+    fig.suptitle("operation probabilities per edge")
+    fig.supxlabel("epoch")
+    fig.tight_layout()
+    paths = [out / "op_probabilities.png", out / "depth_distribution.png"]
+    atomic_save(paths[0], lambda p: fig.savefig(p, format="png", dpi=110))
+    plt.close(fig)
+
+    depth = np.array([r["depth_probabilities"] for r in history])
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.stackplot(epochs, depth.T, labels=[f"K={k + 1}" for k in range(depth.shape[1])])
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("probability")
+    ax.set_title("depth distribution")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
+    fig.tight_layout()
+    atomic_save(paths[1], lambda p: fig.savefig(p, format="png", dpi=110))
+    plt.close(fig)
+    return paths

@@ -1,0 +1,182 @@
+"""The searchable network: K_max cells over every edge and op, one head per candidate depth.
+
+Each forward runs one sampled sub-network: a hard Gumbel-softmax sample picks one op per edge and
+one depth, and only the picked ops run (GDAS-style), so a search step costs about one child network.
+Straight-through gates (value 1, gradient of the soft sample) carry gradients to all logits. A
+uniform sample (single-path one-shot) picks every op and depth with equal chance and no gates, to
+train all ops' weights fairly before any of them is judged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adabert.genotype import Genotype
+from adabert.modules import Cell, EdgeChoice, Embeddings, ProbeHeads, build_head, head_kind, masked_mean
+from search_spaces import SearchSpace
+
+
+@dataclass
+class Sample:
+    """One sub-network: an op (or nothing) per edge, a depth, and the straight-through one-hots."""
+
+    edges: list[EdgeChoice]
+    depth: int
+    depth_gate: torch.Tensor | None = None
+    edge_onehot: torch.Tensor | None = None  # [num_edges, num_ops]
+    depth_onehot: torch.Tensor | None = None  # [max_cells]
+
+    @property
+    def ops(self) -> list[int | None]:
+        """The op index of each edge (None: dropped)."""
+        return [None if choice is None else choice[0] for choice in self.edges]
+
+
+@dataclass
+class SupernetOutput:
+    logits: torch.Tensor  # [batch, num_labels] from the sampled depth's head
+    probe_logits: list[torch.Tensor]  # depth + 1 entries: embedding, then each cell
+
+
+def straight_through_gumbel(
+    logits: torch.Tensor, tau: float, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hard one-hot samples along the last axis with the soft sample's gradient; returns (onehot, index)."""
+    uniform = torch.rand(logits.shape, generator=generator, device=logits.device).clamp_(1e-10, 1 - 1e-10)
+    gumbel = -torch.log(-torch.log(uniform))
+    soft = torch.softmax((logits + gumbel) / tau, dim=-1)
+    index = soft.argmax(dim=-1)
+    hard = F.one_hot(index, logits.shape[-1]).to(soft.dtype)
+    return hard - soft.detach() + soft, index
+
+
+class Supernet(nn.Module):
+    """Every cell holds every op on every edge; the architecture logits are shared by all cells.
+
+    ``tables``: ``word`` [V, d] and ``position`` [P, d] start the embeddings; when ``d`` is not the
+    cell width a learned projection maps them (the teacher's input tables), otherwise they are used
+    as they are (the distilled table). ``train_tables``: whether the search trains them.
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        num_labels: int,
+        tables: dict[str, torch.Tensor],
+        hidden_size: int | None = None,
+        max_cells: int | None = None,
+        dropout: float = 0.1,
+        pair: bool = True,
+        head: str = "auto",
+        train_tables: bool = False,
+    ) -> None:
+        super().__init__()
+        self.space = space
+        self.hidden_size = hidden_size or space.hidden_size
+        self.max_cells = max_cells or space.max_cells
+        self.num_labels = num_labels
+        self.pair = pair
+        self.head = head_kind(head, pair)
+        word, position = tables["word"], tables["position"]
+        self.embeddings = Embeddings(
+            word.shape[0], position.shape[0], self.hidden_size, dim=word.shape[1], dropout=dropout, pair=pair
+        )
+        for table, values in ((self.embeddings.word, word), (self.embeddings.position, position)):
+            table.weight.data.copy_(values)
+            table.weight.requires_grad_(train_tables)
+        all_ops = [space.ops] * len(space.edges)
+        self.cells = nn.ModuleList(
+            Cell(space, space.edges, all_ops, self.hidden_size) for _ in range(self.max_cells)
+        )
+        self.heads = nn.ModuleList(
+            build_head(self.head, self.hidden_size, num_labels, dropout) for _ in range(self.max_cells)
+        )
+        self.probes = ProbeHeads(self.max_cells + 1, self.hidden_size, num_labels)
+        self.edge_logits = nn.Parameter(1e-2 * torch.randn(len(space.edges), len(space.ops)))
+        self.depth_logits = nn.Parameter(1e-2 * torch.randn(self.max_cells))
+        cell = self.cells[0]
+        self.register_buffer(
+            "parameter_free",
+            torch.tensor([not any(True for _ in cell.ops[0][o].parameters()) for o in range(len(space.ops))]),
+            persistent=False,
+        )
+
+    @property
+    def zero_index(self) -> int:
+        return self.space.ops.index(self.space.zero_op) if self.space.zero_op else -1
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return [self.edge_logits, self.depth_logits]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        arch = {id(p) for p in self.arch_parameters()}
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in arch]
+
+    def _sample(self, edge_index: list[int], depth: int, edge_onehot=None, depth_onehot=None) -> Sample:
+        edges: list[EdgeChoice] = [
+            None if i == self.zero_index else (i, None if edge_onehot is None else edge_onehot[e, i])
+            for e, i in enumerate(edge_index)
+        ]
+        gate = None if depth_onehot is None else depth_onehot[depth - 1]
+        return Sample(edges, depth, gate, edge_onehot, depth_onehot)
+
+    def sample(self, tau: float, generator: torch.Generator | None = None) -> Sample:
+        """Draw one sub-network from the logits; the zero op drops its edge without running anything."""
+        edge_onehot, edge_index = straight_through_gumbel(self.edge_logits, tau, generator)
+        depth_onehot, depth_index = straight_through_gumbel(self.depth_logits, tau, generator)
+        return self._sample(edge_index.tolist(), int(depth_index) + 1, edge_onehot, depth_onehot)
+
+    def uniform_sample(self, generator: torch.Generator | None = None) -> Sample:
+        """Every op of every edge, and every depth, equally likely; no gates (no architecture gradient)."""
+        edges = torch.randint(len(self.space.ops), (len(self.space.edges),), generator=generator)
+        depth = int(torch.randint(self.max_cells, (1,), generator=generator)) + 1
+        return self._sample(edges.tolist(), depth)
+
+    def fixed_sample(self, genotype: Genotype) -> Sample:
+        """The sub-network of a derived genotype (kept edges with their ops, its depth), ungated."""
+        kept = {(e.source, e.target): self.space.op_index(e.op) for e in genotype.edges}
+        edges: list[EdgeChoice] = [(kept[edge], None) if edge in kept else None for edge in self.space.edges]
+        return Sample(edges, genotype.num_cells)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None,
+        sample: Sample,
+        skip_weight: float = 0.0,
+        free_op_dropout: float = 0.0,
+    ) -> SupernetOutput:
+        """Run the sampled sub-network.
+
+        ``skip_weight``: an auxiliary skip around every cell (DARTS-), so the candidate identity ops
+        need not carry the gradient alone. ``free_op_dropout``: dropout on the outputs of the
+        parameter-free ops (P-DARTS), so they cannot win only by being useful before anything trains.
+        """
+        inputs, masks = self.embeddings(input_ids, attention_mask, token_type_ids)
+        levels = [inputs[0] + inputs[1] if self.pair else inputs[0]]
+        states = inputs
+        for cell in self.cells[: sample.depth]:
+            edges = sample.edges
+            if free_op_dropout > 0 and self.training:
+                edges = [self._drop_free(choice, states[0], free_op_dropout) for choice in edges]
+            out = cell(states, masks.all, edges)
+            if skip_weight:
+                out = out + skip_weight * states[-1]
+            states = [states[-1], out]
+            levels.append(out)
+        logits = self.heads[sample.depth - 1](levels[1:], masks)
+        if sample.depth_gate is not None:
+            logits = logits * sample.depth_gate
+        return SupernetOutput(logits, self.probes([masked_mean(x, masks.all) for x in levels]))
+
+    def _drop_free(self, choice: EdgeChoice, like: torch.Tensor, p: float) -> EdgeChoice:
+        if choice is None or not bool(self.parameter_free[choice[0]]):
+            return choice
+        op, gate = choice
+        keep = torch.empty_like(like).bernoulli_(1 - p) / (1 - p)
+        return op, keep if gate is None else gate * keep

@@ -1,0 +1,604 @@
+"""Fault injection against the ``adabert`` command: hostile files, bad options, kills, locks, full disks.
+
+Every case runs the command as a user would, on a tiny random BERT teacher and a tiny SST-2 task
+built in a temporary folder (``tests/conftest.py``), and prints one line: the case, the exit code and
+the outcome (``ok`` or ``FAIL`` with what went wrong). Cases about processes (kills, locks, a file-size
+limit, read-only folders, hostile checkpoints) start ``python -m adabert.cli`` in a subprocess; the
+option checks, which stop before any work, call the same ``adabert.cli.main`` in this process.
+
+    OMP_NUM_THREADS=1 python benchmarks/faults.py                  # every case
+    OMP_NUM_THREADS=1 python benchmarks/faults.py --only kill       # the cases whose name contains "kill"
+    python benchmarks/faults.py --list
+
+The exit status is 1 when a case fails. Linux only (flock, rlimits, capabilities).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from conftest import TINY_STAGES, file_size_limit, tiny_finetune_argv, write_tiny_bert, write_tiny_glue  # noqa: E402
+
+# the tests' tiny stage settings, with two search epochs (a kill can land between them) and no latency
+TINY = {
+    **TINY_STAGES,
+    "search": {**TINY_STAGES["search"], "epochs": 2},
+    "evaluate": {"skip_latency": True, "seq_len": 16},
+}
+TEMPORARY = (".tmp", ".old")  # what adabert.io / adabert.store name their temporaries
+
+
+@dataclass
+class Result:
+    code: int | None
+    problems: list[str] = field(default_factory=list)
+    note: str = ""
+
+    def expect(self, condition: bool, problem: str) -> Result:
+        if not condition:
+            self.problems.append(problem)
+        return self
+
+
+@dataclass
+class Work:
+    """The shared inputs: a tiny teacher, tiny data, and a finished reference pipeline run."""
+
+    root: Path
+    bert: Path = field(init=False)
+    glue: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.bert = write_tiny_bert(self.root / "inputs" / "bert")
+        self.glue = write_tiny_glue(self.root / "inputs" / "glue")
+        self._reference: Path | None = None
+        self._building = threading.Lock()
+
+    def config(self, run_dir: Path, data_dir: Path | None = None) -> Path:
+        path = run_dir.parent / f"{run_dir.name}.json"
+        settings = {
+            "task": "sst2",
+            "data_dir": str(data_dir or self.glue),
+            "run_dir": str(run_dir),
+            "model": str(self.bert),
+            "budget": "custom",
+            **TINY,
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(settings))
+        return path
+
+    def reference(self) -> Path:
+        """A pipeline run that nothing interrupted (made once, by the first case that needs it)."""
+        with self._building:
+            if self._reference is None:
+                run = self.root / "reference"
+                done = cli("pipeline", "--config", str(self.config(run)))
+                if done.returncode != 0:
+                    raise RuntimeError(f"the reference pipeline failed:\n{done.stderr[-3000:]}")
+                self._reference = run
+        return self._reference
+
+
+# ------------------------------------------------------------------------------------------ running
+def env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TQDM_DISABLE": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+
+
+def cli(
+    *args: str, preexec: Callable[[], None] | None = None, code: str | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """``python -m adabert.cli ARGS`` (or ``python -c CODE ARGS``, a wrapper that injects a fault)."""
+    command = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", "adabert.cli", *args]
+    return subprocess.run(
+        command, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout, preexec_fn=preexec
+    )
+
+
+def in_process(*args: str) -> tuple[int, str]:
+    """``adabert.cli.main(ARGS)`` here, for checks that stop before any work: (exit code, stderr)."""
+    from adabert.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = main(list(args))
+        except SystemExit as stop:  # argparse
+            code = int(stop.code or 0)
+    return code, err.getvalue()
+
+
+def one_line_error(result: Result, stderr: str, *needles: str) -> Result:
+    """Exit 2, exactly one ``adabert: error:`` line naming every needle, and no traceback."""
+    lines = [line for line in stderr.splitlines() if line.startswith("adabert: error:")]
+    result.expect(result.code == 2, f"exit code {result.code}, expected 2")
+    result.expect("Traceback" not in stderr, "a traceback was printed: " + _tail(stderr))
+    result.expect(len(lines) == 1, f"{len(lines)} 'adabert: error:' lines: " + _tail(stderr))
+    for needle in needles:
+        result.expect(any(needle in line for line in lines), f"the error does not name {needle!r}")
+    if lines:
+        result.note = lines[0][len("adabert: error: ") :]
+    return result
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Temporary files and folders (``.NAME.*.tmp``, ``.NAME.*.old``, ``.save.*``, ``.NAME.features.*``)."""
+    found = []
+    for path in folder.rglob(".*"):
+        name = path.name
+        if name.endswith(TEMPORARY) or name.startswith(".save.") or ".features." in name:
+            found.append(str(path.relative_to(folder)))
+    return found
+
+
+def _tail(text: str, n: int = 300) -> str:
+    return " ".join(text.strip().split())[-n:]
+
+
+def _statuses(run_dir: Path) -> dict[str, str]:
+    return {k: v["status"] for k, v in json.loads((run_dir / "pipeline.json").read_text())["stages"].items()}
+
+
+# ------------------------------------------------------------------------------------------ faults
+def kill_wrapper(point: str) -> str:
+    """Python code that runs the adabert command (its arguments follow) and SIGKILLs itself at ``point``.
+
+    ``after-store-rename``: right after the finished store folder is renamed into place;
+    ``before-stage-json:STAGE`` / ``after-stage-json:STAGE``: around the write of that stage's
+    stage.json (the stage boundary).
+    """
+    return textwrap.dedent(
+        f"""
+        import os, signal, sys
+        import adabert.pipeline as pipeline, adabert.store as store
+        point = {point!r}
+        die = lambda: os.kill(os.getpid(), signal.SIGKILL)
+        if point == "after-store-rename":
+            replace = store._replace_dir
+            def replace_and_die(new, path):
+                replace(new, path)
+                die()
+            store._replace_dir = replace_and_die
+        else:
+            when, stage = point.split(":")
+            write = pipeline.atomic_write_json
+            def write_and_die(path, value):
+                boundary = path.name == "stage.json" and path.parent.name == stage
+                if boundary and when == "before-stage-json":
+                    die()
+                write(path, value)
+                if boundary:
+                    die()
+            pipeline.atomic_write_json = write_and_die
+        from adabert.cli import main
+        sys.exit(main(sys.argv[1:]))
+        """
+    )
+
+
+def without_root_override() -> None:
+    """A child that file permissions apply to, even when it runs as root (drops CAP_DAC_OVERRIDE and
+    CAP_DAC_READ_SEARCH from its bounding set; the exec then leaves them out)."""
+    if os.geteuid() != 0:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+class Payload:
+    """Unpickled, it runs a shell command: what a hostile checkpoint from a shared run folder carries."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+def hostile_checkpoint(path: Path, marker: Path) -> None:
+    """A torch.save file (a pickle inside a zip) whose loading without weights_only creates ``marker``."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"config": {}, "epoch": 1, "model": Payload(f"touch {marker}")}, path)
+
+
+# ------------------------------------------------------------------------------------------ cases
+CASES: dict[str, Callable[[Work], Result]] = {}
+IN_PROCESS: set[str] = set()  # cases that call adabert.cli.main here: run one at a time, before the others
+
+
+def case(name: str) -> Callable[[Callable[[Work], Result]], Callable[[Work], Result]]:
+    def register(fn: Callable[[Work], Result]) -> Callable[[Work], Result]:
+        CASES[name] = fn
+        return fn
+
+    return register
+
+
+def _option_case(name: str, args: tuple[str, ...], *needles: str) -> None:
+    def run(work: Work) -> Result:
+        code, stderr = in_process(*(a.format(bert=work.bert, root=work.root) for a in args))
+        return one_line_error(Result(code), stderr, *needles)
+
+    case(name)(run)
+    IN_PROCESS.add(name)
+
+
+_option_case("option --tau-start 0", ("search", "--tau-start", "0"), "--tau-start must be > 0")
+_option_case("option --batch-size 0", ("train", "--batch-size", "0"), "--batch-size must be >= 1")
+_option_case("option --epochs 0", ("search", "--epochs", "0"), "--epochs must be >= 1")
+_option_case("option --hidden-size 0", ("search", "--hidden-size", "0"), "--hidden-size must be >= 1")
+_option_case("option --hidden-size 100000", ("search", "--hidden-size", "100000"), "--hidden-size must be <=")
+_option_case("option --exclude '('", ("compress", "--exclude", "("), "--exclude is not a valid regular")
+_option_case(
+    "option --max-length 100 (64 positions)",
+    ("teacher", "finetune", "--model", "{bert}", "--max-length", "100", "--output-dir", "{root}/t100"),
+    "--max-length 100",
+    "64 positions",
+)
+_option_case(
+    "option --set search.epochs=0", ("pipeline", "--set", "search.epochs=0"), "'epochs' must be >= 1"
+)
+
+
+@case("teacher --lr 1e30 (loss becomes NaN)")
+def teacher_diverges(work: Work) -> Result:
+    out = work.root / "diverged" / "teacher"
+    done = cli(*tiny_finetune_argv(work.bert, work.glue, out, "--epochs", "2", "--lr", "1e30"))
+    result = one_line_error(Result(done.returncode), done.stderr, "diverged", "--lr")
+    result.expect(not list(out.glob("*.safetensors")), "a teacher was saved")
+    return result.expect(not leftovers(out.parent), f"temporary files left: {leftovers(out.parent)}")
+
+
+@case("disk full (file-size limit) in teacher finetune")
+def disk_full(work: Work) -> Result:
+    out = work.root / "full" / "teacher"
+    done = cli(
+        *tiny_finetune_argv(work.bert, work.glue, out, "--epochs", "1"), preexec=file_size_limit(16_000)
+    )
+    result = one_line_error(Result(done.returncode), done.stderr, str(out), "too large")
+    return result.expect(not leftovers(out.parent), f"temporary files left: {leftovers(out.parent)}")
+
+
+@case("read-only output folder")
+def read_only(work: Work) -> Result:
+    parent = work.root / "read-only"
+    parent.mkdir()
+    parent.chmod(0o555)
+    try:
+        done = cli(
+            "teacher",
+            "probe",
+            "--teacher",
+            str(work.bert),
+            "--task",
+            "sst2",
+            "--data-dir",
+            str(work.glue),
+            "--output-dir",
+            str(parent / "store"),
+            preexec=without_root_override,
+        )
+    finally:
+        parent.chmod(0o755)
+    return one_line_error(Result(done.returncode), done.stderr, str(parent / "store"), "Permission denied")
+
+
+@case("second pipeline in the same run folder")
+def second_pipeline(work: Work) -> Result:
+    run = work.root / "locked"
+    config = str(work.config(run))
+    lock = run / ".pipeline.lock"
+    # the second starts with the first and imports adabert meanwhile, then waits for the first's lock
+    waiter = textwrap.dedent(
+        """
+        import pathlib, sys, time
+        import adabert.pipeline
+        from adabert.cli import main
+        lock = pathlib.Path(sys.argv[1])
+        while not (lock.exists() and lock.read_text().strip()):
+            time.sleep(0.02)
+        sys.exit(main(sys.argv[2:]))
+        """
+    )
+    second = subprocess.Popen(
+        [sys.executable, "-c", waiter, str(lock), "pipeline", "--config", config],
+        cwd=ROOT,
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    first = subprocess.Popen(
+        [sys.executable, "-m", "adabert.cli", "pipeline", "--config", config],
+        cwd=ROOT,
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _, second_err = second.communicate(timeout=600)
+    first_running = first.poll() is None
+    _, first_err = first.communicate(timeout=600)
+    result = one_line_error(Result(second.returncode), second_err, f"pid {first.pid}")
+    result.expect(first_running, "the first pipeline had finished before the second was refused")
+    result.expect(
+        first.returncode == 0, f"the first pipeline failed ({first.returncode}): {_tail(first_err)}"
+    )
+    if first.returncode == 0:
+        statuses = _statuses(run)
+        result.expect(set(statuses.values()) <= {"ran", "disabled"}, f"first run: {statuses}")
+    return result
+
+
+@case("changed train label re-runs teacher, store and all after")
+def changed_label(work: Work) -> Result:
+    reference = work.reference()
+    run, data = work.root / "relabelled", work.root / "relabelled-glue"
+    shutil.copytree(reference, run)
+    shutil.copytree(work.glue, data)
+    same = cli("pipeline", "--config", str(work.config(run, data)))  # the same data elsewhere: all skipped
+    result = Result(same.returncode).expect(same.returncode == 0, f"re-run failed: {_tail(same.stderr)}")
+    if same.returncode == 0:
+        skipped = {k: v for k, v in _statuses(run).items() if v not in ("skipped", "disabled")}
+        result.expect(not skipped, f"moved, unchanged data re-ran {skipped}")
+    train = data / "SST-2" / "train.tsv"
+    lines = train.read_text().splitlines()
+    text, label = lines[1].rsplit("\t", 1)
+    lines[1] = f"{text}\t{1 - int(label)}"
+    train.write_text("\n".join(lines) + "\n")
+    done = cli("pipeline", "--config", str(work.config(run, data)))
+    result.code = done.returncode
+    result.expect(done.returncode == 0, f"exit {done.returncode}: {_tail(done.stderr)}")
+    if done.returncode == 0:
+        statuses = _statuses(run)
+        rerun = [k for k, v in statuses.items() if v == "ran"]
+        result.expect(set(rerun) == set(statuses) - {"compress"}, f"statuses after the change: {statuses}")
+        result.note = "re-ran " + ", ".join(rerun)
+    return result
+
+
+KILL_POINTS = (  # in pipeline order: each run is killed one step further than the one before
+    "after-stage-json:teacher",
+    "after-store-rename",
+    "after-stage-json:store",
+    "before-stage-json:search",
+    "after-stage-json:search",
+    "after-stage-json:student",
+    "after-stage-json:eval",
+    "before-stage-json:export",
+)
+
+
+@case("kill at each stage boundary, then resume")
+def kill_points(work: Work) -> Result:
+    reference = work.reference()
+    run = work.root / "killed"
+    config = str(work.config(run))
+    result = Result(None)
+    for point in KILL_POINTS:
+        killed = cli("pipeline", "--config", config, code=kill_wrapper(point))
+        if killed.returncode != -signal.SIGKILL:
+            return result.expect(
+                False, f"{point}: exit {killed.returncode}, not killed: {_tail(killed.stderr)}"
+            )
+    done = cli("pipeline", "--config", config)
+    result.code = done.returncode
+    result.expect(done.returncode == 0, f"final run: exit {done.returncode}: {_tail(done.stderr)}")
+    if done.returncode != 0:
+        return result
+    progress = json.loads((run / "pipeline.json").read_text())
+    result.expect(progress["status"] == "done", f"pipeline.json says {progress['status']}")
+    result.expect(
+        progress.get("previous_run", {}).get("status") == "interrupted", "the killed run is not recorded"
+    )
+    for name in ("search/genotype.json", "student/model.safetensors", "export/model.onnx"):
+        result.expect((run / name).read_bytes() == (reference / name).read_bytes(), f"{name} differs")
+    metrics = [json.loads((r / "eval" / "report.json").read_text())["metrics"] for r in (run, reference)]
+    result.expect(metrics[0] == metrics[1], "eval metrics differ from the uninterrupted run")
+    result.expect(not leftovers(run), f"temporary files left: {leftovers(run)}")
+    result.note = (
+        f"{len(KILL_POINTS)} kills ({', '.join(KILL_POINTS)}); same genotype, weights, ONNX, metrics"
+    )
+    return result
+
+
+@case("SIGTERM during search marks the run interrupted")
+def sigterm(work: Work) -> Result:
+    run = work.root / "terminated"
+    shutil.copytree(work.reference(), run)
+    (run / "search" / "stage.json").unlink()
+    shutil.rmtree(run / "search")  # the search runs again, and is stopped in it
+    command = [sys.executable, "-m", "adabert.cli", "pipeline", "--config", str(work.config(run))]
+    proc = subprocess.Popen(
+        command, cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 300
+    while (
+        not (run / "search" / "config.json").exists() and proc.poll() is None and time.monotonic() < deadline
+    ):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    result = Result(proc.returncode).expect(
+        proc.returncode == 130, f"exit {proc.returncode}: {_tail(stderr)}"
+    )
+    progress = json.loads((run / "pipeline.json").read_text())
+    result.expect(progress["status"] == "interrupted", f"pipeline.json says {progress['status']}")
+    result.expect("Traceback" not in stderr, "a traceback was printed")
+    return result.expect(not leftovers(run), f"temporary files left: {leftovers(run)}")
+
+
+def _pickle_case(name: str, stage: str, target: str, expected: int) -> None:
+    """A crafted torch.save pickle as ``target`` of a copied ``stage`` folder (the real checkpoint
+    removed): refused with exit 2 naming the file, or, for a legacy ``.pt`` never read, ignored (exit 0).
+    Either way its payload never runs."""
+
+    def run(work: Work) -> Result:
+        slug = name.split(":")[0] + "-" + target.replace(".", "-")
+        folder, marker = work.root / slug / stage, work.root / f"{slug}.payload-ran"
+        reference = work.reference()
+        shutil.copytree(reference / stage, folder)
+        for old in folder.glob(Path(target).stem + ".*"):
+            old.unlink()
+        hostile_checkpoint(folder / target, marker)
+        store = ["--store", str(reference / "store")]
+        if name.startswith("train-supernet"):
+            genotype = str(folder / "genotype.json")
+            out = str(work.root / slug / "student")
+            args = ["train", "--genotype", genotype, *store, "--supernet", str(folder), "--output-dir", out]
+            args += ["--epochs", "1", "--batch-size", "8"]
+        elif stage == "search":
+            args = ["search", "--config", str(folder / "config.json"), *store, "--output-dir", str(folder)]
+            args.append("--resume")
+        else:
+            genotype = str(reference / "search" / "genotype.json")
+            args = ["train", "--config", str(folder / "train_config.json"), "--genotype", genotype, *store]
+            args += ["--output-dir", str(folder), "--epochs", "2", "--resume"]
+        done = cli(*args)
+        if expected == 2:
+            result = one_line_error(Result(done.returncode), done.stderr, target)
+        else:
+            result = Result(done.returncode).expect(done.returncode == 0, f"exit {done.returncode}")
+            result.expect("never read" in done.stderr, "no warning that the legacy file is ignored")
+            result.note = "ignored with a warning; trained afresh"
+        return result.expect(not marker.exists(), "THE PAYLOAD RAN")
+
+    case(name)(run)
+
+
+_pickle_case("search-resume: crafted pickle as checkpoint.safetensors", "search", "checkpoint.safetensors", 2)
+_pickle_case(
+    "train-supernet: crafted pickle as checkpoint.safetensors", "search", "checkpoint.safetensors", 2
+)
+_pickle_case("train-supernet: crafted pickle checkpoint.pt (legacy name)", "search", "checkpoint.pt", 2)
+_pickle_case(
+    "train-resume: crafted pickle as training_state.safetensors", "student", "training_state.safetensors", 2
+)
+_pickle_case(
+    "train-resume: crafted pickle training_state.pt (legacy name)", "student", "training_state.pt", 0
+)
+
+
+@case("train --resume with another genotype")
+def resume_other_genotype(work: Work) -> Result:
+    from adabert.genotype import Genotype, random_genotype
+
+    reference = work.reference()
+    student = work.root / "other-genotype" / "student"
+    shutil.copytree(reference / "student", student)
+    searched = Genotype.load(reference / "search" / "genotype.json")
+    other = work.root / "other-genotype" / "genotype.json"
+    for seed in range(1, 50):  # another genotype of the same space and size
+        candidate = random_genotype(
+            searched.space, seed, hidden_size=searched.hidden_size, embedding=searched.embedding
+        )
+        if candidate != searched:
+            candidate.save(other)
+            break
+    done = cli(
+        "train",
+        "--config",
+        str(student / "train_config.json"),
+        "--genotype",
+        str(other),
+        "--store",
+        str(reference / "store"),
+        "--output-dir",
+        str(student),
+        "--epochs",
+        "2",
+        "--resume",
+    )
+    return one_line_error(Result(done.returncode), done.stderr, "genotype")
+
+
+# ------------------------------------------------------------------------------------------ main
+def run_case(name: str, work: Work) -> tuple[Result, float]:
+    started = time.perf_counter()
+    try:
+        result = CASES[name](work)
+    except Exception as err:  # a broken case is a failure, not the end of the run
+        result = Result(None, [f"{type(err).__name__}: {err}"])
+    return result, time.perf_counter() - started
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--only", nargs="+", default=[], help="run the cases whose name contains one of these"
+    )
+    parser.add_argument("--list", action="store_true", help="list the cases")
+    parser.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (default: a temporary folder)")
+    parser.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1), help="cases run at once")
+    args = parser.parse_args()
+    names = [n for n in CASES if not args.only or any(o in n for o in args.only)]
+    if args.list:
+        print("\n".join(names))
+        return 0
+    os.environ.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
+    with _workdir(args.keep) as root:
+        work = Work(root)
+        width = max(len(n) for n in names)
+        print(f"{'case':<{width}}  exit  outcome", flush=True)
+        t0 = time.perf_counter()
+        results = {n: run_case(n, work) for n in names if n in IN_PROCESS}
+        with ThreadPoolExecutor(max(1, args.jobs)) as pool:  # each of these cases waits on subprocesses
+            futures = {n: pool.submit(run_case, n, work) for n in names if n not in IN_PROCESS}
+            failed = 0
+            for name in names:
+                result, seconds = results[name] if name in results else futures[name].result()
+                failed += bool(result.problems)
+                outcome = "ok" if not result.problems else "FAIL: " + "; ".join(result.problems)
+                if result.note and not result.problems:
+                    outcome += f": {result.note}"
+                code = "-" if result.code is None else str(result.code)
+                print(f"{name:<{width}}  {code:>4}  {outcome}  ({seconds:.0f}s)", flush=True)
+        print(f"{len(names) - failed}/{len(names)} cases ok in {time.perf_counter() - t0:.0f}s", flush=True)
+    return 1 if failed else 0
+
+
+@contextlib.contextmanager
+def _workdir(keep: str | None) -> Iterator[Path]:
+    if keep:
+        path = Path(keep)
+        if path.exists():
+            shutil.rmtree(path)
+        path.mkdir(parents=True)
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="adabert-faults-") as tmp:
+        yield Path(tmp)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,507 @@
+"""One benchmark setting per task, two results files: is the search worth it, and is the student?
+
+    python benchmarks/search_quality.py TASK [--run-dir runs/bench/TASK] [--seeds 0 1 2] [--ablations]
+
+On the same teacher, knowledge store and training recipe (the ``setting`` below, recorded in both
+files), it trains and evaluates:
+
+- the searched student of each seed (search, then student training);
+- fixed baselines from ``benchmarks/genotypes/``: the bag-of-embeddings cell and a hand-made
+  convolution cell;
+- ``--random`` random genotypes at the searched students' latency budget (their predicted batch-1
+  latency within 15% of the searched genotypes' mean, from the search's latency table);
+- the peers a user would pick instead (``benchmarks/peers.py``: fastText, Model2Vec + logistic
+  regression), trained on all the task's training rows;
+
+then times every student and the teacher in one interleaved latency run (batch 1 and 32, sequence
+128, one thread, ``repeats`` rounds, median), and writes ``benchmarks/results/search_quality_TASK.json``
+(+ a Pareto plot, dev metric vs batch-1 latency) and ``benchmarks/results/student_quality_TASK.json``.
+``--ablations`` adds the student-side ablations (token table, augmented copies, probe KD, head) to
+the second file. Each stage runs as an ``adabert`` command in a subprocess, whose wall time and peak
+memory are recorded; finished stages are reused when the run directory is kept (``--fresh`` redoes
+everything).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+GENOTYPES = HERE / "genotypes"
+sys.path.insert(0, str(HERE))
+
+
+# ---------------------------------------------------------------------------------------------- setting
+def setting_for(task_name: str, train_rows: int, pair: bool) -> dict[str, Any]:
+    """The benchmark setting of a task, from general rules (no per-task tuning): how many rows the
+    teacher fine-tunes on, how many rows are augmented and how often, how long search and training run."""
+    augment_factor = 20
+    augment_rows = min(train_rows, 6000)  # 20 copies of at most 6000 rows: <= 120k teacher-labelled rows
+    return {
+        "teacher": {
+            "train_limit": 20000 if train_rows > 20000 else None,
+            "max_length": 128 if pair else 64,
+            "epochs": 2 if train_rows > 20000 else 3,
+            "lr": 5e-5 if train_rows > 5000 else 3e-5,
+            "batch_size": 32 if train_rows > 5000 else 16,
+        },
+        "probe": {"augment_factor": augment_factor, "augment_rows": augment_rows},
+        "search": {"epochs": 6, "uniform_warmup_epochs": 2, "train_limit": 20000, "augment_copies": 4},
+        "train": {"epochs": 4, "batch_size": 64},
+        "init": "scratch",
+        "latency": {"batches": [1, 32], "seq_len": 128, "threads": 1, "repeats": 5, "warmup": 2},
+        "random": {"count": 5, "tolerance": 0.15, "batch": 1},
+    }
+
+
+# ---------------------------------------------------------------------------------------------- running
+def flags(settings: dict[str, Any]) -> list[str]:
+    out = []
+    for key, value in settings.items():
+        if value is None:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            out.append(flag if value else f"--no-{key.replace('_', '-')}")
+        elif isinstance(value, (list, tuple)):
+            out += [flag, *map(str, value)]
+        else:
+            out += [flag, str(value)]
+    return out
+
+
+class Runner:
+    """Runs ``adabert`` commands in subprocesses, records each one's wall time and peak memory, and
+    skips a command whose output folder already holds its ``done`` marker with the same command."""
+
+    def __init__(self, run_dir: Path, threads: int) -> None:
+        self.run_dir, self.threads = run_dir, threads
+        self.stages: dict[str, dict[str, Any]] = {}
+        self.env = {
+            **os.environ,
+            "OMP_NUM_THREADS": str(threads),
+            "HF_HUB_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+
+    def __call__(self, name: str, args: list[str], output: Path) -> dict[str, Any]:
+        command = [sys.executable, "-m", "adabert.cli", "--log-level", "WARNING", *args]
+        marker = output / ".benchmark_done.json"
+        if marker.is_file():
+            done = json.loads(marker.read_text())
+            if done.get("command") == command[3:]:
+                self.stages[name] = {**done, "reused": True}
+                return done
+        if output.exists() and output.name not in ("store",):
+            shutil.rmtree(output)
+        print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(command[3:])}", flush=True)
+        log_path = self.run_dir / "logs" / f"{name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+            _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - started
+        if status != 0:
+            raise SystemExit(f"{name} failed (exit status {status >> 8}); see {log_path}")
+        record = {
+            "command": command[3:],
+            "seconds": round(seconds, 1),
+            "peak_rss_mb": round(usage.ru_maxrss / 1024),
+            "threads": self.threads,
+        }
+        marker.write_text(json.dumps(record))
+        self.stages[name] = record
+        return record
+
+
+def main_metric(path: Path) -> tuple[float, dict[str, float]]:
+    metrics = json.loads((path / "metrics.json").read_text())
+    dev = metrics["dev"]
+    return dev[next(iter(dev))], dev
+
+
+# ---------------------------------------------------------------------------------------------- stages
+def teacher_and_store(run: Runner, task: str, data_dir: str, setting: dict[str, Any], model: str) -> Path:
+    teacher, store = run.run_dir / "teacher", run.run_dir / "store"
+    run(
+        "teacher",
+        [
+            "teacher",
+            "finetune",
+            "--task",
+            task,
+            "--data-dir",
+            data_dir,
+            "--model",
+            model,
+            "--output-dir",
+            str(teacher),
+            *flags(setting["teacher"]),
+        ],
+        teacher,
+    )
+    run(
+        "store",
+        ["teacher", "probe", "--teacher", str(teacher), "--output-dir", str(store), *flags(setting["probe"])],
+        store,
+    )
+    return store
+
+
+def train(
+    run: Runner,
+    name: str,
+    genotype: Path,
+    store: Path,
+    setting: dict[str, Any],
+    seed: int,
+    extra: dict[str, Any] | None = None,
+    supernet: Path | None = None,
+) -> Path:
+    out = run.run_dir / "students" / name
+    args = [
+        "train",
+        "--genotype",
+        str(genotype),
+        "--store",
+        str(store),
+        "--output-dir",
+        str(out),
+        "--seed",
+        str(seed),
+        *flags({**setting["train"], **(extra or {})}),
+    ]
+    if supernet is not None:
+        args += ["--supernet", str(supernet)]
+    run(f"train_{name}", args, out)
+    return out
+
+
+def search(
+    run: Runner,
+    store: Path,
+    setting: dict[str, Any],
+    seed: int,
+    extra: dict | None = None,
+    name: str | None = None,
+) -> Path:
+    out = run.run_dir / "searches" / (name or f"seed{seed}")
+    run(
+        f"search_{out.name}",
+        [
+            "search",
+            "--store",
+            str(store),
+            "--output-dir",
+            str(out),
+            "--seed",
+            str(seed),
+            *flags({**setting["search"], **(extra or {})}),
+        ],
+        out,
+    )
+    return out
+
+
+def parametric_ops(genotype: Any) -> int:
+    from search_spaces import get_space
+
+    space = get_space(genotype.space)
+    built = {op: space.build_op(op, 8) for op in {e.op for e in genotype.edges}}
+    return sum(1 for e in genotype.edges if any(True for _ in built[e.op].parameters()))
+
+
+def latency_run(students: dict[str, Path], teacher: Path, setting: dict[str, Any], pair: bool) -> dict:
+    """Every student and the teacher in one interleaved run: median milliseconds and speedups."""
+    import torch
+
+    from adabert.evaluate import compare_latency, load_classifier
+
+    lat = setting["latency"]
+    models = {"teacher": load_classifier(teacher), **{n: load_classifier(p) for n, p in students.items()}}
+    result = compare_latency(
+        models, lat["batches"], lat["seq_len"], lat["repeats"], lat["warmup"], lat["threads"], pair=pair
+    )
+    torch.set_num_threads(lat["threads"])
+    return {
+        name: {
+            b: {"median_ms": v["median_ms"], "speedup_vs_teacher": v.get("speedup_vs_teacher", 1.0)}
+            for b, v in by_batch.items()
+        }
+        for name, by_batch in result.items()
+    }
+
+
+def pareto_plot(path: Path, task: str, points: dict[str, tuple[float, float]], peers: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from adabert.io import atomic_save
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    styles = {
+        "searched": ("tab:red", "o"),
+        "bag": ("tab:gray", "s"),
+        "conv": ("tab:blue", "^"),
+        "random": ("tab:green", "x"),
+        "teacher": ("black", "*"),
+    }
+    for name, (ms, metric) in points.items():
+        kind = next((k for k in styles if name.startswith(k)), "random")
+        color, marker = styles[kind]
+        ax.scatter(ms, metric, c=color, marker=marker, s=60 if kind == "teacher" else 35)
+        ax.annotate(name, (ms, metric), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    for name, peer in peers.items():
+        ax.scatter(peer["latency_b1_ms"], peer["metric"], c="tab:purple", marker="D", s=35)
+        ax.annotate(
+            name,
+            (peer["latency_b1_ms"], peer["metric"]),
+            fontsize=6,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("batch-1 latency, ms (log)")
+    ax.set_ylabel("dev metric")
+    ax.set_title(f"{task}: dev metric vs batch-1 latency")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    atomic_save(path, lambda p: fig.savefig(p, format="png", dpi=120))
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------- main
+def run_benchmark(args: argparse.Namespace) -> None:
+    from peers import load_or_run
+
+    from adabert.genotype import Genotype
+    from adabert.io import atomic_write_json
+    from adabert.search.baselines import random_at_budget
+    from adabert.search.latency import LatencyTable
+    from adabert.store import KnowledgeStore
+    from adabert.tasks import get_task, load_split
+    from search_spaces import get_space
+
+    task = get_task(args.task)
+    started = time.perf_counter()
+    run_dir = Path(args.run_dir or f"runs/bench/{task.name}")
+    if args.fresh and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    train_rows = len(load_split(task, "train", args.data_dir))
+    setting = setting_for(task.name, train_rows, task.is_pair)
+    run = Runner(run_dir, args.threads)
+    store_dir = teacher_and_store(run, task.name, args.data_dir, setting, args.teacher_model)
+    store = KnowledgeStore.open(store_dir)
+    teacher_metric = store.manifest["teacher_metrics"][store.dev_split][task.main_metric]
+
+    students: dict[str, Path] = {}
+    searched_genotypes: dict[int, Genotype] = {}
+    for seed in args.seeds:
+        out = search(run, store_dir, setting, seed)
+        searched_genotypes[seed] = Genotype.load(out / "genotype.json")
+        supernet = out if setting["init"] == "supernet" else None
+        students[f"searched_s{seed}"] = train(
+            run, f"searched_s{seed}", out / "genotype.json", store_dir, setting, seed, supernet=supernet
+        )
+    first_search = run_dir / "searches" / f"seed{args.seeds[0]}"
+    init = first_search if setting["init"] == "supernet" else None
+    for name, file in (("bag", "bag_of_embeddings.json"), ("conv", "conv_cell.json")):
+        for seed in args.baseline_seeds:
+            students[f"{name}_s{seed}"] = train(
+                run, f"{name}_s{seed}", GENOTYPES / file, store_dir, setting, seed, supernet=init
+            )
+    # random genotypes at the searched genotypes' predicted latency, from the searches' own table
+    space = get_space(searched_genotypes[args.seeds[0]].space)
+    selection = json.loads((first_search / "selection.json").read_text())
+    table = LatencyTable.load(first_search / "latency_table.json")
+    rnd = setting["random"]
+    budget = statistics.mean(table.predict(g, rnd["batch"]) for g in searched_genotypes.values())
+    randoms = random_at_budget(
+        space,
+        table,
+        budget,
+        rnd["batch"],
+        rnd["count"],
+        seed=1234,
+        hidden_size=searched_genotypes[args.seeds[0]].hidden_size,
+        tolerance=rnd["tolerance"],
+    )
+    for i, genotype in enumerate(randoms):
+        path = run_dir / "random" / f"random{i}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        genotype.save(path)
+        students[f"random{i}"] = train(
+            run, f"random{i}", path, store_dir, setting, args.seeds[0], supernet=init
+        )
+
+    peers = load_or_run(task.name, args.data_dir)
+    print(f"[{time.strftime('%H:%M:%S')}] latency run: {len(students)} students and the teacher", flush=True)
+    t = time.perf_counter()
+    latency = latency_run(students, store_dir.parent / "teacher", setting, task.is_pair)
+    latency_seconds = time.perf_counter() - t
+    metric = {name: main_metric(path)[0] for name, path in students.items()}
+    dev = {name: main_metric(path)[1] for name, path in students.items()}
+    searched = [f"searched_s{s}" for s in args.seeds]
+
+    def values(prefix: str) -> list[float]:
+        return [metric[n] for n in students if n.startswith(prefix)]
+
+    device = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (CPU)"
+    common = {
+        "task": task.name,
+        "setting": {
+            **setting,
+            "seeds": args.seeds,
+            "baseline_seeds": args.baseline_seeds,
+            "train_rows": train_rows,
+            "teacher_model": args.teacher_model,
+            "device": device,
+            "threads": args.threads,
+        },
+        "teacher": teacher_metric,
+        "peers": peers["peers"],
+    }
+    search_result = {
+        **common,
+        "searched": [metric[n] for n in searched],
+        "bag_of_embeddings": values("bag_"),
+        "conv_baseline": values("conv_"),
+        "random_same_budget": values("random"),
+        "searched_speedup_vs_teacher_b1": [latency[n]["1"]["speedup_vs_teacher"] for n in searched],
+        "searched_speedup_vs_teacher_b32": [latency[n]["32"]["speedup_vs_teacher"] for n in searched],
+        "searched_accuracy": [dev[n].get("accuracy") for n in searched],
+        "searched_parametric_ops": [parametric_ops(searched_genotypes[s]) for s in args.seeds],
+        "genotypes": {
+            **{f"searched_s{s}": g.to_dict() for s, g in searched_genotypes.items()},
+            **{f"random{i}": g.to_dict() for i, g in enumerate(randoms)},
+        },
+        "random_budget_ms": {
+            "batch": rnd["batch"],
+            "target": budget,
+            "predicted": [table.predict(g, rnd["batch"]) for g in randoms],
+        },
+        "selection": selection.get("selection"),
+        "dev": dev,
+        "latency": latency,
+        "latency_seconds": round(latency_seconds, 1),
+        "stages": run.stages,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "peak_rss_mb_benchmark": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(RESULTS / f"search_quality_{task.name}.json", search_result)
+    points = {n: (latency[n]["1"]["median_ms"], metric[n]) for n in students}
+    points["teacher"] = (latency["teacher"]["1"]["median_ms"], teacher_metric)
+    peer_points = {
+        n: {"latency_b1_ms": d["latency_b1_ms"], "metric": peers["peers"][n]}
+        for n, d in peers["details"].items()
+    }
+    pareto_plot(RESULTS / f"search_quality_{task.name}.png", task.name, points, peer_points)
+
+    student = [metric[n] for n in searched]
+    student_result = {
+        **common,
+        "student": student,
+        "retention": statistics.mean(student) / teacher_metric,
+        "speedup_vs_teacher_b1": search_result["searched_speedup_vs_teacher_b1"],
+        "speedup_vs_teacher_b32": search_result["searched_speedup_vs_teacher_b32"],
+        "accuracy": search_result["searched_accuracy"],
+        "ablations": {},
+        "stages": run.stages,
+        "wall_seconds": search_result["wall_seconds"],
+    }
+    path = RESULTS / f"student_quality_{task.name}.json"
+    if path.exists():  # keep ablations measured by an earlier --ablations run of the same setting
+        old = json.loads(path.read_text())
+        if old.get("setting", {}).get("teacher") == setting["teacher"]:
+            student_result["ablations"] = old.get("ablations", {})
+    if args.ablations:
+        student_result["ablations"] = ablations(run, task, store_dir, setting, args, searched_genotypes)
+    atomic_write_json(path, student_result)
+    print(
+        json.dumps(
+            {
+                k: search_result[k]
+                for k in (
+                    "teacher",
+                    "searched",
+                    "bag_of_embeddings",
+                    "conv_baseline",
+                    "random_same_budget",
+                    "searched_speedup_vs_teacher_b1",
+                    "searched_speedup_vs_teacher_b32",
+                    "searched_parametric_ops",
+                    "peers",
+                    "wall_seconds",
+                )
+            },
+            indent=1,
+        )
+    )
+
+
+def ablations(
+    run: Runner,
+    task: Any,
+    store: Path,
+    setting: dict[str, Any],
+    args: argparse.Namespace,
+    genotypes: dict[int, Any],
+) -> dict[str, list[float]]:
+    """The student recipe with one thing changed at a time, on the searched genotype of each seed."""
+    changes: dict[str, dict[str, Any]] = {
+        "input_embeddings": {"embeddings": "input"},
+        "copies_0": {"augment_copies": 0},
+        "copies_4": {"augment_copies": 4},
+        "copies_20": {"augment_copies": 20},
+        "probe_kd_on": {"probe_kd": 1.0},
+    }
+    if task.is_pair:
+        changes["paper_head"] = {"head": "paper"}
+    out: dict[str, list[float]] = {}
+    for name, extra in changes.items():
+        out[name] = []
+        for seed in args.seeds:
+            genotype = run.run_dir / "searches" / f"seed{seed}" / "genotype.json"
+            path = train(run, f"ablation_{name}_s{seed}", genotype, store, setting, seed, extra)
+            out[name].append(main_metric(path)[0])
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("task")
+    parser.add_argument("--data-dir", default="../shared/data/glue")
+    parser.add_argument("--run-dir", help="where every stage writes (default: runs/bench/TASK)")
+    parser.add_argument(
+        "--teacher-model", default="default", help="checkpoint the teacher is fine-tuned from"
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--baseline-seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of the training stages")
+    parser.add_argument("--ablations", action="store_true", help="also the student-side ablations")
+    parser.add_argument("--fresh", action="store_true", help="delete the run directory first")
+    run_benchmark(parser.parse_args())
+
+
+if __name__ == "__main__":
+    main()

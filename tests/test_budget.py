@@ -1,0 +1,123 @@
+"""The efficiency budget: the measured latency table, its cache, the budget loss, same-budget baselines."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from adabert.genotype import Edge, Genotype
+from adabert.search import latency
+from adabert.search.baselines import random_at_budget
+from adabert.search.efficiency import BudgetCost
+from adabert.search.latency import LatencyTable, latency_table
+from adabert.search.supernet import Sample
+from search_spaces import get_space
+
+EMBEDDING = {"vocab_size": 50, "max_position_embeddings": 64, "pair": False}
+
+
+def _table(space) -> LatencyTable:
+    """A hand-made table: convolutions cost 1 ms per unit of width, the rest 0.1 ms (batch 1)."""
+    ops = {op: {"1": (int(op[-1]) if "conv" in op else 0.1), "32": 10.0} for op in space.ops}
+    return LatencyTable(
+        ops,
+        {"1": 1.0, "32": 5.0},
+        {"1": 0.5, "32": 1.0},
+        {"1": 40.0, "32": 400.0},
+        dict.fromkeys(space.ops, 0),
+        {"space": space.name},
+    )
+
+
+def _sample(space, op: str, depth: int, max_cells: int = 3) -> Sample:
+    onehot = torch.nn.functional.one_hot(torch.full((len(space.edges),), space.op_index(op)), len(space.ops))
+    depth_onehot = torch.nn.functional.one_hot(torch.tensor(depth - 1), max_cells).float()
+    return Sample([], depth, None, onehot.float().requires_grad_(), depth_onehot)
+
+
+def test_budget_loss_is_zero_at_the_target_and_grows_on_both_sides():
+    space = get_space("adabert_cnn")
+    table = _table(space)
+    # one cell of conv3 everywhere: 1.0 + 1 x (0.5 + 6 edges x 3 ms) = 19.5 ms
+    assert BudgetCost(space, table, 19.5, "ms", 1).cost(_sample(space, "conv3", 1)).item() == pytest.approx(
+        19.5
+    )
+    cost = BudgetCost(space, table, 19.5, "ms", 1)
+    at = cost.loss(_sample(space, "conv3", 1)).item()
+    cheaper = cost.loss(_sample(space, "identity", 1)).item()
+    dearer = cost.loss(_sample(space, "conv7", 1)).item()
+    deeper = cost.loss(_sample(space, "conv3", 3)).item()
+    assert at == pytest.approx(0.0, abs=1e-6) and cheaper > 0 and dearer > 0 and deeper > dearer
+    # the gradient pushes a too-cheap network up and a too-dear one down
+    for op, sign in (("identity", -1), ("conv7", 1)):
+        sample = _sample(space, op, 1)
+        cost.loss(sample).backward()
+        conv7 = space.op_index("conv7")
+        assert sign * sample.edge_onehot.grad[0, conv7].item() > 0
+    # a parameter budget counts the cells' parameters
+    params = BudgetCost(space, table, 100.0, "params", 1)
+    assert params.loss(_sample(space, "identity", 1)).item() == pytest.approx(1.0)
+
+
+def test_random_genotypes_at_the_same_budget():
+    space = get_space("adabert_cnn")
+    table = _table(space)
+    target = 12.0
+    found = random_at_budget(space, table, target, 1, 5, seed=0, hidden_size=16, tolerance=0.15)
+    assert len(found) == 5 == len(set(found))
+    assert all(abs(table.predict(g, 1) / target - 1) <= 0.15 for g in found)
+    assert found == random_at_budget(space, table, target, 1, 5, seed=0, hidden_size=16, tolerance=0.15)
+    with pytest.raises(ValueError, match="widen the tolerance"):
+        random_at_budget(space, table, 0.001, 1, 1, seed=0, hidden_size=16, max_draws=50)
+
+
+def test_the_table_predicts_a_student_and_is_cached_per_machine_and_torch(
+    tiny_bert_dir, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("ADABERT_CACHE", str(tmp_path / "cache"))
+    space = get_space("adabert_cnn")
+    measured = []
+    real = latency.measure_table
+
+    def counting(*args, **kwargs):
+        measured.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(latency, "measure_table", counting)
+
+    def table() -> LatencyTable:
+        return latency_table(space, 16, 16, tiny_bert_dir, "sha", EMBEDDING, 2, (1, 2), threads=1)
+
+    first = table()
+    assert set(first.ops) == set(space.ops) and set(first.base) == {"1", "2"} and first.teacher["1"] > 0
+    assert all(first.ops[op]["1"] > 0 for op in space.ops) and first.params["conv3"] == 3 * 16 * 16 + 32
+    genotype = Genotype(
+        "adabert_cnn",
+        2,
+        (
+            Edge(0, 2, "conv3"),
+            Edge(1, 2, "identity"),
+            Edge(0, 3, "conv5"),
+            Edge(2, 3, "max_pool3"),
+            Edge(2, 4, "identity"),
+            Edge(3, 4, "dil_conv3"),
+        ),
+        hidden_size=16,
+    )
+    expected = first.base["1"] + 2 * (first.cell["1"] + sum(first.ops[e.op]["1"] for e in genotype.edges))
+    assert first.predict(genotype, 1) == pytest.approx(expected)
+    assert table() == first and len(measured) == 1  # reused from the cache
+    files = list((tmp_path / "cache" / "latency").glob("*.json"))
+    assert (
+        len(files) == 1 and json.loads(files[0].read_text())["info"]["machine"]["torch"] == torch.__version__
+    )
+    machine = latency.machine_description()
+    monkeypatch.setattr(latency, "machine_description", lambda: {**machine, "cpu": "another processor"})
+    table()
+    assert len(measured) == 2  # another machine: measured again
+    monkeypatch.setattr(latency, "machine_description", lambda: {**machine, "torch": "9.9.9"})
+    table()
+    assert len(measured) == 3 and len(list((tmp_path / "cache" / "latency").glob("*.json"))) == 3
+    assert first.sha256 == LatencyTable.from_dict(json.loads(files[0].read_text())).sha256
