@@ -1,0 +1,133 @@
+"""The search- and student-quality tables of RESULTS.md, generated from ``benchmarks/results/``.
+
+    python benchmarks/quality_table.py            # print the tables
+    python benchmarks/quality_table.py --write    # replace the generated block in RESULTS.md
+    python benchmarks/quality_table.py --check    # exit 1 if RESULTS.md differs from the JSON
+
+The block sits between ``<!-- quality:begin -->`` and ``<!-- quality:end -->``; tests run ``--check``,
+so a figure in the table is always the one a benchmark wrote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+DOC = HERE / "RESULTS.md"
+BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
+
+
+def _mean(values: list[float]) -> str:
+    if not values:
+        return "-"
+    spread = f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else ""
+    return f"{statistics.mean(values):.4f}{spread} (n={len(values)})"
+
+
+def _search_rows(result: dict[str, Any]) -> list[str]:
+    rows = [
+        "| variant | dev metric, mean ± sd (n) | per seed / draw |",
+        "|---|---|---|",
+    ]
+    for name, key in (
+        ("searched", "searched"),
+        ("bag of embeddings", "bag_of_embeddings"),
+        ("hand-made conv cell", "conv_baseline"),
+        ("random, same budget", "random_same_budget"),
+    ):
+        values = result.get(key, [])
+        rows.append(f"| {name} | {_mean(values)} | {', '.join(f'{v:.4f}' for v in values)} |")
+    for name, value in result.get("peers", {}).items():
+        rows.append(f"| peer: {name} | {value:.4f} | |")
+    rows.append(f"| teacher | {result['teacher']:.4f} | |")
+    b1 = ", ".join(f"{v:.1f}x" for v in result.get("searched_speedup_vs_teacher_b1", []))
+    b32 = ", ".join(f"{v:.1f}x" for v in result.get("searched_speedup_vs_teacher_b32", []))
+    ops = ", ".join(str(v) for v in result.get("searched_parametric_ops", []))
+    acc = ", ".join(f"{v:.4f}" for v in result.get("searched_accuracy", []) if v is not None)
+    setting = result.get("setting", {})
+    rows += [
+        "",
+        f"Searched students: speedup over the teacher at batch 1: {b1}; at batch 32: {b32}; "
+        f"parametric ops per genotype: {ops}; dev accuracy: {acc}.",
+        f"Command `{result.get('command', '?')}`; device {setting.get('device', '?')}, "
+        f"{setting.get('threads', '?')} thread(s) for training; seeds {setting.get('seeds')}, "
+        f"baseline seeds {setting.get('baseline_seeds')}; "
+        f"wall time {result.get('wall_seconds', 0) / 60:.0f} min.",
+    ]
+    return rows
+
+
+def _stage_rows(result: dict[str, Any]) -> list[str]:
+    rows = ["| stage | wall time | peak memory |", "|---|---|---|"]
+    for name, stage in result.get("stages", {}).items():
+        rows.append(f"| {name} | {stage['seconds'] / 60:.1f} min | {stage['peak_rss_mb']} MB |")
+    return rows
+
+
+def _student_rows(result: dict[str, Any]) -> list[str]:
+    teacher = result["teacher"]
+    rows = [
+        f"Student (searched, per seed): {', '.join(f'{v:.4f}' for v in result['student'])}; "
+        f"mean {statistics.mean(result['student']):.4f} = {100 * result['retention']:.1f}% of the "
+        f"teacher's {teacher:.4f}.",
+    ]
+    ablations = result.get("ablations") or {}
+    if ablations:
+        rows += ["", "| ablation (one change to the student recipe) | dev metric per seed | mean |"]
+        rows.append("|---|---|---|")
+        for name, values in ablations.items():
+            rows.append(f"| {name} | {', '.join(f'{v:.4f}' for v in values)} | {_mean(values)} |")
+    return rows
+
+
+def render() -> str:
+    out: list[str] = []
+    for path in sorted(RESULTS.glob("search_quality_*.json")):
+        search = json.loads(path.read_text())
+        task = search["task"]
+        out += [f"### {task}: search quality (`{path.relative_to(HERE)}`)", "", *_search_rows(search), ""]
+        student_path = RESULTS / f"student_quality_{task}.json"
+        if student_path.is_file():
+            student = json.loads(student_path.read_text())
+            out += [f"### {task}: student quality (`{student_path.relative_to(HERE)}`)", ""]
+            out += [*_student_rows(student), ""]
+        out += [f"Stages of the {task} run:", "", *_stage_rows(search), ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _split(doc: str) -> tuple[str, str, str]:
+    if BEGIN not in doc or END not in doc:
+        raise SystemExit(f"{DOC}: no {BEGIN} ... {END} block")
+    head, rest = doc.split(BEGIN, 1)
+    block, tail = rest.split(END, 1)
+    return head, block, tail
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--write", action="store_true", help="replace the generated block in RESULTS.md")
+    mode.add_argument("--check", action="store_true", help="exit 1 if RESULTS.md differs from the JSON")
+    args = parser.parse_args()
+    table = render()
+    if not (args.write or args.check):
+        print(table, end="")
+        return
+    head, block, tail = _split(DOC.read_text())
+    if args.check:
+        if block.strip() != table.strip():
+            sys.exit(f"{DOC}: the quality tables differ from results/; run quality_table.py --write")
+        return
+    DOC.write_text(f"{head}{BEGIN}\n{table}{END}{tail}")
+
+
+if __name__ == "__main__":
+    main()
