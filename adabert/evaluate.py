@@ -22,11 +22,11 @@ import torch
 from scipy.special import log_softmax, xlogy
 from torch import Tensor, nn
 from torch.utils import flop_counter
-from tqdm.auto import tqdm
 
 from adabert import data
 from adabert.errors import UserError
 from adabert.io import atomic_write_json, atomic_write_text
+from adabert.progress import progress as progress_bar
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -443,7 +443,7 @@ def predict(
     try:
         with (
             torch.inference_mode(),
-            tqdm(total=len(rows), desc="predict", unit="ex", disable=not progress) as bar,
+            progress_bar(total=len(rows), desc="predict", unit="ex", disable=not progress) as bar,
         ):
             for start in range(0, len(rows), batch_size):
                 chunk = rows[start : start + batch_size]

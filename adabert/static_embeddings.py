@@ -22,14 +22,15 @@ from torch import nn
 @torch.inference_mode()
 def token_outputs(encoder: nn.Module, tokenizer: Any, batch_size: int = 512, desc: str = "") -> torch.Tensor:
     """[V, H]: the mean last-layer state of ``[CLS] token [SEP]`` for every vocabulary id."""
-    from tqdm.auto import tqdm
+    from adabert.progress import progress as progress_bar
 
     vocab = encoder.get_input_embeddings().weight.shape[0]
     cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
     device = next(encoder.parameters()).device
     ids = torch.arange(vocab)
     out = []
-    for start in tqdm(range(0, vocab, batch_size), desc=desc or "token outputs", unit="batch", leave=False):
+    starts = range(0, vocab, batch_size)
+    for start in progress_bar(starts, desc=desc or "token outputs", unit="batch"):
         chunk = ids[start : start + batch_size]
         parts = [chunk[:, None]]
         if cls is not None:

@@ -29,7 +29,6 @@ from datasets import Dataset
 from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -43,6 +42,7 @@ from adabert.config import DEFAULT_TEACHER, FinetuneConfig, ProbeConfig, save_co
 from adabert.data import TokenRows
 from adabert.errors import DivergenceError, UserError
 from adabert.io import atomic_save, atomic_write_json, save_pretrained_atomic
+from adabert.progress import progress as progress_bar
 from adabert.static_embeddings import distill_token_table, token_counts
 from adabert.store import AUGMENTED, KnowledgeStore, fingerprint, teacher_hash, write_store
 from adabert.tasks import TaskSpec, compute_metrics, encode, get_task, load_split, predictions_from_logits
@@ -164,7 +164,8 @@ def _run_teacher(
     logits = np.zeros((n, model.config.num_labels), dtype=np.float32)
     probe_logits = None
     want_hidden = features_out is not None or probes is not None
-    for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch", leave=False, disable=n <= batch_size):
+    starts = range(0, n, batch_size)
+    for start in progress_bar(starts, desc=desc, unit="batch", disable=n <= batch_size):
         pos = order[start : start + batch_size]
         padded = tokens.batch(pos, tokenizer.pad_token_id or 0)
         batch = {k: v.to(device) for k, v in padded.items() if k in inputs}
@@ -270,7 +271,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         e0 = time.perf_counter()
         model.train()
         running, seen = 0.0, 0
-        bar = tqdm(loader, desc=f"finetune epoch {epoch}/{cfg.epochs}", unit="batch", leave=False)
+        bar = progress_bar(loader, desc=f"finetune epoch {epoch}/{cfg.epochs}", unit="batch", leave=False)
         for step, batch in enumerate(bar, 1):
             loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
             loss.backward()
@@ -374,7 +375,7 @@ def train_probes(
     for epoch in range(1, epochs + 1):
         perm = rng.permutation(n)
         running = 0.0
-        bar = tqdm(range(0, n, batch_size), desc=f"probes epoch {epoch}/{epochs}", unit="batch", leave=False)
+        bar = progress_bar(range(0, n, batch_size), desc=f"probes epoch {epoch}/{epochs}", unit="batch")
         for i, start in enumerate(bar, 1):
             idx = np.sort(perm[start : start + batch_size])
             x = torch.from_numpy(np.asarray(features[idx], dtype=np.float32))
@@ -636,7 +637,7 @@ def _augment(
                                             probes=probes)
         return rows, logits, probe_logits
 
-    bar = tqdm(total=len(texts_a), desc=f"augment x{cfg.augment_factor}", unit="row")
+    bar = progress_bar(total=len(texts_a), desc=f"augment x{cfg.augment_factor}", unit="row")
 
     def progress(done: int, total: int) -> None:
         bar.update(done - bar.n)

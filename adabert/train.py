@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from adabert import data, distributed, optim
@@ -41,6 +40,7 @@ from adabert.errors import UserError
 from adabert.genotype import Genotype
 from adabert.io import atomic_write_json, save_pretrained_atomic
 from adabert.modules import ProbeHeads, head_kind, masked_mean
+from adabert.progress import progress as progress_bar
 from adabert.search import CHECKPOINT, CHECKPOINT_KIND, student_tables
 from adabert.store import KnowledgeStore
 from adabert.student import build_student
@@ -277,7 +277,7 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
             ctx.world_size,
             group_by_length=True,
         )
-        bar = tqdm(
+        bar = progress_bar(
             data.with_shares(batches),
             total=len(batches),
             desc=f"train epoch {epoch + 1}/{cfg.epochs}",

@@ -42,7 +42,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from adabert import data, optim
@@ -64,6 +63,7 @@ from adabert.evaluate import (
     write_report,
 )
 from adabert.io import atomic_write_text, save_pretrained_atomic
+from adabert.progress import progress as progress_bar
 from adabert.store import KnowledgeStore
 from adabert.train import predict_logits
 
@@ -160,7 +160,7 @@ class Distiller:
         scheduler = get_linear_schedule_with_warmup(optimizer, int(0.06 * steps), steps)
         sums = {"loss": 0.0, "task": 0.0, "kd": 0.0, "hidden": 0.0, "penalty": 0.0}
         model.train()
-        bar = tqdm(range(steps), desc=desc, leave=False)
+        bar = progress_bar(range(steps), desc=desc, leave=False)
         for step in bar:
             if before_step is not None:
                 before_step(step)

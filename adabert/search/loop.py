@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from adabert import data, distributed, optim
 from adabert.checkpoint import (
@@ -45,6 +44,7 @@ from adabert.draw import draw_genotype
 from adabert.errors import UserError
 from adabert.genotype import Genotype, derive_genotype, random_genotype
 from adabert.io import atomic_write_json, atomic_write_text
+from adabert.progress import progress as progress_bar
 from adabert.search import remedies
 from adabert.search.efficiency import BudgetCost, PaperCost
 from adabert.search.selection import score, select
@@ -297,7 +297,7 @@ def run_epoch(
     sums = dict.fromkeys(TERMS, 0.0)
     counts = np.zeros(tuple(s.net.edge_logits.shape), dtype=np.int64)
     tau = remedies.temperature(cfg.tau_start, cfg.tau_end, cfg.tau_anneal_fraction, s.step, s.total_steps)
-    bar = tqdm(
+    bar = progress_bar(
         data.with_shares(w_loader),
         total=len(w_loader),
         desc=f"search epoch {epoch + 1}/{cfg.epochs}",
