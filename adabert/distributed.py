@@ -12,7 +12,8 @@ The conventions the search and the student training follow with these helpers:
   :func:`barrier` until it has;
 * a global batch of ``batch_size`` rows is split across the ranks (``adabert.data``), each rank's
   gradient is weighted by its share of the batch and summed over ranks (:func:`reduce_gradients`), so
-  N processes take the same optimisation steps as one process, only faster;
+  N processes take the steps of one process on the same batches, up to rounding, per-rank dropout and
+  BatchNorm statistics over each rank's part of the batch (so their genotype can differ);
 * the random choices that shape the network (the Gumbel samples) come from a generator seeded the
   same on every rank; dropout differs per rank, like it differs per row;
 * on CPUs the processes talk over gloo; on GPUs each process computes on its own GPU,

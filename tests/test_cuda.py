@@ -160,7 +160,8 @@ def test_gumbel_draws_and_fp32_forward_match_the_cpu(tiny_store):
     gpu_net = build_supernet(cfg, store).eval()
     gpu_net.load_state_dict(cpu_net.state_dict())
     gpu_net.to(device)
-    batch = next(iter(data.loader(data.load_split(store, "train"), 8, False, pad_token_id=store.pad_token_id)))
+    rows = data.load_split(store, "train")
+    batch = next(iter(data.loader(rows, 8, False, pad_token_id=store.pad_token_id)))
     inputs = [batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")]
     for step in range(5):
         cpu_sample = cpu_net.sample(1.0, torch.Generator().manual_seed(step))
