@@ -229,10 +229,24 @@ def gather_rng_states() -> list[torch.Tensor]:
     return distributed.all_gather_object(torch.get_rng_state())
 
 
-def restore_rng_state(state: dict[str, Any], seed: int) -> None:
-    """Put back this rank's random state, or reseed when the checkpoint came from another world size."""
+def gather_cuda_rng_states(device: torch.device) -> list[torch.Tensor] | None:
+    """Every rank's random state of its CUDA device (dropout on a GPU draws there); None on the CPU."""
+    if device.type != "cuda":
+        return None
+    return distributed.all_gather_object(torch.cuda.get_rng_state(device))
+
+
+def restore_rng_state(state: dict[str, Any], seed: int, device: torch.device | None = None) -> None:
+    """Put back this rank's random state, or reseed when the checkpoint came from another world size.
+
+    On a CUDA ``device`` its generator's state too, when the checkpoint has one per rank (a run
+    checkpointed on the CPU continues with the CUDA stream seeded at the start).
+    """
     states = state.get("rng_per_rank") or [state["rng"]]
     rank, world = distributed.rank(), distributed.world_size()
+    cuda_states = state.get("cuda_rng_per_rank")
+    if device is not None and device.type == "cuda" and cuda_states and len(cuda_states) == world:
+        torch.cuda.set_rng_state(cuda_states[rank], device)
     if len(states) == world:
         torch.set_rng_state(states[rank])
     else:

@@ -25,6 +25,7 @@ C = TypeVar("C")
 
 DEFAULT_TEACHER = "default"
 COMPRESS_METHODS = ("magnitude", "block", "svd")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 class ConfigError(UserError):
@@ -98,6 +99,26 @@ class Checked:
 
     def __post_init__(self) -> None:
         check(self)
+
+
+class Computes(Checked):
+    """A stage config with ``device`` and ``precision``: a precision the CPU does not run is refused when
+    the config names the CPU (``auto`` is checked where it resolves, before the stage's work)."""
+
+    def __post_init__(self) -> None:
+        check(self)
+        if self.device == "cpu" and self.precision != "fp32":
+            raise ConfigError(
+                f"--precision {self.precision} needs a CUDA device, not --device cpu; use --precision fp32 "
+                "on the CPU"
+            )
+
+
+_DEVICE_HELP = "torch device (cpu, cuda, cuda:1, ...); auto = cuda when available, else cpu"
+_PRECISION_HELP = (
+    "fp32, or on CUDA bf16 / fp16 autocast (fp16 with a gradient scaler); weights stay fp32, but the "
+    "arithmetic changes and with it the results"
+)
 
 
 OWN_DATA = "your own data (instead of a GLUE task)"
@@ -196,7 +217,7 @@ class FinetuneConfig(TaskFiles):
     train_limit: int | None = _f(None, "use a seeded random subset of this many training rows", ge=1)
     dev_limit: int | None = _f(None, "evaluate on a seeded random subset of this many dev rows", ge=1)
     group_by_length: bool = _f(True, "batch rows of similar length together: less padding, faster steps")
-    device: str = _f("auto", "torch device (cpu, cuda, cuda:1, ...); auto = cuda when available, else cpu")
+    device: str = _f("auto", _DEVICE_HELP)
     seed: int = _f(0, "random seed", **_SEED)
 
     def __post_init__(self) -> None:
@@ -251,7 +272,7 @@ class ProbeConfig(TaskFiles):
 
 
 @dataclass
-class SearchConfig(Checked):
+class SearchConfig(Computes):
     """Differentiable architecture search over a cell space, distilled from the knowledge store."""
 
     store: str = _f("runs/sst2/store", "knowledge store directory (output of 'teacher probe')")
@@ -328,13 +349,17 @@ class SearchConfig(Checked):
     augment_copies: int | None = _f(
         None, "at most this many augmented copies per row (default: all stored)", ge=0)
     random_architecture: bool = _f(False, "ablation: skip the search, draw a random genotype from the space")
+    device: str = _f(
+        "auto", _DEVICE_HELP + "; under torchrun each process uses cuda:LOCAL_RANK. The latency table "
+        "of the efficiency term is measured on the CPU either way")
+    precision: str = _f("fp32", _PRECISION_HELP, choices=PRECISIONS)
     seed: int = _f(0, "random seed", **_SEED)
     resume: bool = _f(False, "continue from the last checkpoint in output_dir")
     num_workers: int = _f(0, "data loader worker processes", ge=0)
 
 
 @dataclass
-class TrainConfig(Checked):
+class TrainConfig(Computes):
     """Train a compact student from a genotype with distillation from the knowledge store."""
 
     genotype: str = _f("runs/sst2/search/genotype.json", "genotype JSON (output of 'search')")
@@ -362,6 +387,8 @@ class TrainConfig(Checked):
     use_augmented: bool = _f(True, "also train on the store's augmented rows when present")
     augment_copies: int | None = _f(
         None, "at most this many augmented copies per row (default: all stored)", ge=0)
+    device: str = _f("auto", _DEVICE_HELP + "; under torchrun each process uses cuda:LOCAL_RANK")
+    precision: str = _f("fp32", _PRECISION_HELP, choices=PRECISIONS)
     seed: int = _f(0, "random seed", **_SEED)
     resume: bool = _f(False, "continue from the last checkpoint in output_dir")
 
@@ -380,6 +407,9 @@ class EvalConfig(Checked):
     warmup: int = _f(3, "untimed warm-up runs per latency measurement", ge=0)
     threads: int | None = _f(None, "torch threads for latency (default: torch's)", ge=1)
     skip_latency: bool = _f(False, "skip latency measurement")
+    device: str = _f(
+        "auto", "also time latency on this device, beside the CPU figures that are always measured (cuda, "
+        "cuda:1; auto = cuda when available; cpu = the CPU figures only); dev predictions run on the CPU")
 
 
 @dataclass

@@ -342,12 +342,14 @@ def loader(
     rank: int = 0,
     world_size: int = 1,
     group_by_length: bool = False,
+    pin_memory: bool = False,
 ) -> DataLoader:
     """A DataLoader whose order depends only on ``seed`` (set a new seed per epoch).
 
     With ``world_size`` > 1 it yields this rank's part of each global batch of ``batch_size`` rows;
     :func:`with_shares` pairs each batch with its share of the global batch. ``group_by_length``
-    batches rows of similar length (a :class:`StoreSplit` knows its lengths).
+    batches rows of similar length (a :class:`StoreSplit` knows its lengths). ``pin_memory`` (for a
+    CUDA device) puts each batch in page-locked host memory, so its copy to the GPU need not block.
     """
     lengths = getattr(data, "lengths", None) if group_by_length else None
     sampler = ShardedBatchSampler(len(data), batch_size, shuffle, seed, rank, world_size, lengths)
@@ -356,6 +358,7 @@ def loader(
         batch_sampler=sampler,
         collate_fn=partial(collate, pad_token_id=pad_token_id),
         num_workers=num_workers,
+        pin_memory=pin_memory,
     )
 
 

@@ -12,9 +12,12 @@ The conventions the search and the student training follow with these helpers:
   :func:`barrier` until it has;
 * a global batch of ``batch_size`` rows is split across the ranks (``adabert.data``), each rank's
   gradient is weighted by its share of the batch and summed over ranks (:func:`reduce_gradients`), so
-  N processes take the same optimisation steps as one process, only faster;
+  N processes take the steps of one process on the same batches, up to rounding, per-rank dropout and
+  BatchNorm statistics over each rank's part of the batch (so their genotype can differ);
 * the random choices that shape the network (the Gumbel samples) come from a generator seeded the
-  same on every rank; dropout differs per rank, like it differs per row.
+  same on every rank; dropout differs per rank, like it differs per row;
+* on CPUs the processes talk over gloo; on GPUs each process computes on its own GPU,
+  ``cuda:LOCAL_RANK`` (one process per GPU), and they talk over nccl.
 
 The process group lives as long as the process (it is closed at exit): one process can run several
 stages, and re-creating a group on the same ``torchrun`` store is not reliable.
@@ -93,13 +96,31 @@ def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def rank_device(device: str | torch.device, ctx: Context) -> torch.device:
+    """This process's device: a CUDA device without an index is ``cuda:LOCAL_RANK`` under torchrun
+    (one process per GPU; nccl refuses two ranks on one GPU) and the current GPU in one process."""
+    device = torch.device(device)
+    if device.type != "cuda" or device.index is not None:
+        return device
+    if not ctx.distributed:
+        return torch.device("cuda", torch.cuda.current_device())
+    count = torch.cuda.device_count()
+    if ctx.local_rank >= count:
+        raise UserError(
+            f"LOCAL_RANK={ctx.local_rank} but this machine has {count} CUDA device(s): run one process per "
+            f"GPU (torchrun --nproc-per-node {count}), or --device cpu"
+        )
+    return torch.device("cuda", ctx.local_rank)
+
+
 def setup(device: str | torch.device = "cpu") -> Context:
     """Join the process group torchrun describes (once per process) and return this rank's context.
 
-    ``device`` is where the collectives' tensors live: the search and the student training compute on
-    the CPU, so they communicate over gloo, also on machines with GPUs. In a single process (no
-    ``WORLD_SIZE`` > 1 in the environment) nothing is initialised. A group initialised by the caller
-    (e.g. ``torch.multiprocessing.spawn`` workers) is used as it is.
+    ``device`` is where this process computes and the collectives' tensors live: CPU processes talk
+    over gloo, CUDA processes over nccl, each on ``cuda:LOCAL_RANK`` (:func:`rank_device`), which
+    becomes the current CUDA device. In a single process (no ``WORLD_SIZE`` > 1 in the environment)
+    nothing is initialised. A group initialised by the caller (e.g. ``torch.multiprocessing.spawn``
+    workers) is used as it is.
     """
     if dist.is_available() and dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
@@ -116,7 +137,9 @@ def setup(device: str | torch.device = "cpu") -> Context:
             "`torchrun --nproc-per-node N -m adabert.cli ...` (it sets them)"
         )
     backend = default_backend(device)
-    if "nccl" in backend and torch.cuda.is_available():
+    if torch.device(device).type == "cuda":
+        torch.cuda.set_device(rank_device(device, ctx))
+    elif "nccl" in backend and torch.cuda.is_available():
         torch.cuda.set_device(ctx.local_rank % torch.cuda.device_count())
     dist.init_process_group(backend=backend, rank=ctx.rank, world_size=ctx.world_size)
     atexit.register(cleanup)
@@ -241,8 +264,9 @@ def reduce_gradients(
         return stats
     grads = [p.grad for p in params if p.grad is not None]
     parts = [g.reshape(-1) for g in grads]
-    if stats is not None:
-        parts.append(stats.detach().reshape(-1).to(grads[0].dtype if grads else torch.float32))
+    if stats is not None:  # beside the gradients, on their device (nccl reduces CUDA tensors only)
+        where = grads[0].device if grads else _collective_device()
+        parts.append(stats.detach().reshape(-1).to(where, grads[0].dtype if grads else torch.float32))
     if not parts:
         return stats
     flat = torch.cat(parts).mul_(share)
@@ -250,7 +274,15 @@ def reduce_gradients(
     _unflat_into(flat, grads)
     if stats is None:
         return None
-    return flat[flat.numel() - stats.numel() :].view_as(stats).to(stats.dtype)
+    return flat[flat.numel() - stats.numel() :].view_as(stats).to(stats.device, stats.dtype)
+
+
+def _collective_device() -> torch.device:
+    """Where a tensor that belongs to no model goes for a collective: CUDA for nccl alone, else the CPU."""
+    backend = str(dist.get_backend())
+    if "nccl" in backend and "gloo" not in backend:
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 class OutOfSyncError(RuntimeError):

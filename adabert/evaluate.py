@@ -4,7 +4,9 @@ Everything here is generic over Hugging Face style sequence classifiers (teacher
 compressed student): a module whose forward takes ``input_ids`` / ``attention_mask`` /
 ``token_type_ids`` and returns logits (a tensor, a dict or a ``ModelOutput`` with ``.logits``).
 Speed and size are only meaningful next to the teacher measured the same way in the same run
-(METHOD.md, "Evaluation conventions"), so latency is measured for all models together.
+(METHOD.md, "Evaluation conventions"), so latency is measured for all models together: on the CPU
+always, and with ``--device cuda`` on that GPU too, in a section of its own (CUDA timings are
+synchronised). Dev predictions run on the CPU, so the metrics do not depend on the machine's GPU.
 """
 
 from __future__ import annotations
@@ -563,13 +565,18 @@ def _size_section(report: Mapping[str, Any], size: Mapping[str, Any]) -> list[st
     return ["## Size", "", *_table(header, rows), ""]
 
 
-def _latency_section(report: Mapping[str, Any], latency: Mapping[str, Any]) -> list[str]:
+def _latency_section(
+    report: Mapping[str, Any], latency: Mapping[str, Any], device: str | None = None
+) -> list[str]:
     refs = _references(report, "", latency)
     header = ["model", "batch", "median ms", "p90 ms", *[f"speedup vs {r}" for r in refs]]
     rows, settings = [], ""
     for name, per_bs in latency.items():
         for bs, stats in per_bs.items():
-            settings = f" (seq_len {stats.get('seq_len', '?')}, {stats.get('threads', '?')} threads)"
+            if device is None:
+                settings = f" (seq_len {stats.get('seq_len', '?')}, {stats.get('threads', '?')} threads)"
+            else:
+                settings = f" on {device} (seq_len {stats.get('seq_len', '?')})"
             row = [name, str(bs), f"{stats['median_ms']:.2f}", f"{stats['p90_ms']:.2f}"]
             for r in refs:
                 ratio = stats.get(f"speedup_vs_{r}")
@@ -602,7 +609,7 @@ def render_report(report: Mapping[str, Any]) -> str:
     (``compare_latency`` output); ``references`` (model names to compare against; default: all others).
     Any other dict section is shown as JSON so nothing in the report is hidden.
     """
-    known = {"metrics", "size", "latency", "references", "cell_ops"}
+    known = {"metrics", "size", "latency", "latency_device", "references", "cell_ops"}
     lines = [f"# Evaluation report{': ' + str(report['task']) if 'task' in report else ''}", ""]
     scalars = [(k, v) for k, v in report.items() if k not in known and not isinstance(v, (Mapping, list))]
     lines += [f"- {k}: {format_value(v)}" for k, v in scalars]
@@ -614,6 +621,9 @@ def render_report(report: Mapping[str, Any]) -> str:
         lines += _size_section(report, report["size"])
     if report.get("latency"):
         lines += _latency_section(report, report["latency"])
+    if report.get("latency_device"):
+        on = report["latency_device"]
+        lines += _latency_section(report, on.get("latency", {}), str(on.get("device", "?")))
     if report.get("cell_ops"):
         lines += _cell_ops_section(report["cell_ops"], report.get("seq_len", "?"))
     for key, value in report.items():
@@ -651,9 +661,11 @@ def run_evaluation(cfg: Any) -> dict[str, Any]:
     The model is compared in one run with the store's teacher and a BERT-base-sized model, on the same
     inputs, thread count and batch sizes (``cfg`` is an ``EvalConfig``).
     """
+    from adabert.device import describe, resolve_device
     from adabert.store import KnowledgeStore
     from adabert.tasks import encode
 
+    device = resolve_device(getattr(cfg, "device", "cpu"))  # refused before any work if it is not here
     store = KnowledgeStore.open(cfg.store)
     task = store.task
     if cfg.teacher:  # refused up front: a teacher other than the store's would skew every comparison
@@ -707,5 +719,13 @@ def run_evaluation(cfg: Any) -> dict[str, Any]:
         report["latency"] = compare_latency(
             models, cfg.batch_sizes, cfg.seq_len, cfg.repeats, cfg.warmup, cfg.threads, pair=task.is_pair
         )
+        if device.type == "cuda":  # the same comparison on the GPU, beside the CPU figures
+            on_device = {name: m.to(device) for name, m in models.items()}
+            report["latency_device"] = {
+                "device": describe(device),
+                "latency": compare_latency(
+                    on_device, cfg.batch_sizes, cfg.seq_len, cfg.repeats, cfg.warmup, pair=task.is_pair
+                ),
+            }
     write_report(report, cfg.output_dir)
     return report

@@ -377,6 +377,19 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
             outputs=("model.onnx", "export.json"),
         )
     )
+    # a device or precision this machine lacks is refused now, not when its stage comes (maybe hours on)
+    from adabert.device import check_settings
+
+    on_machine = {"probe": pr, "search": se, "train": tr, "evaluate": ev}
+    if cfg.teacher is None:
+        on_machine["finetune"] = ft
+    if enabled:
+        on_machine["compress"] = co
+    for name, stage_cfg in on_machine.items():
+        try:
+            check_settings(stage_cfg)
+        except ConfigError as err:
+            raise ConfigError(f"{name}: {err}") from None
     return stages
 
 

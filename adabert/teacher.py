@@ -40,6 +40,7 @@ from adabert import optim
 from adabert.augment import Augmenter, stream_augmented
 from adabert.config import DEFAULT_TEACHER, FinetuneConfig, ProbeConfig, save_config
 from adabert.data import TokenRows
+from adabert.device import resolve_device
 from adabert.errors import DivergenceError, UserError
 from adabert.io import atomic_save, atomic_write_json, save_pretrained_atomic
 from adabert.progress import progress as progress_bar
@@ -82,16 +83,6 @@ def resolve_model(name: str) -> str:
     if name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep in name.replace("/", ""):
         raise TeacherError(f"model directory {name} does not exist (and it is not a hub id)")
     return name
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; anything else is passed to ``torch.device``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as err:
-        raise TeacherError(f"unknown device {name!r} ({err}); use auto, cpu, cuda or cuda:N") from None
 
 
 def _seed_everything(seed: int) -> torch.Generator:

@@ -6,6 +6,10 @@ with the tokenizer); a training state is checkpointed atomically every epoch for
 
 Runs the same under ``torchrun`` as in one process (``adabert.distributed``): the processes split each
 batch and sum their weighted gradients, so they hold the same weights; rank 0 writes.
+
+``--device`` trains on a GPU (batches copied from the memory-mapped store over pinned memory),
+``--precision bf16|fp16`` under autocast there; the student is built on the CPU (the same start on
+every device), scored in fp32 and saved with CPU tensors.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from adabert.checkpoint import (
     DivergenceError,
     check_resumable,
     divergence_advice,
+    gather_cuda_rng_states,
     gather_rng_states,
     load_for_resume,
     load_state,
@@ -35,6 +40,7 @@ from adabert.checkpoint import (
     settings_hash,
 )
 from adabert.config import TrainConfig, save_config, to_dict
+from adabert.device import autocast, describe, grad_scaler, prepare, to_device
 from adabert.distill import hierarchical_kd, logits_kd, task_loss
 from adabert.errors import UserError
 from adabert.genotype import Genotype
@@ -51,7 +57,7 @@ log = logging.getLogger(__name__)
 STATE = "training_state.safetensors"
 STATE_KIND = "training"
 # Settings that may change between an interrupted training run and its resumption.
-RESUMABLE_CHANGES = {"resume", "epochs", "output_dir", "store", "genotype", "supernet"}
+RESUMABLE_CHANGES = {"resume", "epochs", "output_dir", "store", "genotype", "supernet", "device", "precision"}
 TERMS = ("loss", "task", "kd", "probe_kd")
 
 
@@ -145,14 +151,18 @@ def student_config_kwargs(store: KnowledgeStore) -> dict[str, Any]:
 
 @torch.no_grad()
 def predict_logits(
-    model: torch.nn.Module, loader: torch.utils.data.DataLoader, device: torch.device | str = "cpu"
+    model: torch.nn.Module, loader: torch.utils.data.DataLoader, device: torch.device | str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Float32 logits and labels of ``model`` over a store loader, in loader order."""
+    """Float32 logits and labels of ``model`` over a store loader, in loader order, on ``device``
+    (default: the model's)."""
+    if device is None:
+        device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     logits, labels = [], []
     for batch in loader:
-        out = model(**{k: batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids")})
+        inputs = to_device({k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}, device)
+        out = model(**inputs)
         logits.append(out.logits.float().cpu().numpy())
         labels.append(batch["labels"].numpy())
     model.train(was_training)
@@ -191,7 +201,9 @@ def starting_point(cfg: TrainConfig, genotype: Genotype, store: KnowledgeStore) 
 
 def train_student(cfg: TrainConfig) -> dict[str, Any]:
     """Train the student; under ``torchrun`` the processes split each batch and rank 0 writes."""
-    ctx = distributed.setup()
+    device = prepare(cfg.device, cfg.precision)
+    ctx = distributed.setup(device)
+    device = distributed.rank_device(device, ctx)
     out = Path(cfg.output_dir)
     store = KnowledgeStore.open(cfg.store)
     if not Path(cfg.genotype).is_file():
@@ -220,6 +232,9 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
     probes = (
         ProbeHeads(genotype.num_cells + 1, genotype.hidden_size, store.num_labels) if cfg.probe_kd else None
     )
+    model.to(device)
+    if probes is not None:
+        probes.to(device)
     params = list(model.parameters()) + (list(probes.parameters()) if probes else [])
     distributed.broadcast_parameters([*params, *model.buffers()])
     # dropout: a stream of its own per rank, seeded after the build (whose draws may vary, e.g. the op
@@ -229,14 +244,16 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
     dev = data.load_split(store, store.dev_split)
     pad_id = store.pad_token_id
     dev_lo, dev_hi = data.shard_bounds(len(dev), ctx.rank, ctx.world_size)
+    pin = device.type == "cuda"
     dev_loader = data.loader(
-        dev.subset(range(dev_lo, dev_hi)), cfg.batch_size * 2, False, pad_token_id=pad_id
+        dev.subset(range(dev_lo, dev_hi)), cfg.batch_size * 2, False, pad_token_id=pad_id, pin_memory=pin
     )
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     optimizer = optim.adam(params, decoupled=True, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_linear_schedule_with_warmup(
         optimizer, int(0.06 * steps_per_epoch * cfg.epochs), steps_per_epoch * cfg.epochs
     )
+    scaler = grad_scaler(device, cfg.precision)
     history: list[dict[str, Any]] = []
     start_epoch, best = 0, None
     state_path = out / STATE
@@ -251,13 +268,22 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
         model.load_state_dict(state["model"])
         if probes is not None:
             probes.load_state_dict(state["probes"])
-        optimizer.load_state_dict(state["optimizer"])
+        optimizer.load_state_dict(state["optimizer"])  # moved to the parameters' device
         scheduler.load_state_dict(state["scheduler"])
-        restore_rng_state(state, cfg.seed)
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        restore_rng_state(state, cfg.seed, device)
         start_epoch, history, best = state["epoch"], state["history"], state["best"]
         log.info("resuming from %s after epoch %d", state_path, start_epoch)
     del state
-    log.info("training on %d rows (%d steps per epoch), %d dev rows", len(train), steps_per_epoch, len(dev))
+    log.info(
+        "training on %s (%s): %d rows (%d steps per epoch), %d dev rows",
+        describe(device),
+        cfg.precision,
+        len(train),
+        steps_per_epoch,
+        len(dev),
+    )
 
     tokenizer = store.tokenizer()
     main_metric = task.main_metric
@@ -276,6 +302,7 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
             ctx.rank,
             ctx.world_size,
             group_by_length=True,
+            pin_memory=pin,
         )
         bar = progress_bar(
             data.with_shares(batches),
@@ -285,27 +312,29 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
             disable=not ctx.is_main,
         )
         for batch, share in bar:
-            outputs = model(
-                input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
-                token_type_ids=batch["token_type_ids"],
-                output_hidden_states=probes is not None,
-            )
-            terms = {
-                "task": task_loss(outputs.logits, batch["labels"], regression),
-                "kd": logits_kd(outputs.logits, batch["teacher_logits"], regression, cfg.kd_temperature),
-            }
-            loss = (1 - cfg.gamma) * terms["task"] + cfg.gamma * terms["kd"]
-            if probes is not None:
-                mask = batch["attention_mask"]
-                pooled = [masked_mean(h.transpose(1, 2), mask) for h in outputs.hidden_states]
-                terms["probe_kd"] = hierarchical_kd(
-                    probes(pooled), batch["probe_logits"], batch["labels"], regression, cfg.kd_temperature
+            batch = to_device(batch, device)
+            with autocast(device, cfg.precision):
+                outputs = model(
+                    input_ids=batch["input_ids"],
+                    attention_mask=batch["attention_mask"],
+                    token_type_ids=batch["token_type_ids"],
+                    output_hidden_states=probes is not None,
                 )
-                loss = loss + cfg.probe_kd * terms["probe_kd"]
+                terms = {
+                    "task": task_loss(outputs.logits, batch["labels"], regression),
+                    "kd": logits_kd(outputs.logits, batch["teacher_logits"], regression, cfg.kd_temperature),
+                }
+                loss = (1 - cfg.gamma) * terms["task"] + cfg.gamma * terms["kd"]
+                if probes is not None:
+                    mask = batch["attention_mask"]
+                    pooled = [masked_mean(h.transpose(1, 2), mask) for h in outputs.hidden_states]
+                    terms["probe_kd"] = hierarchical_kd(
+                        probes(pooled), batch["probe_logits"], batch["labels"], regression, cfg.kd_temperature
+                    )
+                    loss = loss + cfg.probe_kd * terms["probe_kd"]
             terms["loss"] = loss
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss if scaler is None else scaler.scale(loss)).backward()
             # the global batch's gradient and loss terms, the same on every rank
             stats = torch.tensor([terms[k].item() if k in terms else 0.0 for k in TERMS], dtype=torch.float64)
             values = dict(zip(TERMS, distributed.reduce_gradients(params, share, stats).tolist()))
@@ -314,8 +343,14 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
                     f"training loss became {values['loss']} at epoch {epoch + 1}; "
                     + divergence_advice(state_path, epoch, "--lr")
                 )
+            if scaler is not None:  # fp16: the ranks summed scaled gradients; unscale before clipping
+                scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            optimizer.step()
+            if scaler is None:
+                optimizer.step()
+            else:
+                scaler.step(optimizer)  # skipped (on every rank alike) when the gradients overflowed
+                scaler.update()
             scheduler.step()
             for key, value in values.items():
                 sums[key] += value
@@ -337,6 +372,7 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
         if improved:
             best = record
         rng_states = gather_rng_states()
+        cuda_rng_states = gather_cuda_rng_states(device)
         if ctx.is_main:
             if improved:
                 save_pretrained_atomic(out, model, tokenizer)
@@ -354,6 +390,10 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
                 "config": to_dict(cfg),
                 "genotype": genotype.to_dict(),
             }
+            if cuda_rng_states is not None:
+                state["cuda_rng_per_rank"] = cuda_rng_states
+            if scaler is not None:
+                state["scaler"] = scaler.state_dict()
             save_state(state_path, state, STATE_KIND, settings_hash(to_dict(cfg), RESUMABLE_CHANGES))
             del state
         distributed.barrier()  # the epoch is over everywhere once its state is on disk

@@ -407,7 +407,7 @@ def compress(cfg: CompressConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "compress_config.json")
     torch.manual_seed(cfg.seed)
-    from adabert.teacher import resolve_device
+    from adabert.device import resolve_device
 
     device = resolve_device(cfg.device)
     store = KnowledgeStore.open(cfg.store)

@@ -8,6 +8,11 @@ silenced and every export is instead checked against the PyTorch model on a batc
 shape, with padding, before it is moved into place: a file that exists has passed that check.
 TorchScript is deprecated upstream (torch 2.13 warns on trace/save/load) but still works; it is kept
 as the no-extra-dependency format and its deprecation warnings are silenced here.
+
+Export runs on the CPU and takes no ``--device``: the exported file is for CPU deployment (ONNX
+Runtime's CPU provider, the int8 model), a trace recorded on a GPU would freeze CUDA devices into a
+TorchScript file, and the parity check holds PyTorch and the exported file to 1e-4 on the same kind
+of device. A student exports in seconds on a CPU, so a GPU would save nothing.
 """
 
 from __future__ import annotations

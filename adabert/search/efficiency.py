@@ -43,7 +43,8 @@ def normalised_op_costs(space: SearchSpace, hidden_size: int, seq_len: int) -> t
 
 
 def _depths(sample: Sample) -> torch.Tensor:
-    k = torch.arange(1, len(sample.depth_onehot) + 1, dtype=sample.depth_onehot.dtype)
+    onehot = sample.depth_onehot
+    k = torch.arange(1, len(onehot) + 1, dtype=onehot.dtype, device=onehot.device)
     return (sample.depth_onehot * k).sum()
 
 
@@ -53,6 +54,11 @@ class PaperCost:
     def __init__(self, space: SearchSpace, hidden_size: int, seq_len: int, max_cells: int) -> None:
         self.op_costs = normalised_op_costs(space, hidden_size, seq_len)
         self.max_cells = max_cells
+
+    def to(self, device: torch.device | str) -> PaperCost:
+        """The op costs on the device of the samples (the architecture logits)."""
+        self.op_costs = self.op_costs.to(device)
+        return self
 
     def loss(self, sample: Sample) -> torch.Tensor:
         per_edge = (sample.edge_onehot * self.op_costs).sum(-1)
@@ -88,6 +94,11 @@ class BudgetCost:
         self.per_op = torch.tensor(per_op, dtype=torch.float32)
         if space.zero_op is not None:
             self.per_op[space.ops.index(space.zero_op)] = 0.0
+
+    def to(self, device: torch.device | str) -> BudgetCost:
+        """The per-op costs on the device of the samples (the table itself was measured on the CPU)."""
+        self.per_op = self.per_op.to(device)
+        return self
 
     def cost(self, sample: Sample) -> torch.Tensor:
         per_edge = (sample.edge_onehot * self.per_op).sum(-1).mean()

@@ -11,6 +11,10 @@ an atomic checkpoint, and the log; the search ends with the genotype chosen by `
 The same code runs in one process or under ``torchrun`` (``adabert.distributed``): the processes
 split each batch, sum their weighted gradients, draw the same samples, and so hold the same
 architecture logits; rank 0 writes the checkpoint, log and genotype while the others wait.
+
+``--device`` puts the supernet, its architecture logits and each batch on a GPU (``adabert.device``);
+``--precision bf16|fp16`` runs the steps under autocast there. The store, the samples' random draws
+and the latency table stay on the host; held-out and dev scores are computed in fp32.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from adabert.checkpoint import (
     DivergenceError,
     check_resumable,
     divergence_advice,
+    gather_cuda_rng_states,
     gather_rng_states,
     load_for_resume,
     remove_stale_temporaries,
@@ -39,6 +44,7 @@ from adabert.checkpoint import (
     settings_hash,
 )
 from adabert.config import SearchConfig, save_config, to_dict
+from adabert.device import autocast, describe, grad_scaler, prepare, to_device
 from adabert.distill import hierarchical_kd, task_loss
 from adabert.draw import draw_genotype
 from adabert.errors import UserError
@@ -72,7 +78,7 @@ OUTPUTS = (
     "depth_distribution.png",
 )
 # Settings that may change between an interrupted run and its resumption.
-RESUMABLE_CHANGES = {"resume", "epochs", "num_workers", "output_dir", "store"}
+RESUMABLE_CHANGES = {"resume", "epochs", "num_workers", "output_dir", "store", "device", "precision"}
 TERMS = ("loss", "ce", "kd", "efficiency")
 
 
@@ -184,6 +190,9 @@ class Search:
     a_opt: torch.optim.Optimizer
     sampler: torch.Generator
     cost: BudgetCost | PaperCost
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    w_scaler: torch.amp.GradScaler | None = None  # fp16 only
+    a_scaler: torch.amp.GradScaler | None = None
     steps_per_epoch: int = 1
     total_steps: int = 1
     step: int = 0
@@ -200,18 +209,20 @@ def search_loss(
     skip: float = 0.0,
     free_dropout: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """``(1 - gamma) CE + gamma KD`` of one sampled sub-network on one batch."""
-    out = net(
-        batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], sample, skip, free_dropout
-    )
-    ce = task_loss(out.logits, batch["labels"], regression)
-    kd = (
-        hierarchical_kd(
-            out.probe_logits, batch["probe_logits"], batch["labels"], regression, cfg.kd_temperature
+    """``(1 - gamma) CE + gamma KD`` of one sampled sub-network on one batch (on the batch's device,
+    under autocast with ``--precision bf16|fp16``)."""
+    with autocast(batch["input_ids"].device, cfg.precision):
+        out = net(
+            batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], sample, skip, free_dropout
         )
-        if cfg.gamma > 0
-        else torch.zeros(())
-    )
+        ce = task_loss(out.logits, batch["labels"], regression)
+        kd = (
+            hierarchical_kd(
+                out.probe_logits, batch["probe_logits"], batch["labels"], regression, cfg.kd_temperature
+            )
+            if cfg.gamma > 0
+            else torch.zeros((), device=ce.device)
+        )
     return (1 - cfg.gamma) * ce + cfg.gamma * kd, {"ce": ce, "kd": kd}
 
 
@@ -223,16 +234,27 @@ def _apply(
     share: float,
     clip: float,
     where: str,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> dict[str, float]:
-    """Backward, sum the ranks' weighted gradients, refuse a non-finite loss, clip, step."""
+    """Backward, sum the ranks' weighted gradients, refuse a non-finite loss, clip, step.
+
+    With an fp16 ``scaler`` the scaled gradients are summed (a sum commutes with the scale) and
+    unscaled before clipping; a step whose gradients overflowed is skipped, on every rank alike.
+    """
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss if scaler is None else scaler.scale(loss)).backward()
     values = torch.tensor([loss.item()] + [terms[k].item() for k in TERMS[1:]], dtype=torch.float64)
     reduced = dict(zip(TERMS, distributed.reduce_gradients(params, share, values).tolist()))
     if not math.isfinite(reduced["loss"]):
         raise DivergenceError(f"search loss became {reduced['loss']} {where}")
+    if scaler is not None:
+        scaler.unscale_(optimizer)
     torch.nn.utils.clip_grad_norm_(params, clip)
-    optimizer.step()
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
     return reduced
 
 
@@ -245,7 +267,7 @@ def weight_step(
     drop = remedies.decayed(cfg.free_op_dropout, s.step, first, s.total_steps)
     loss, terms = search_loss(s.net, batch, sample, cfg, regression, skip, drop)
     terms["efficiency"] = torch.zeros(())
-    return _apply(s.net.weight_parameters(), s.w_opt, loss, terms, share, cfg.grad_clip, where)
+    return _apply(s.net.weight_parameters(), s.w_opt, loss, terms, share, cfg.grad_clip, where, s.w_scaler)
 
 
 def arch_step(
@@ -265,7 +287,7 @@ def arch_step(
     loss = loss + beta * terms["efficiency"]
     if cfg.beta_reg:
         loss = loss + cfg.beta_reg * remedies.beta_regulariser(s.net.edge_logits)
-    return _apply(s.net.arch_parameters(), s.a_opt, loss, terms, share, cfg.grad_clip, where)
+    return _apply(s.net.arch_parameters(), s.a_opt, loss, terms, share, cfg.grad_clip, where, s.a_scaler)
 
 
 # ------------------------------------------------------------------------------------------ epoch
@@ -285,6 +307,7 @@ def run_epoch(
         "pad_token_id": weight_rows.pad_token_id,
         "num_workers": cfg.num_workers,
         "group_by_length": True,
+        "pin_memory": s.device.type == "cuda",
     }
     w_loader = data.loader(weight_rows, cfg.batch_size, True, cfg.seed * 100_003 + epoch, **shard)
     a_batches = _cycle(data.loader(arch_rows, cfg.batch_size, True, cfg.seed * 100_019 + epoch, **shard))
@@ -310,9 +333,10 @@ def run_epoch(
         sample = s.net.uniform_sample(s.sampler) if warm else s.net.sample(tau, s.sampler)
         for e, op in enumerate(sample.ops):
             counts[e, s.net.zero_index if op is None else op] += 1
-        terms = weight_step(s, batch, share, sample, cfg, regression, where)
+        terms = weight_step(s, to_device(batch, s.device), share, sample, cfg, regression, where)
         if not warm:
             a_batch, a_share = next(a_batches)
+            a_batch = to_device(a_batch, s.device)
             terms["efficiency"] = arch_step(s, a_batch, a_share, tau, max(beta, 0.0), cfg, regression, where)[
                 "efficiency"
             ]
@@ -360,6 +384,7 @@ def epoch_record(
 def save_checkpoint(s: Search, cfg: SearchConfig, path: Path, epoch: int, ctx: Any, extra: dict) -> None:
     """Everything needed to continue after ``epoch``; tensors in safetensors, never a pickle."""
     rng_states = gather_rng_states()
+    cuda_rng_states = gather_cuda_rng_states(s.device)
     if not ctx.is_main:
         return
     frozen = {name for name, p in s.net.named_parameters() if not p.requires_grad}
@@ -377,6 +402,11 @@ def save_checkpoint(s: Search, cfg: SearchConfig, path: Path, epoch: int, ctx: A
         "config": to_dict(cfg),
         **extra,
     }
+    if cuda_rng_states is not None:
+        state["cuda_rng_per_rank"] = cuda_rng_states
+    for name, scaler in (("w_scaler", s.w_scaler), ("a_scaler", s.a_scaler)):
+        if scaler is not None:
+            state[name] = scaler.state_dict()
     save_state(path, state, CHECKPOINT_KIND, settings_hash(to_dict(cfg), RESUMABLE_CHANGES))
 
 
@@ -393,9 +423,12 @@ def restore(s: Search, state: dict[str, Any], cfg: SearchConfig, path: Path, cos
     frozen = {name for name, p in s.net.named_parameters() if not p.requires_grad}
     if unexpected or set(missing) - frozen:
         raise UserError(f"{path}: the checkpoint does not fit this supernet ({(missing, unexpected)})")
-    s.w_opt.load_state_dict(state["w_opt"])
+    s.w_opt.load_state_dict(state["w_opt"])  # moved to the parameters' device
     s.a_opt.load_state_dict(state["a_opt"])
-    restore_rng_state(state, cfg.seed)
+    for name, scaler in (("w_scaler", s.w_scaler), ("a_scaler", s.a_scaler)):
+        if scaler is not None and state.get(name):
+            scaler.load_state_dict(state[name])
+    restore_rng_state(state, cfg.seed, s.device)
     s.sampler.set_state(state["sample_rng"])
     s.step, s.history = state["step"], state["history"]
     log.info("resuming from %s after epoch %d", path, state["epoch"])
@@ -405,7 +438,9 @@ def restore(s: Search, state: dict[str, Any], cfg: SearchConfig, path: Path, cos
 # ------------------------------------------------------------------------------------------ the search
 def run_search(cfg: SearchConfig) -> Genotype:
     """Search an architecture for the store's task; writes genotype, selection, log, plots, checkpoints."""
-    ctx = distributed.setup()
+    device = prepare(cfg.device, cfg.precision)
+    ctx = distributed.setup(device)
+    device = distributed.rank_device(device, ctx)
     out, store = Path(cfg.output_dir), KnowledgeStore.open(cfg.store)
     check_positions(store)
     space = get_space(cfg.space)
@@ -421,10 +456,10 @@ def run_search(cfg: SearchConfig) -> Genotype:
     weight_rows, arch_rows = split_rows(cfg, store)
     selection_rows = arch_rows.subset(np.arange(min(len(arch_rows), cfg.selection_rows)))
     dev_rows = data.load_split(store, store.dev_split)
-    heldout, dev = (_eval_loader(rows, cfg, ctx) for rows in (selection_rows, dev_rows))
-    net = build_supernet(cfg, store)
+    heldout, dev = (_eval_loader(rows, cfg, ctx, device) for rows in (selection_rows, dev_rows))
+    net = build_supernet(cfg, store).to(device)  # built on the CPU: the same start on every device
     distributed.broadcast_parameters([*net.parameters(), *net.buffers()])  # the same start everywhere
-    cost = build_efficiency(cfg, store, net)
+    cost = build_efficiency(cfg, store, net).to(device)
     costs = json.dumps(cost.describe(), sort_keys=True)
     if ctx.is_main and isinstance(cost, BudgetCost):
         atomic_write_json(out / LATENCY_TABLE, {**cost.table.to_dict(), "sha256": cost.table.sha256})
@@ -433,8 +468,11 @@ def run_search(cfg: SearchConfig) -> Genotype:
         net,
         optim.adam(net.weight_parameters(), lr=cfg.w_lr, weight_decay=cfg.w_weight_decay),
         optim.adam(net.arch_parameters(), lr=cfg.arch_lr, weight_decay=cfg.arch_weight_decay),
-        torch.Generator().manual_seed(cfg.seed * 100_043 + 17),  # the same samples on every rank
+        torch.Generator().manual_seed(cfg.seed * 100_043 + 17),  # the same samples on every rank, device
         cost,
+        device=device,
+        w_scaler=grad_scaler(device, cfg.precision),
+        a_scaler=grad_scaler(device, cfg.precision),
         steps_per_epoch=data.steps(len(weight_rows), cfg.batch_size),
     )
     s.total_steps = cfg.epochs * s.steps_per_epoch
@@ -443,7 +481,9 @@ def run_search(cfg: SearchConfig) -> Genotype:
     start = restore(s, state, cfg, path, costs) if state is not None else 0
     del state
     log.info(
-        "search: %d weight rows, %d held-out rows, %s; %s",
+        "search on %s (%s): %d weight rows, %d held-out rows, %s; %s",
+        describe(device),
+        cfg.precision,
         len(weight_rows),
         len(arch_rows),
         f"{cfg.uniform_warmup_epochs} uniform warm-up epoch(s)",
@@ -489,10 +529,16 @@ def run_search(cfg: SearchConfig) -> Genotype:
     return genotype
 
 
-def _eval_loader(rows: data.StoreSplit, cfg: SearchConfig, ctx: Any) -> Any:
+def _eval_loader(rows: data.StoreSplit, cfg: SearchConfig, ctx: Any, device: torch.device) -> Any:
     """This rank's contiguous part of the rows; the parts are gathered in order when scoring."""
     lo, hi = data.shard_bounds(len(rows), ctx.rank, ctx.world_size)
-    return data.loader(rows.subset(range(lo, hi)), cfg.batch_size * 2, False, pad_token_id=rows.pad_token_id)
+    return data.loader(
+        rows.subset(range(lo, hi)),
+        cfg.batch_size * 2,
+        False,
+        pad_token_id=rows.pad_token_id,
+        pin_memory=device.type == "cuda",
+    )
 
 
 def _random_architecture(

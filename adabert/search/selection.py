@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from adabert import distributed
+from adabert.device import to_device
 from adabert.distill import task_loss
 from adabert.genotype import Edge, Genotype
 from adabert.search.supernet import Sample, Supernet
@@ -31,13 +32,16 @@ SELECTIONS = ("last", "best_epoch", "contribution")
 
 @torch.no_grad()
 def score(net: Supernet, sample: Sample, loader: Any, task: Any) -> dict[str, float]:
-    """Held-out task loss and metrics of one sub-network, over every rank's part of the rows."""
+    """Held-out task loss and metrics of one sub-network, over every rank's part of the rows (fp32, on
+    the supernet's device)."""
     was_training = net.training
     net.eval()
+    device = net.edge_logits.device
     logits, labels = [], []
     for batch in loader:
-        out = net(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], sample)
-        logits.append(out.logits.float().numpy())
+        inputs = to_device({k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}, device)
+        out = net(inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"], sample)
+        logits.append(out.logits.float().cpu().numpy())
         labels.append(batch["labels"].numpy())
     net.train(was_training)
     parts = distributed.all_gather_object((logits, labels))

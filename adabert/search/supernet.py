@@ -45,8 +45,12 @@ class SupernetOutput:
 def straight_through_gumbel(
     logits: torch.Tensor, tau: float, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hard one-hot samples along the last axis with the soft sample's gradient; returns (onehot, index)."""
-    uniform = torch.rand(logits.shape, generator=generator, device=logits.device).clamp_(1e-10, 1 - 1e-10)
+    """Hard one-hot samples along the last axis with the soft sample's gradient; returns (onehot, index).
+
+    The uniform draws come from ``generator`` (a CPU generator; the CPU's default one without it) and
+    are then moved to the logits' device, so a seed gives the same draws on every device.
+    """
+    uniform = torch.rand(logits.shape, generator=generator).clamp_(1e-10, 1 - 1e-10).to(logits.device)
     gumbel = -torch.log(-torch.log(uniform))
     soft = torch.softmax((logits + gumbel) / tau, dim=-1)
     index = soft.argmax(dim=-1)
