@@ -253,7 +253,9 @@ def test_selection_by_best_epoch_and_by_contribution(tiny_store, tmp_path):
     run_search(search_config(tiny_store, tmp_path / "best", epochs=3, select="best_epoch"))
     log = [json.loads(line) for line in (tmp_path / "best" / "search_log.jsonl").read_text().splitlines()]
     chosen = json.loads((tmp_path / "best" / "selection.json").read_text())
-    best = min(log, key=lambda r: r["heldout"]["loss"])
+    searched = [r for r in log if r["phase"] == "search"]  # the warm-up's genotypes are not searched
+    assert searched and len(searched) < len(log)
+    best = min(searched, key=lambda r: r["heldout"]["loss"])
     assert chosen["epoch"] == best["epoch"] == best_epoch(log)["epoch"]
     assert Genotype.load(tmp_path / "best" / "genotype.json") == Genotype.from_dict(best["genotype"])
 
@@ -320,3 +322,23 @@ def test_the_student_trains_on_every_row_plus_the_augmented_ones(tiny_store, tmp
         ]
     assert rows == {"all": 48 + 144, "one_copy": 48 + 48, "none": 48, "subset": 10 + 30}
     assert len(KnowledgeStore.open(tmp_path / "aug").labels("train")) == 48
+
+
+def test_candidates_are_scored_on_batch_statistics_and_running_statistics_stay():
+    """A supernet's running BatchNorm statistics mix every sampled path: a candidate is scored on
+    its own batch statistics, and scoring leaves the running statistics (and eval mode) as they were."""
+    from adabert.search.selection import batch_statistics
+    from search_spaces import MaskedBatchNorm1d
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), MaskedBatchNorm1d(4)).eval()
+    norm = net[1]
+    norm.running_mean.fill_(5.0)  # statistics of other paths, far from this input's
+    x = torch.randn(6, 4, 10)
+    x_in = net[0](x.transpose(1, 2)).transpose(1, 2)
+    before = {k: v.clone() for k, v in norm.state_dict().items()}
+    with torch.no_grad(), batch_statistics(net):
+        y = norm(x_in)
+    per_channel = y.transpose(0, 1).reshape(4, -1)
+    torch.testing.assert_close(per_channel.mean(1), torch.zeros(4), atol=1e-5, rtol=0)
+    assert not norm.training and all(torch.equal(before[k], v) for k, v in norm.state_dict().items())

@@ -53,7 +53,7 @@ from adabert.io import atomic_write_json, atomic_write_text
 from adabert.progress import progress as progress_bar
 from adabert.search import remedies
 from adabert.search.efficiency import BudgetCost, PaperCost
-from adabert.search.selection import score, select
+from adabert.search.selection import WARM_UP, score, select
 from adabert.search.supernet import Sample, Supernet
 from adabert.store import KnowledgeStore
 from search_spaces import SearchSpace, get_space
@@ -349,7 +349,7 @@ def run_epoch(
         **{k: v / n for k, v in sums.items()},
         "tau": tau,
         "beta": 0.0 if warm else max(beta, 0.0),
-        "phase": "uniform warm-up" if warm else "search",
+        "phase": WARM_UP if warm else "search",
         "op_counts": counts.tolist(),
     }
 

@@ -14,7 +14,8 @@ task loss on them beside the task metrics: the loss is smoother than accuracy on
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -28,14 +29,46 @@ from adabert.search.supernet import Sample, Supernet
 from adabert.tasks import compute_metrics, predictions_from_logits
 
 SELECTIONS = ("last", "best_epoch", "contribution")
+WARM_UP = "uniform warm-up"  # the phase of the epochs with no architecture step
+
+
+@contextmanager
+def batch_statistics(net: torch.nn.Module) -> Iterator[None]:
+    """Normalise with each batch's own statistics, leaving the running statistics as they were.
+
+    A supernet's BatchNorm running statistics mix every sub-network that was sampled, so they fit
+    none of them; a sub-network judged with them is judged wrongly (the single-path one-shot
+    literature recalibrates them per candidate). The batch's own statistics fit the candidate.
+    """
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in norms]
+    for m in norms:
+        m.train()
+    try:
+        yield
+    finally:
+        for m, state in zip(norms, saved):
+            m.load_state_dict(state)
+            m.eval()
 
 
 @torch.no_grad()
 def score(net: Supernet, sample: Sample, loader: Any, task: Any) -> dict[str, float]:
     """Held-out task loss and metrics of one sub-network, over every rank's part of the rows (fp32, on
-    the supernet's device)."""
+    the supernet's device; dropout off, BatchNorm on each batch's statistics)."""
     was_training = net.training
     net.eval()
+    with batch_statistics(net):
+        logits, labels = _outputs(net, sample, loader)
+    net.train(was_training)
+    parts = distributed.all_gather_object((logits, labels))
+    logits = np.concatenate([x for rank_logits, _ in parts for x in rank_logits])
+    labels = np.concatenate([y for _, rank_labels in parts for y in rank_labels])
+    loss = task_loss(torch.from_numpy(logits), torch.from_numpy(labels), task.is_regression).item()
+    return {"loss": loss, **compute_metrics(task, predictions_from_logits(task, logits), labels)}
+
+
+def _outputs(net: Supernet, sample: Sample, loader: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:
     device = net.edge_logits.device
     logits, labels = [], []
     for batch in loader:
@@ -43,12 +76,7 @@ def score(net: Supernet, sample: Sample, loader: Any, task: Any) -> dict[str, fl
         out = net(inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"], sample)
         logits.append(out.logits.float().cpu().numpy())
         labels.append(batch["labels"].numpy())
-    net.train(was_training)
-    parts = distributed.all_gather_object((logits, labels))
-    logits = np.concatenate([x for rank_logits, _ in parts for x in rank_logits])
-    labels = np.concatenate([y for _, rank_labels in parts for y in rank_labels])
-    loss = task_loss(torch.from_numpy(logits), torch.from_numpy(labels), task.is_regression).item()
-    return {"loss": loss, **compute_metrics(task, predictions_from_logits(task, logits), labels)}
+    return logits, labels
 
 
 def _edges_sample(net: Supernet, ops: list[int | None], depth: int) -> Sample:
@@ -105,8 +133,13 @@ def contributions(
 
 
 def best_epoch(history: list[dict[str, Any]]) -> dict[str, Any]:
-    """The epoch record whose derived network had the lowest held-out loss (the latest on ties)."""
-    return min(reversed(history), key=lambda r: r["heldout"]["loss"])
+    """The epoch record whose derived network had the lowest held-out loss (the latest on ties).
+
+    Only epochs after the uniform warm-up compete when there are any: during the warm-up no
+    architecture step has run, so the derived network is the argmax of the logits' random start.
+    """
+    searched = [r for r in history if r.get("phase") != WARM_UP] or history
+    return min(reversed(searched), key=lambda r: r["heldout"]["loss"])
 
 
 def select(
