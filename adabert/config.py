@@ -292,7 +292,9 @@ class SearchConfig(Computes):
     arch_weight_decay: float = _f(1e-3, "weight decay of the architecture logits", ge=0.0)
     grad_clip: float = _f(5.0, "gradient norm clipping", gt=0.0)
     gamma: float = _f(0.8, "weight of the knowledge-distillation loss (0 = no KD)", **_PROB)
-    beta: float = _f(1.0, "weight of the efficiency term in the architecture step (0 = none)", ge=0.0)
+    beta: float | None = _f(
+        None, "weight of the efficiency term in the architecture step (0 = none); default: 0 with "
+        "--efficiency budget (the budget bounds the derivation instead), 4 with paper (AdaBERT's)", ge=0.0)
     efficiency: str = _f(
         "budget", "efficiency term: budget (|cost / target - 1| against --target-*, TuNAS) or paper "
         "(AdaBERT's, always towards cheaper ops)", choices=("budget", "paper"))

@@ -61,6 +61,31 @@ def test_budget_loss_is_zero_at_the_target_and_grows_on_both_sides():
     assert params.loss(_sample(space, "identity", 1)).item() == pytest.approx(1.0)
 
 
+def test_the_derivation_fits_the_budget_giving_up_as_little_of_the_logits_as_it_can():
+    space = get_space("adabert_cnn")
+    table = _table(space)
+    kept = ((0, 2), (1, 2), (0, 3), (2, 3), (2, 4), (3, 4))
+    edges = tuple(Edge(s, t, "conv7") for s, t in space.edges if (s, t) in kept)
+    wide = Genotype(space.name, 3, edges, 16, embedding=EMBEDDING)
+    edge_logits = torch.zeros(len(space.edges), len(space.ops))
+    edge_logits[:, space.op_index("conv7")] = 3.0
+    edge_logits[:, space.op_index("conv3")] = 2.5  # the next best, much cheaper
+    depth_logits = torch.tensor([0.0, 0.1, 0.2])  # depth barely preferred: cut cells first
+    # 3 cells of 6 conv7 edges: 1.0 + 3 x (0.5 + 42) = 128.5 ms
+    cost = BudgetCost(space, table, 30.0, "ms", 1)
+    assert cost.genotype_cost(wide) == pytest.approx(table.predict(wide, 1)) == pytest.approx(128.5)
+    fitted = cost.fit(wide, edge_logits, depth_logits)
+    assert cost.genotype_cost(fitted) <= 30.0 and fitted.num_cells == 1
+    assert all(e.op in ("conv7", "conv3") for e in fitted.edges)  # the cheap, weak ops stay unused
+    assert [(e.source, e.target) for e in fitted.edges] == [(e.source, e.target) for e in wide.edges]
+    fitted.validate()
+    assert cost.fit(fitted, edge_logits, depth_logits) == fitted  # within the budget: unchanged
+    # an impossible budget ends at the cheapest genotype the ops allow, never at the zero op
+    cheapest = BudgetCost(space, table, 0.1, "ms", 1).fit(wide, edge_logits, depth_logits)
+    assert cheapest.num_cells == 1
+    assert {e.op for e in cheapest.edges} <= {"identity", "max_pool3", "avg_pool3"}
+
+
 def test_random_genotypes_at_the_same_budget():
     space = get_space("adabert_cnn")
     table = _table(space)

@@ -17,10 +17,12 @@ after derivation, so a sample's cost counts that many edges at its mean edge cos
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
 
+from adabert.genotype import Edge, Genotype
 from adabert.search.latency import LatencyTable
 from adabert.search.supernet import Sample
 from search_spaces import SearchSpace
@@ -91,6 +93,7 @@ class BudgetCost:
         else:  # parameters of the cells (the embedding table and head are the same for every sample)
             per_op = [float(table.params[name]) for name in space.ops]
             self.fixed, self.cell = 0.0, 0.0
+        self.space, self.ops = space, list(space.ops)
         self.per_op = torch.tensor(per_op, dtype=torch.float32)
         if space.zero_op is not None:
             self.per_op[space.ops.index(space.zero_op)] = 0.0
@@ -106,6 +109,51 @@ class BudgetCost:
 
     def loss(self, sample: Sample) -> torch.Tensor:
         return (self.cost(sample) / self.target - 1).abs()
+
+    def genotype_cost(self, genotype: Genotype) -> float:
+        """The cost of a derived genotype, in the target's unit."""
+        per_op = self.per_op.tolist()
+        edges = sum(per_op[self.ops.index(e.op)] for e in genotype.edges)
+        return self.fixed + genotype.num_cells * (self.cell + edges)
+
+    def fit(self, genotype: Genotype, edge_logits: torch.Tensor, depth_logits: torch.Tensor) -> Genotype:
+        """The derived genotype brought within the target, giving up as little of the logits as it can.
+
+        While the genotype costs more than the target, take the cheapest step in logits per unit of
+        cost saved: one cell fewer, or one kept edge's op swapped for a cheaper one (never the zero op).
+        The search learns which ops the task prefers; the budget decides how many of them it can have
+        (a budget-constrained derivation, as hardware-aware NAS derives under a latency limit).
+        """
+        edge_logits, depth_logits = edge_logits.detach().cpu(), depth_logits.detach().cpu()
+        index = {edge: i for i, edge in enumerate(self.space.edges)}
+        cost = self.genotype_cost(genotype)
+        while cost > self.target:
+            steps = []  # (logit given up per unit saved, genotype)
+            if genotype.num_cells > 1:
+                k = genotype.num_cells
+                fewer = replace(genotype, num_cells=k - 1)
+                steps.append((float(depth_logits[k - 1] - depth_logits[k - 2]), fewer))
+            for n, edge in enumerate(genotype.edges):
+                row = edge_logits[index[(edge.source, edge.target)]]
+                now = self.ops.index(edge.op)
+                for o, name in enumerate(self.ops):
+                    if name == self.space.zero_op or self.per_op[o] >= self.per_op[now]:
+                        continue
+                    edges = list(genotype.edges)
+                    edges[n] = Edge(edge.source, edge.target, name)
+                    steps.append((float(row[now] - row[o]), replace(genotype, edges=tuple(edges))))
+            if not steps:
+                break  # nothing cheaper left: the cheapest genotype the logits allow
+            scored = []
+            for given_up, candidate in steps:
+                saved = cost - self.genotype_cost(candidate)
+                if saved > 0:
+                    scored.append((max(given_up, 0.0) / saved, -saved, candidate))
+            if not scored:
+                break
+            genotype = min(scored, key=lambda t: (t[0], t[1]))[2]
+            cost = self.genotype_cost(genotype)
+        return genotype
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -270,6 +270,15 @@ def weight_step(
     return _apply(s.net.weight_parameters(), s.w_opt, loss, terms, share, cfg.grad_clip, where, s.w_scaler)
 
 
+def effective_beta(cfg: SearchConfig) -> float:
+    """The efficiency term's weight: as set, else 0 for a budget (which bounds the derivation: with
+    Adam, any constant push on the logits outweighs the task's noisy signal, whatever its weight,
+    and empties the cells) and AdaBERT's 4 for its own term."""
+    if cfg.beta is not None:
+        return cfg.beta
+    return 0.0 if cfg.efficiency == "budget" else 4.0
+
+
 def arch_step(
     s: Search,
     batch: dict,
@@ -313,9 +322,9 @@ def run_epoch(
     a_batches = _cycle(data.loader(arch_rows, cfg.batch_size, True, cfg.seed * 100_019 + epoch, **shard))
     warm = epoch < cfg.uniform_warmup_epochs
     beta = (
-        cfg.beta * min(1.0, (epoch + 1 - cfg.uniform_warmup_epochs) / cfg.beta_warmup_epochs)
+        effective_beta(cfg) * min(1.0, (epoch + 1 - cfg.uniform_warmup_epochs) / cfg.beta_warmup_epochs)
         if (cfg.beta_warmup_epochs)
-        else cfg.beta
+        else effective_beta(cfg)
     )
     sums = dict.fromkeys(TERMS, 0.0)
     counts = np.zeros(tuple(s.net.edge_logits.shape), dtype=np.int64)
@@ -507,6 +516,8 @@ def run_search(cfg: SearchConfig) -> Genotype:
             hidden,
             embedding=genotype_embedding(store),
         )
+        if isinstance(cost, BudgetCost):  # the budget bounds what is derived
+            genotype = cost.fit(genotype, net.edge_logits, net.depth_logits)
         s.history.append(epoch_record(s, epoch, terms, genotype, heldout, dev, store.task, started))
         _log_epoch(s.history[-1])
         save_checkpoint(s, cfg, path, epoch, ctx, {"costs": costs})
