@@ -234,6 +234,18 @@ def _unflat_into(flat: torch.Tensor, tensors: Sequence[torch.Tensor]) -> None:
 
 
 @torch.no_grad()
+def average_buffers(module: torch.nn.Module) -> None:
+    """Average the floating-point buffers (BatchNorm running statistics) over the ranks, so every
+    rank holds the same model: each rank's statistics saw only its share of every batch."""
+    if not active():
+        return
+    buffers = [b for b in module.buffers() if b.is_floating_point()]
+    if buffers:
+        flat = all_reduce_mean(_flat(buffers).to(_collective_device()))
+        _unflat_into(flat.to(buffers[0].device), buffers)
+
+
+@torch.no_grad()
 def broadcast_parameters(tensors: Iterable[torch.Tensor], src: int = 0) -> None:
     """Overwrite ``tensors`` (parameters, buffers) on every rank with rank ``src``'s values."""
     if not active():

@@ -355,6 +355,7 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
             for key, value in values.items():
                 sums[key] += value
             bar.set_postfix(loss=f"{values['loss']:.3f}")
+        distributed.average_buffers(model)
         # each rank scores its part of the dev rows (none when there are more ranks than rows)
         mine = [predict_logits(model, dev_loader)] if len(dev_loader) else []
         logits, labels = distributed.gather_arrays([x for x, _ in mine], [y for _, y in mine])

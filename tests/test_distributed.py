@@ -75,6 +75,7 @@ def test_two_processes_hold_the_same_architecture_and_weights(tiny_store, tmp_pa
     assert checkpoint["world_size"] == 2 and len(checkpoint["rng_per_rank"]) == 2
     space = get_space("adabert_cnn")
     genotype = Genotype.load(full / "genotype.json")
+    # the budget does not bind (target_latency_ms=1e6): the derivation is the plain argmax
     assert genotype == derive_genotype(space, edge, depth, 16, embedding=genotype.embedding)
     log = _records(full / "search_log.jsonl")
     assert [r["epoch"] for r in log] == [1, 2]  # written once, by rank 0
@@ -176,7 +177,7 @@ def _worker(store: str, out: str) -> None:
         return real_predict(model, loader)
 
     search_module.derive_genotype, train_module.predict_logits = derive, predict
-    run_search(search_config(Path(store), out_dir / "full", epochs=2, select="last"))
+    run_search(search_config(Path(store), out_dir / "full", epochs=2, select="last", target_latency_ms=1e6))
     # interrupted on every rank during epoch 2 (before its checkpoint), then resumed
     real_evaluate, calls = search_module.epoch_record, []
 
@@ -188,12 +189,12 @@ def _worker(store: str, out: str) -> None:
 
     search_module.epoch_record = dies_in_epoch_two
     try:
-        run_search(search_config(Path(store), out_dir / "part", epochs=2, select="last"))
+        run_search(search_config(Path(store), out_dir / "part", epochs=2, select="last", target_latency_ms=1e6))
     except KeyboardInterrupt:
         pass
     search_module.epoch_record = real_evaluate
     assert len((out_dir / "part" / "search_log.jsonl").read_text().splitlines()) == 1
-    run_search(search_config(Path(store), out_dir / "part", epochs=2, select="last", resume=True))
+    run_search(search_config(Path(store), out_dir / "part", epochs=2, select="last", target_latency_ms=1e6, resume=True))
     result = train_student(
         TrainConfig(
             genotype=str(out_dir / "full" / "genotype.json"),
