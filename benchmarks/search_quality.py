@@ -1,6 +1,7 @@
 """One benchmark setting per task, two results files: is the search worth it, and is the student?
 
     python benchmarks/search_quality.py TASK [--run-dir runs/bench/TASK] [--seeds 0 1 2] [--ablations]
+    python benchmarks/search_quality.py TASK --reuse runs/quick_TASK   # the quick budget's setting
 
 On the same teacher, knowledge store and training recipe (the ``setting`` below, recorded in both
 files), it trains and evaluates:
@@ -44,9 +45,26 @@ sys.path.insert(0, str(HERE))
 
 
 # ---------------------------------------------------------------------------------------------- setting
-def setting_for(task_name: str, train_rows: int, pair: bool) -> dict[str, Any]:
+def setting_for(task_name: str, train_rows: int, pair: bool, budget: str = "benchmark") -> dict[str, Any]:
     """The benchmark setting of a task, from general rules (no per-task tuning): how many rows the
-    teacher fine-tunes on, how many rows are augmented and how often, how long search and training run."""
+    teacher fine-tunes on, how many rows are augmented and how often, how long search and training run.
+
+    ``budget="quick"``: the search and student settings of the pipeline's ``quick`` budget, on the
+    teacher and store of a ``quick`` pipeline run (``--reuse``)."""
+    if budget == "quick":
+        from adabert.pipeline import BUDGETS
+
+        quick = BUDGETS["quick"]
+        return {
+            "budget": "quick",
+            "teacher": quick["finetune"],
+            "probe": quick["probe"],
+            "search": dict(quick["search"]),
+            "train": {"batch_size": 64, **quick["train"]},
+            "init": "scratch",
+            "latency": {"batches": [1, 32], "seq_len": 128, "threads": 1, "repeats": 5, "warmup": 2},
+            "random": {"count": 5, "tolerance": 0.15, "batch": 1},
+        }
     augment_factor = 20
     augment_rows = min(train_rows, 6000)  # 20 copies of at most 6000 rows: <= 120k teacher-labelled rows
     # a student epoch holds about 20k rows: a small task trains on augmented copies of its rows, a
@@ -307,9 +325,13 @@ def run_benchmark(args: argparse.Namespace) -> None:
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     train_rows = len(load_split(task, "train", args.data_dir))
-    setting = setting_for(task.name, train_rows, task.is_pair)
+    setting = setting_for(task.name, train_rows, task.is_pair, "quick" if args.reuse else "benchmark")
     run = Runner(run_dir, args.threads)
-    store_dir = teacher_and_store(run, task.name, args.data_dir, setting, args.teacher_model)
+    if args.reuse:  # the teacher and store of a quick pipeline run
+        store_dir = Path(args.reuse) / "store"
+        setting["reused_run"] = str(args.reuse)
+    else:
+        store_dir = teacher_and_store(run, task.name, args.data_dir, setting, args.teacher_model)
     store = KnowledgeStore.open(store_dir)
     teacher_metric = store.manifest["teacher_metrics"][store.dev_split][task.main_metric]
 
@@ -503,6 +525,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the training stages")
     parser.add_argument("--ablations", action="store_true", help="also the student-side ablations")
     parser.add_argument("--fresh", action="store_true", help="delete the run directory first")
+    parser.add_argument(
+        "--reuse",
+        metavar="RUN_DIR",
+        help="the teacher and store of an 'adabert pipeline' run with the quick budget; search and "
+        "students then use that budget's settings",
+    )
     run_benchmark(parser.parse_args())
 
 
