@@ -177,7 +177,8 @@ def _worker(store: str, out: str) -> None:
         return real_predict(model, loader)
 
     search_module.derive_genotype, train_module.predict_logits = derive, predict
-    run_search(search_config(Path(store), out_dir / "full", epochs=2, select="last", target_latency_ms=1e6))
+    settings = dict(epochs=2, select="last", target_latency_ms=1e6)  # a budget that does not bind
+    run_search(search_config(Path(store), out_dir / "full", **settings))
     # interrupted on every rank during epoch 2 (before its checkpoint), then resumed
     real_evaluate, calls = search_module.epoch_record, []
 
@@ -189,12 +190,12 @@ def _worker(store: str, out: str) -> None:
 
     search_module.epoch_record = dies_in_epoch_two
     try:
-        run_search(search_config(Path(store), out_dir / "part", epochs=2, select="last", target_latency_ms=1e6))
+        run_search(search_config(Path(store), out_dir / "part", **settings))
     except KeyboardInterrupt:
         pass
     search_module.epoch_record = real_evaluate
     assert len((out_dir / "part" / "search_log.jsonl").read_text().splitlines()) == 1
-    run_search(search_config(Path(store), out_dir / "part", epochs=2, select="last", target_latency_ms=1e6, resume=True))
+    run_search(search_config(Path(store), out_dir / "part", **settings, resume=True))
     result = train_student(
         TrainConfig(
             genotype=str(out_dir / "full" / "genotype.json"),
