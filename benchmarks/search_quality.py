@@ -51,6 +51,11 @@ def setting_for(task_name: str, train_rows: int, pair: bool, budget: str = "benc
 
     ``budget="quick"``: the search and student settings of the pipeline's ``quick`` budget, on the
     teacher and store of a ``quick`` pipeline run (``--reuse``)."""
+    common = {
+        "init": "scratch",
+        "latency": {"batches": [1, 32], "seq_len": 128, "threads": 1, "repeats": 5, "warmup": 2},
+        "random": {"count": 5, "tolerance": 0.15, "batch": 1},
+    }
     if budget == "quick":
         from adabert.pipeline import BUDGETS
 
@@ -61,9 +66,7 @@ def setting_for(task_name: str, train_rows: int, pair: bool, budget: str = "benc
             "probe": quick["probe"],
             "search": dict(quick["search"]),
             "train": {"batch_size": 64, **quick["train"]},
-            "init": "scratch",
-            "latency": {"batches": [1, 32], "seq_len": 128, "threads": 1, "repeats": 5, "warmup": 2},
-            "random": {"count": 5, "tolerance": 0.15, "batch": 1},
+            **common,
         }
     augment_factor = 20
     augment_rows = min(train_rows, 6000)  # 20 copies of at most 6000 rows: <= 120k teacher-labelled rows
@@ -81,9 +84,7 @@ def setting_for(task_name: str, train_rows: int, pair: bool, budget: str = "benc
         "probe": {"augment_factor": augment_factor, "augment_rows": augment_rows},
         "search": {"epochs": 4, "uniform_warmup_epochs": 2, "train_limit": 20000, "augment_copies": 2},
         "train": {"epochs": 3, "batch_size": 64, "augment_copies": copies},
-        "init": "scratch",
-        "latency": {"batches": [1, 32], "seq_len": 128, "threads": 1, "repeats": 5, "warmup": 2},
-        "random": {"count": 5, "tolerance": 0.15, "batch": 1},
+        **common,
     }
 
 

@@ -321,11 +321,9 @@ def run_epoch(
     w_loader = data.loader(weight_rows, cfg.batch_size, True, cfg.seed * 100_003 + epoch, **shard)
     a_batches = _cycle(data.loader(arch_rows, cfg.batch_size, True, cfg.seed * 100_019 + epoch, **shard))
     warm = epoch < cfg.uniform_warmup_epochs
-    beta = (
-        effective_beta(cfg) * min(1.0, (epoch + 1 - cfg.uniform_warmup_epochs) / cfg.beta_warmup_epochs)
-        if (cfg.beta_warmup_epochs)
-        else effective_beta(cfg)
-    )
+    beta = effective_beta(cfg)
+    if cfg.beta_warmup_epochs:
+        beta *= min(1.0, (epoch + 1 - cfg.uniform_warmup_epochs) / cfg.beta_warmup_epochs)
     sums = dict.fromkeys(TERMS, 0.0)
     counts = np.zeros(tuple(s.net.edge_logits.shape), dtype=np.int64)
     tau = remedies.temperature(cfg.tau_start, cfg.tau_end, cfg.tau_anneal_fraction, s.step, s.total_steps)
