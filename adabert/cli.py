@@ -595,8 +595,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--min-agreement",
         type=float,
-        default=0.98,
-        help="int8: least fraction of dev rows labelled as by fp32 (regression: Pearson r) (default: 0.98)",
+        default=0.99,
+        help="int8: least fraction of dev rows labelled as by fp32 (regression: Pearson r) (default: 0.99)",
     )
     export.add_argument(
         "--check-rows", type=int, help="int8: compare on the first N dev rows (default: all of them)"

@@ -190,3 +190,67 @@ def test_export_refuses_what_it_cannot_do_before_any_work(tiny_bert_dir, tmp_pat
     with pytest.raises(ExportError, match="--seq-len must be a positive"):
         export_model(tiny_bert_dir, tmp_path / "x", seq_len=0)
     assert not (tmp_path / "x").exists()
+
+
+def _onnx_file(path, nodes, outputs, tensors):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [None, None])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in outputs],
+        [numpy_helper.from_array(array, name) for name, array in tensors.items()],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_int8_tables_keep_one_scale_per_row(tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import helper
+
+    from adabert.deploy.quantize import quantize_tables
+    from adabert.deploy.runtime import onnx_session
+
+    table = np.random.default_rng(0).normal(size=(50, 64)).astype(np.float32)
+    table[3] *= 100  # one wide row must not coarsen the others, as one scale per table would
+    lookup = [helper.make_node("Gather", ["table", "ids"], ["rows"], name="lookup")]
+    fp32 = _onnx_file(tmp_path / "fp32.onnx", lookup, ["rows"], {"table": table})
+    int8 = tmp_path / "int8.onnx"
+    onnx.save(quantize_tables(onnx.load(str(fp32))), str(int8))
+    assert {t.name for t in onnx.load(str(int8)).graph.initializer} == {"table_int8", "table_scale"}
+    ids = np.arange(50, dtype=np.int64)[None]
+    rows = onnx_session(int8).run(None, {"ids": ids})[0][0]
+    step = np.abs(table).max(axis=1) / 127
+    assert (np.abs(rows - table).max(axis=1) <= step / 2 + 1e-6).all()
+    assert np.abs(rows[0] - table[0]).max() < step[3] / 50
+
+
+def test_int8_export_quantizes_products_by_block_and_leaves_shared_tables(tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import helper
+
+    from adabert.deploy.quantize import quantize_int8
+    from adabert.deploy.runtime import onnx_session
+
+    rng = np.random.default_rng(1)
+    tensors = {
+        n: rng.normal(size=s).astype(np.float32) for n, s in (("table", (50, 64)), ("weight", (64, 32)))
+    }
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["rows"], name="lookup"),
+        helper.make_node("Add", ["table", "table"], ["twice"]),  # a second reader of the table
+        helper.make_node("MatMul", ["rows", "weight"], ["out"], name="product"),
+    ]
+    fp32 = _onnx_file(tmp_path / "fp32.onnx", nodes, ["out", "twice"], tensors)
+    int8 = quantize_int8(fp32, tmp_path / "int8.onnx")
+    model = onnx.load(str(int8))
+    assert {n.op_type for n in model.graph.node} == {"Gather", "Add", "MatMulNBits"}
+    assert "table" in {t.name for t in model.graph.initializer}  # shared: kept as it is
+    ids = np.array([[0, 3, 7, 49]], dtype=np.int64)
+    exact, approx = (onnx_session(p).run(None, {"ids": ids})[0] for p in (fp32, int8))
+    assert np.abs(approx - exact).max() < 0.02 * np.abs(exact).max()

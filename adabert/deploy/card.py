@@ -452,11 +452,13 @@ def _export_section(facts: Mapping[str, Any]) -> list[str]:
     lines = ["## Export", ""]
     lines.append(
         f"- `{export.get('file')}`, {export.get('format')}"
-        f"{', dynamic int8 quantization (onnxruntime)' if export.get('quantization') else ''}, "
+        f"{', int8 weights (onnxruntime)' if export.get('quantization') else ''}, "
         f"{format_bytes(export.get('bytes'))}, from `{export.get('model_dir')}`"
     )
     int8 = export.get("int8")
     if int8:
+        for part, how in (int8.get("method") or {}).items():
+            lines.append(f"- {part}: {how}")
         if "label_agreement" in int8:
             lines.append(
                 f"- against the fp32 export on {int8['rows']} dev rows: label agreement "

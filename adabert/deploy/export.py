@@ -285,7 +285,7 @@ def export_model(
     seq_len: int | None = None,
     atol: float = 1e-4,
     quantize: str | None = None,
-    min_agreement: float = 0.98,
+    min_agreement: float = 0.99,
     check_rows: int | None = None,
     latency_repeats: int = 20,
 ) -> dict[str, Any]:
@@ -347,14 +347,14 @@ def export_model(
                 dev_max_abs_diff=check_parity(model, fp32_path, batches[0], atol),
             )
         if quantize:
-            from adabert.deploy.quantize import PER_CHANNEL, check_int8, compare_onnx_latency, quantize_int8
+            from adabert.deploy.quantize import METHOD, check_int8, compare_onnx_latency, quantize_int8
 
             int8_path = quantize_int8(fp32_path, tmp / name)
             rows = sum(len(b["input_ids"]) for b in batches)
             labels = np.asarray(store.rows(store.dev_split)["label"][:rows])
             info["int8"] = {
                 "min_agreement": min_agreement,
-                "per_channel": PER_CHANNEL,
+                "method": METHOD,
                 **check_int8(fp32_path, int8_path, batches, store.task, labels, min_agreement),
                 "fp32_bytes": fp32_path.stat().st_size,
                 "int8_bytes": int8_path.stat().st_size,

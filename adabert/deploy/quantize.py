@@ -1,6 +1,6 @@
-"""int8 ONNX: onnxruntime dynamic quantization, and the checks that fit a quantized model.
+"""int8 ONNX: onnxruntime quantization of the weights, and the checks that fit a quantized model.
 
-Dynamic quantization stores weights as int8 and quantizes activations on the fly, so logits move by
+int8 weights, with activations quantized on the fly for the int8 products, move the logits by
 far more than the fp32 export's 1e-4 tolerance. What matters for a classifier is whether it still
 *decides* the same: the check is the label agreement with the fp32 model on real dev rows, the largest
 change of any class probability, and (regression) the largest score change and the correlation with
@@ -20,35 +20,90 @@ import numpy as np
 
 from adabert.deploy.runtime import ExportError, onnx_session, run_onnx
 
-# ConvInteger (what Conv becomes) has no CPU kernel for int8 weights in onnxruntime, and a student's
-# weights are nearly all its embedding tables (Gather) anyway: quantize the matrix products and tables.
-QUANTIZED_OPS = ("MatMul", "Gemm", "Gather", "Attention")
-# One scale per output channel, not per tensor: on the SST-2 MiniLM teacher (benchmarks/RESULTS.md) it
-# raised the label agreement with fp32 from 94.4% to 97.8% at the same size.
-PER_CHANNEL = True
-# 7-bit weights: x86 int8 kernels without VNNI can saturate on full-range int8 products; on the SST-2
-# MiniLM teacher it raised the agreement from 98.2% to 98.5% at the same size (benchmarks/RESULTS.md).
-REDUCE_RANGE = True
+# Matrix products get int8 weights with one scale per block of BLOCK_SIZE input channels (onnxruntime's
+# MatMulNBits at 8 bits), computed in int8 with activations quantized per block as well (accuracy level
+# 4). Plain dynamic quantization, one activation scale per tensor, strayed from fp32 on 1.5-1.8% of the
+# SST-2 dev rows for the MiniLM teacher, its error spread over every layer so that no set of layers kept
+# fp32 removed it; per block it agreed on 99.7% (benchmarks/RESULTS.md).
+BLOCK_SIZE = 32
+ACCURACY_LEVEL = 4  # int8 compute; 0 dequantizes to fp32 first (more exact, slower than fp32)
+# Embedding tables get int8 rows with one scale per row (token): a lookup, no int8 arithmetic. One scale
+# per table (onnxruntime's dynamic quantization of Gather) moved 1.4% of a student's SST-2 dev labels,
+# whose word table is nearly all its weights; per row it moved none (benchmarks/RESULTS.md).
+# ConvInteger (what Conv would become) has no CPU kernel for int8 weights in onnxruntime: convolutions
+# stay fp32.
+METHOD = {
+    "matmul": f"int8 weights per block of {BLOCK_SIZE} input channels (MatMulNBits, accuracy level "
+    f"{ACCURACY_LEVEL})",
+    "gather": "int8 rows, one scale per row",
+    "other": "fp32",
+}
 
 
 def quantize_int8(fp32_path: str | Path, int8_path: str | Path) -> Path:
-    """Write the dynamic int8 quantization of an fp32 ONNX file (int8 weights, one scale per channel)."""
+    """Write the int8 version of an fp32 ONNX file: block-wise int8 matrix products, int8 table rows."""
     try:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+        import onnx
+        from onnxruntime.quantization.matmul_nbits_quantizer import (
+            DefaultWeightOnlyQuantConfig,
+            MatMulNBitsQuantizer,
+        )
     except ImportError as e:
         raise ExportError("int8 export needs the 'export' extra: pip install 'adabert[export]'") from e
+    blocks = {"bits": 8, "block_size": BLOCK_SIZE, "is_symmetric": True, "accuracy_level": ACCURACY_LEVEL}
+    blocks.update(op_types_to_quantize=("MatMul",), quant_axes=(("MatMul", 0),))
     try:
-        quantize_dynamic(
-            str(fp32_path),
-            str(int8_path),
-            weight_type=QuantType.QInt8,
-            op_types_to_quantize=list(QUANTIZED_OPS),
-            per_channel=PER_CHANNEL,
-            reduce_range=REDUCE_RANGE,
-        )
+        model = quantize_tables(onnx.load(str(fp32_path)))
+        quantizer = MatMulNBitsQuantizer(model, algo_config=DefaultWeightOnlyQuantConfig(**blocks), **blocks)
+        quantizer.process()
+        quantizer.model.save_model_to_file(str(int8_path), use_external_data_format=False)
     except Exception as e:  # onnxruntime raises plain exceptions of many kinds
         raise ExportError(f"int8 quantization of {Path(fp32_path).name} failed: {e}") from e
     return Path(int8_path)
+
+
+def quantize_tables(model: Any) -> Any:
+    """Replace every float table looked up by a row Gather with int8 rows times a per-row scale.
+
+    ``Gather(table, ids)`` becomes ``Cast(Gather(table_int8, ids)) * Gather(scale, ids)``, standard ONNX
+    ops only; a table that any other node also reads is left as it is.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    tables = {t.name: t for t in graph.initializer if t.data_type == TensorProto.FLOAT and len(t.dims) == 2}
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    nodes = []
+    for node in graph.node:
+        axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0)
+        table = node.input[0] if node.op_type == "Gather" and node.input else None
+        if table not in tables or readers[table] != 1 or axis != 0:
+            nodes.append(node)
+            continue
+        weight = numpy_helper.to_array(tables[table]).astype(np.float32)
+        scale = np.abs(weight).max(axis=1, keepdims=True) / 127.0
+        scale[scale == 0] = 1.0
+        rows = np.clip(np.rint(weight / scale), -127, 127).astype(np.int8)
+        graph.initializer.remove(tables[table])
+        graph.initializer.extend(
+            [numpy_helper.from_array(rows, f"{table}_int8"), numpy_helper.from_array(scale, f"{table}_scale")]
+        )
+        ids, out = node.input[1], node.output[0]
+        name = node.name or out
+        nodes += [
+            helper.make_node("Gather", [f"{table}_int8", ids], [f"{out}_int8"], name=f"{name}_int8"),
+            helper.make_node(
+                "Cast", [f"{out}_int8"], [f"{out}_float"], name=f"{name}_cast", to=TensorProto.FLOAT
+            ),
+            helper.make_node("Gather", [f"{table}_scale", ids], [f"{out}_scale"], name=f"{name}_scale"),
+            helper.make_node("Mul", [f"{out}_float", f"{out}_scale"], [out], name=f"{name}_dequantize"),
+        ]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return model
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
