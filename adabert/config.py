@@ -369,6 +369,9 @@ class TrainConfig(Computes):
     output_dir: str = _f("runs/sst2/student", "student directory (save_pretrained layout)")
     supernet: str | None = _f(None, "search directory to initialise the cells from (default: scratch)")
     epochs: int = _f(10, "training epochs", ge=1)
+    examples: int | None = _f(
+        None, "train on about this many examples instead: epochs = ceil(N / training rows), so a "
+        "small task gets more passes and a large one fewer (overrides --epochs)", ge=1)
     batch_size: int = _f(64, "batch size", ge=1)
     lr: float = _f(1e-3, "AdamW learning rate", gt=0.0)
     weight_decay: float = _f(1e-4, "AdamW weight decay", ge=0.0)
@@ -383,6 +386,9 @@ class TrainConfig(Computes):
         "auto", "classifier head: auto (pair for sentence pairs, else pooled), pair, pooled or paper; with "
         "--supernet, the search's", choices=("auto", "pair", "pooled", "paper"))
     grad_clip: float = _f(5.0, "gradient norm clipping", gt=0.0)
+    keep: str = _f(
+        "last", "epoch whose weights are kept: last, or best by the main dev metric (a choice made on "
+        "the dev rows, so the dev figure it reports is optimistic)", choices=("last", "best"))
     train_limit: int | None = _f(
         None, "seeded random subset of N stored train rows (+ their augmented rows)", ge=1
     )

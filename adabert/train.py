@@ -1,8 +1,9 @@
 """Train the compact student from a genotype, distilling from the knowledge store.
 
 Loss: ``(1 - gamma) task + gamma KD(logits, stored teacher logits) + probe_kd hierarchical KD``.
-The best epoch by the task's main dev metric is kept in ``output_dir`` (``save_pretrained`` layout
-with the tokenizer); a training state is checkpointed atomically every epoch for ``--resume``.
+The last epoch (``--keep best``: the best by the task's main dev metric) is kept in ``output_dir``
+(``save_pretrained`` layout with the tokenizer); a training state is checkpointed atomically every
+epoch for ``--resume``.
 
 Runs the same under ``torchrun`` as in one process (``adabert.distributed``): the processes split each
 batch and sum their weighted gradients, so they hold the same weights; rank 0 writes.
@@ -57,7 +58,17 @@ log = logging.getLogger(__name__)
 STATE = "training_state.safetensors"
 STATE_KIND = "training"
 # Settings that may change between an interrupted training run and its resumption.
-RESUMABLE_CHANGES = {"resume", "epochs", "output_dir", "store", "genotype", "supernet", "device", "precision"}
+RESUMABLE_CHANGES = {
+    "resume",
+    "epochs",
+    "examples",
+    "output_dir",
+    "store",
+    "genotype",
+    "supernet",
+    "device",
+    "precision",
+}
 TERMS = ("loss", "task", "kd", "probe_kd")
 
 
@@ -249,9 +260,10 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
         dev.subset(range(dev_lo, dev_hi)), cfg.batch_size * 2, False, pad_token_id=pad_id, pin_memory=pin
     )
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    epochs = cfg.epochs if cfg.examples is None else max(1, math.ceil(cfg.examples / max(1, len(train))))
     optimizer = optim.adam(params, decoupled=True, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_linear_schedule_with_warmup(
-        optimizer, int(0.06 * steps_per_epoch * cfg.epochs), steps_per_epoch * cfg.epochs
+        optimizer, int(0.06 * steps_per_epoch * epochs), steps_per_epoch * epochs
     )
     scaler = grad_scaler(device, cfg.precision)
     history: list[dict[str, Any]] = []
@@ -277,10 +289,11 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
         log.info("resuming from %s after epoch %d", state_path, start_epoch)
     del state
     log.info(
-        "training on %s (%s): %d rows (%d steps per epoch), %d dev rows",
+        "training on %s (%s): %d rows, %d epochs of %d steps, %d dev rows",
         describe(device),
         cfg.precision,
         len(train),
+        epochs,
         steps_per_epoch,
         len(dev),
     )
@@ -289,7 +302,7 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
     main_metric = task.main_metric
     started_all = time.perf_counter()
     model.train()
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(start_epoch, epochs):
         started = time.perf_counter()
         sums = dict.fromkeys(TERMS, 0.0)
         batches = data.loader(
@@ -307,7 +320,7 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
         bar = progress_bar(
             data.with_shares(batches),
             total=len(batches),
-            desc=f"train epoch {epoch + 1}/{cfg.epochs}",
+            desc=f"train epoch {epoch + 1}/{epochs}",
             leave=False,
             disable=not ctx.is_main,
         )
@@ -369,7 +382,7 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
         }
         history.append(record)
         log.info("epoch %d: loss %.4f dev %s (%.0fs)", epoch + 1, record["loss"], metrics, record["seconds"])
-        improved = best is None or metrics[main_metric] > best["dev"][main_metric]
+        improved = cfg.keep == "last" or best is None or metrics[main_metric] > best["dev"][main_metric]
         if improved:
             best = record
         rng_states = gather_rng_states()
@@ -400,12 +413,13 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
         distributed.barrier()  # the epoch is over everywhere once its state is on disk
 
     if best is None:
-        raise UserError(f"{out}: nothing trained (epochs={cfg.epochs})")
+        raise UserError(f"{out}: nothing trained (epochs={epochs})")
     teacher_dev = store.manifest.get("teacher_metrics", {}).get(store.dev_split, {})
     result = {
         "task": task.name,
         "genotype": str(cfg.genotype),
-        "best_epoch": best["epoch"],
+        "kept_epoch": best["epoch"],
+        "kept": cfg.keep,
         "dev": best["dev"],
         "teacher_dev": teacher_dev,
         "retention": (
@@ -413,6 +427,7 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
         ),
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_rows": len(train),
+        "epochs": epochs,
         "history": history,
         "seconds": time.perf_counter() - started_all,
     }

@@ -52,7 +52,7 @@ def setting_for(task_name: str, train_rows: int, pair: bool, budget: str = "benc
     ``budget="quick"``: the search and student settings of the pipeline's ``quick`` budget, on the
     teacher and store of a ``quick`` pipeline run (``--reuse``)."""
     common = {
-        "init": "scratch",
+        "init": "supernet",  # as the pipeline trains its student; every variant from the seed-0 search
         "latency": {"batches": [1, 32], "seq_len": 128, "threads": 1, "repeats": 5, "warmup": 2},
         "random": {"count": 5, "tolerance": 0.15, "batch": 1},
     }
@@ -522,7 +522,7 @@ def main() -> None:
         "--teacher-model", default="default", help="checkpoint the teacher is fine-tuned from"
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--baseline-seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--baseline-seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the training stages")
     parser.add_argument("--ablations", action="store_true", help="also the student-side ablations")
     parser.add_argument("--fresh", action="store_true", help="delete the run directory first")

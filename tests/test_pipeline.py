@@ -352,7 +352,7 @@ def test_budgets_and_stage_settings_resolve(inputs, tmp_path):
     teacher, store, search = (stages[n].config for n in ("teacher", "store", "search"))
     assert (teacher["train_limit"], teacher["max_length"], teacher["epochs"]) == (8000, 64, 2)
     assert store["max_length"] is None  # follows the teacher's
-    assert store["train_limit"] == 20000  # the teacher labels more rows than it learned from
+    assert store["train_limit"] == 100000  # the teacher labels more rows than it learned from
     assert (search["epochs"], search["train_limit"]) == (3, 4000)  # a stage setting beats the budget
     assert stages["student"].config["supernet"] == str(tmp_path / "search")
     assert not stages["compress"].enabled
@@ -365,7 +365,7 @@ def test_budgets_and_stage_settings_resolve(inputs, tmp_path):
         plan(PipelineConfig(run_dir=str(tmp_path), teacher=str(inputs["model"])))  # a tiny teacher
     tiny = PipelineConfig(run_dir=str(tmp_path), teacher=str(inputs["model"]), evaluate={"seq_len": 16})
     given = {s.name: s.config for s in plan(tiny)}
-    assert given["store"]["train_limit"] == 20000 and given["store"]["teacher"] == str(inputs["model"])
+    assert given["store"]["train_limit"] == 100000 and given["store"]["teacher"] == str(inputs["model"])
     scratch = {s.name: s.config for s in plan(PipelineConfig(run_dir=str(tmp_path), from_supernet=False))}
     assert scratch["student"]["supernet"] is None
 

@@ -149,7 +149,8 @@ def test_train_evaluate_export_from_a_searched_genotype(tiny_store, tmp_path):
             probe_kd=0.5,
         )
     )
-    assert result["best_epoch"] in (1, 2) and 0 <= result["dev"]["accuracy"] <= 1
+    assert result["kept_epoch"] == 2 and result["dev"] == result["history"][-1]["dev"]
+    assert 0 <= result["dev"]["accuracy"] <= 1
     assert (student_dir / "model.safetensors").exists() and (student_dir / "tokenizer.json").exists()
     model = load_classifier(student_dir)
     assert model.genotype == Genotype.load(search_dir / "genotype.json")
@@ -291,7 +292,7 @@ def test_baseline_genotypes_load_and_train(tiny_store, tmp_path):
                 batch_size=8,
             )
         )
-        assert result["best_epoch"] == 1 and (tmp_path / name / "model.safetensors").exists()
+        assert result["kept_epoch"] == 1 and (tmp_path / name / "model.safetensors").exists()
 
 
 def test_the_student_trains_on_every_row_plus_the_augmented_ones(tiny_store, tmp_path):
@@ -342,3 +343,43 @@ def test_candidates_are_scored_on_batch_statistics_and_running_statistics_stay()
     per_channel = y.transpose(0, 1).reshape(4, -1)
     torch.testing.assert_close(per_channel.mean(1), torch.zeros(4), atol=1e-5, rtol=0)
     assert not norm.training and all(torch.equal(before[k], v) for k, v in norm.state_dict().items())
+
+
+def test_the_student_keeps_its_last_epoch_unless_asked_for_the_best_on_dev(tiny_store, tmp_path):
+    from adabert.train import train_student
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks" / "genotypes"
+    small = tmp_path / "conv.json"
+    Genotype.from_dict({**Genotype.load(root / "conv_cell.json").to_dict(), "hidden_size": 16}).save(small)
+    kept = {}
+    for keep in ("last", "best"):
+        cfg = TrainConfig(
+            genotype=str(small),
+            store=str(tiny_store),
+            output_dir=str(tmp_path / keep),
+            epochs=3,
+            batch_size=8,
+            lr=0.05,
+            keep=keep,
+        )
+        kept[keep] = train_student(cfg)
+    last, best = kept["last"], kept["best"]
+    assert last["kept"] == "last" and last["kept_epoch"] == 3 and last["dev"] == last["history"][-1]["dev"]
+    scores = [h["dev"]["accuracy"] for h in best["history"]]
+    # same seed, same training: only the kept weights differ
+    assert [h["dev"] for h in best["history"]] == [h["dev"] for h in last["history"]]
+    assert best["kept_epoch"] == 1 + scores.index(max(scores)) and best["dev"]["accuracy"] == max(scores)
+
+
+def test_an_example_budget_sets_the_epochs_from_the_rows(tiny_store, tmp_path):
+    from adabert.train import train_student
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks" / "genotypes"
+    small = tmp_path / "conv.json"
+    Genotype.from_dict({**Genotype.load(root / "conv_cell.json").to_dict(), "hidden_size": 16}).save(small)
+    common = {"genotype": str(small), "store": str(tiny_store), "batch_size": 8, "epochs": 5}
+    one = train_student(TrainConfig(**common, output_dir=str(tmp_path / "a"), examples=1))
+    rows = one["train_rows"]
+    two = train_student(TrainConfig(**common, output_dir=str(tmp_path / "b"), examples=rows + 1))
+    assert (one["epochs"], len(one["history"])) == (1, 1)  # --examples overrides --epochs 5
+    assert (two["epochs"], len(two["history"])) == (2, 2)
