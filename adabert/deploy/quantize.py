@@ -10,6 +10,7 @@ call by call, so machine drift falls on both alike.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -52,13 +53,23 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path) -> Path:
         raise ExportError("int8 export needs the 'export' extra: pip install 'adabert[export]'") from e
     blocks = {"bits": 8, "block_size": BLOCK_SIZE, "is_symmetric": True, "accuracy_level": ACCURACY_LEVEL}
     blocks.update(op_types_to_quantize=("MatMul",), quant_axes=(("MatMul", 0),))
+    # the quantizer logs a line per node at INFO: hundreds for a BERT
+    loggers = [
+        logging.getLogger(n) for n in list(logging.root.manager.loggerDict) if n.startswith("onnxruntime")
+    ]
+    levels = [lg.level for lg in loggers]
     try:
+        for lg in loggers:
+            lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
         model = quantize_tables(onnx.load(str(fp32_path)))
         quantizer = MatMulNBitsQuantizer(model, algo_config=DefaultWeightOnlyQuantConfig(**blocks), **blocks)
         quantizer.process()
         quantizer.model.save_model_to_file(str(int8_path), use_external_data_format=False)
     except Exception as e:  # onnxruntime raises plain exceptions of many kinds
         raise ExportError(f"int8 quantization of {Path(fp32_path).name} failed: {e}") from e
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
     return Path(int8_path)
 
 
