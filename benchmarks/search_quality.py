@@ -491,14 +491,25 @@ def ablations(
     args: argparse.Namespace,
     genotypes: dict[int, Any],
 ) -> dict[str, list[float]]:
-    """The student recipe with one thing changed at a time, on the searched genotype of each seed."""
+    """The student recipe with one thing changed at a time, on the searched genotype of each seed.
+
+    Every ablation trains from scratch (searched weights fix the head and the token table, so they
+    cannot start a student with another one); ``reference_copies_N`` is the default recipe from
+    scratch (N augmented copies per row), the row each change is read against. Copy counts the store
+    does not hold are left out."""
+    from adabert.store import AUGMENTED, KnowledgeStore
+
+    held = KnowledgeStore.open(store).manifest["splits"].get(AUGMENTED, {}).get("factor", 0)
+    default_copies = setting["train"].get("augment_copies")
+    default_copies = held if default_copies is None else min(default_copies, held)
     changes: dict[str, dict[str, Any]] = {
+        f"reference_copies_{default_copies}": {},
         "input_embeddings": {"embeddings": "input"},
-        "copies_0": {"augment_copies": 0},
-        "copies_4": {"augment_copies": 4},
-        "copies_20": {"augment_copies": 20},
         "probe_kd_on": {"probe_kd": 1.0},
     }
+    for copies in (0, 4, 20):
+        if copies <= held and copies != default_copies:
+            changes[f"copies_{copies}"] = {"augment_copies": copies}
     if task.is_pair:
         changes["paper_head"] = {"head": "paper"}
     out: dict[str, list[float]] = {}
