@@ -333,9 +333,10 @@ class SearchConfig(Computes):
         "table through a learned projection)", choices=("distilled", "input"))
     train_embeddings: bool = _f(False, "train the token table during the search")
     head: str = _f(
-        "auto", "classifier head: auto (pair for sentence pairs, else pooled), pair (compares the two "
-        "sentences), pooled ([mean; max] of each cell) or paper (AdaBERT's mean)",
-        choices=("auto", "pair", "pooled", "paper"))
+        "auto", "classifier head: auto (match for sentence pairs, else pooled), match (compares the two "
+        "sentences and aligns their tokens), pair (compares the two sentences), pooled ([mean; max] of "
+        "each cell) or paper (AdaBERT's mean)",
+        choices=("auto", "pair", "match", "pooled", "paper"))
     kd_temperature: float = _f(1.0, "softmax temperature of the KD soft targets", gt=0.0)
     arch_fraction: float = _f(
         0.5, "fraction of training rows held out for architecture steps", gt=0.0, lt=1.0
@@ -383,8 +384,8 @@ class TrainConfig(Computes):
         "distilled", "token table to start from: distilled or input (the teacher's, PCA-projected); with "
         "--supernet, the search's when it trained its table", choices=("distilled", "input"))
     head: str = _f(
-        "auto", "classifier head: auto (pair for sentence pairs, else pooled), pair, pooled or paper; with "
-        "--supernet, the search's", choices=("auto", "pair", "pooled", "paper"))
+        "auto", "classifier head: auto (match for sentence pairs, else pooled), match, pair, pooled or "
+        "paper; with --supernet, the search's", choices=("auto", "pair", "match", "pooled", "paper"))
     grad_clip: float = _f(5.0, "gradient norm clipping", gt=0.0)
     keep: str = _f(
         "last", "epoch whose weights are kept: last, or best by the main dev metric (a choice made on "

@@ -129,6 +129,8 @@ class Cell(nn.Module):
 class ClassifierHead(nn.Module):
     """Pool each cell output, attend over cells, tanh, dropout, linear.
 
+    Every head takes ``levels``: the embedding output, then each cell's output, ``[batch, hidden, tokens]``.
+
     ``pooling="mean"`` is AdaBERT's head; ``"meanmax"`` pools ``[mean; max]`` over the tokens (a
     max over time, as in text CNNs, finds the phrase that decides a sentence).
     """
@@ -142,7 +144,8 @@ class ClassifierHead(nn.Module):
         self.out = nn.Linear(width, num_labels)
 
     def forward(self, levels: Sequence[torch.Tensor], masks: Masks) -> torch.Tensor:
-        stacked = torch.stack([self.pool(x, masks.all) for x in levels], dim=1)  # [batch, cells, width]
+        cells = levels[1:]
+        stacked = torch.stack([self.pool(x, masks.all) for x in cells], dim=1)  # [batch, cells, width]
         attention = torch.softmax(self.score(stacked), dim=1)
         summary = torch.tanh((attention * stacked).sum(dim=1))
         return self.out(self.dropout(summary))
@@ -153,37 +156,114 @@ class PairHead(nn.Module):
     cell on its own (``[mean; max]``), then classify ``[u, v, |u - v|, u * v]`` through a tanh layer.
 
     AdaBERT's head pools both sentences together, which leaves a student no way to compare them.
+    The last cell's tokens are layer-normalised first: cells of identity and pooling edges add their
+    inputs up, so their outputs grow several-fold per cell, and products of such states would
+    saturate the tanh layer (a deep cell stack then learns nothing but the majority class).
     """
 
     def __init__(self, hidden_size: int, num_labels: int, dropout: float) -> None:
         super().__init__()
+        self.norm = nn.LayerNorm(hidden_size)
         self.mix = nn.Linear(8 * hidden_size, hidden_size)
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(hidden_size, num_labels)
 
+    def normalised(self, x: torch.Tensor, masks: Masks) -> torch.Tensor:
+        """``x [batch, hidden, tokens]`` layer-normalised per token; padding stays zero."""
+        return self.norm(x.transpose(1, 2)).transpose(1, 2) * masks.all.unsqueeze(1)
+
     def forward(self, levels: Sequence[torch.Tensor], masks: Masks) -> torch.Tensor:
-        u, v = mean_max(levels[-1], masks.first), mean_max(levels[-1], masks.second)
+        last = self.normalised(levels[-1], masks)
+        u, v = mean_max(last, masks.first), mean_max(last, masks.second)
         features = torch.cat([u, v, (u - v).abs(), u * v], dim=-1)
         return self.out(self.dropout(torch.tanh(self.mix(features))))
+
+
+def cross_pairs(masks: Masks) -> torch.Tensor:
+    """``[batch, tokens, tokens]``: True where the two tokens are real and in different sentences."""
+    first, second = masks.first > 0, masks.second > 0
+    return (first.unsqueeze(2) & second.unsqueeze(1)) | (second.unsqueeze(2) & first.unsqueeze(1))
+
+
+def align(x: torch.Tensor, pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each token's soft alignment in the other sentence, and its best cosine match there.
+
+    ``x [batch, channels, tokens]``, ``pairs`` from ``cross_pairs``; returns ``aligned [batch, channels,
+    tokens]`` (attention over the other sentence's tokens, scaled dot products) and ``best [batch,
+    tokens]`` (the highest cosine similarity to a token of the other sentence; 0 where there is none).
+    One token-by-token product serves both.
+    """
+    tokens = x.transpose(1, 2)  # [batch, tokens, channels]
+    dots = tokens @ x
+    norms = tokens.norm(dim=-1).clamp(min=1e-6)
+    has_other = pairs.any(-1)
+    low = torch.finfo(x.dtype).min
+    attention = torch.softmax((dots / x.shape[1] ** 0.5).masked_fill(~pairs, low), dim=-1)
+    attention = attention * has_other.unsqueeze(-1)
+    # cosine = dots / (|a| |b|): the max over b of dots / |b|, divided by |a| once per token
+    nearest = (dots / norms.unsqueeze(1)).masked_fill(~pairs, low).amax(-1)
+    best = torch.where(has_other, nearest / norms, torch.zeros_like(norms))
+    return (attention @ tokens).transpose(1, 2), best
+
+
+class MatchHead(PairHead):
+    """The pair head plus token alignment across the two sentences (decomposable attention, Parikh et
+    al. 2016; BERTScore-style best matches): a paraphrase or an entailed sentence has, for most of its
+    tokens, a close token in the other sentence, which pooled sentence vectors blur away.
+
+    Aligns the tokens twice, as the embeddings give them (the words) and as the last cell gives them
+    (the words in context, layer-normalised as in ``PairHead``), and adds, per level and sentence,
+    the pooled ``|token - aligned|`` and ``token * aligned`` and the mean and min of each token's
+    best cosine match in the other sentence.
+    """
+
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float) -> None:
+        super().__init__(hidden_size, num_labels, dropout)
+        self.mix = nn.Linear(16 * hidden_size + 8, hidden_size)
+
+    def forward(self, levels: Sequence[torch.Tensor], masks: Masks) -> torch.Tensor:
+        last = self.normalised(levels[-1], masks)
+        u, v = mean_max(last, masks.first), mean_max(last, masks.second)
+        features = [u, v, (u - v).abs(), u * v]
+        pairs = cross_pairs(masks)
+        for x in (levels[0], last):
+            aligned, best = align(x, pairs)
+            difference, product = (x - aligned).abs(), x * aligned
+            for mask in (masks.first, masks.second):
+                real = mask > 0
+                features += [masked_mean(difference, mask), masked_mean(product, mask)]
+                features.append(
+                    torch.stack(
+                        [
+                            (best * mask).sum(-1) / mask.sum(-1).clamp(min=1.0),
+                            best.masked_fill(~real, 1.0).amin(-1) * real.any(-1).to(x.dtype),
+                        ],
+                        dim=-1,
+                    )
+                )
+        return self.out(self.dropout(torch.tanh(self.mix(torch.cat(features, dim=-1)))))
 
 
 HEADS = {
     "paper": lambda h, n, d: ClassifierHead(h, n, d, "mean"),
     "pooled": lambda h, n, d: ClassifierHead(h, n, d, "meanmax"),
     "pair": PairHead,
+    "match": MatchHead,
 }
 """``paper``: AdaBERT's head; ``pooled``: the same with ``[mean; max]`` pooling; ``pair``: compares the two
-sentences of a pair."""
+sentences of a pair; ``match``: the pair head plus token alignment across the sentences."""
+
+PAIR_HEADS = ("pair", "match")
 
 
 def head_kind(kind: str, pair: bool) -> str:
-    """``auto``: the pair head for sentence-pair tasks, the pooled head otherwise."""
+    """``auto``: the match head for sentence-pair tasks, the pooled head otherwise."""
     if kind == "auto":
-        return "pair" if pair else "pooled"
+        return "match" if pair else "pooled"
     if kind not in HEADS:
         raise ValueError(f"unknown head {kind!r}: expected auto, {', '.join(HEADS)}")
-    if kind == "pair" and not pair:
-        raise ValueError("the pair head compares two sentences: it needs a sentence-pair task")
+    if kind in PAIR_HEADS and not pair:
+        raise ValueError(f"the {kind} head compares two sentences: it needs a sentence-pair task")
     return kind
 
 

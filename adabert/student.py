@@ -168,7 +168,7 @@ class AdaBertStudentForSequenceClassification(PreTrainedModel):
             out = cell(states, masks.all)
             states = [states[-1], out]
             levels.append(out)
-        logits = self.head(levels[1:], masks)
+        logits = self.head(levels, masks)
         loss = None
         if labels is not None:
             loss = task_loss(logits, labels, regression=self.config.num_labels == 1)

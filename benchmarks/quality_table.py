@@ -58,9 +58,16 @@ def _search_rows(result: dict[str, Any]) -> list[str]:
         f"Command `{result.get('command', '?')}`; device {setting.get('device', '?')}, "
         f"{setting.get('threads', '?')} thread(s) for training; seeds {setting.get('seeds')}, "
         f"baseline seeds {setting.get('baseline_seeds')}; "
-        f"wall time {result.get('wall_seconds', 0) / 60:.0f} min.",
+        f"wall time {result.get('wall_seconds', 0) / 60:.0f} min{_reused(result)}.",
     ]
     return rows
+
+
+def _reused(result: dict[str, Any]) -> str:
+    reused = result.get("reused_stage_seconds") or 0
+    if not reused:
+        return ""
+    return f" ({reused / 60:.0f} min of it in stages reused from an earlier invocation, at their times then)"
 
 
 def _stage_rows(result: dict[str, Any]) -> list[str]:

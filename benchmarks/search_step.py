@@ -27,7 +27,7 @@ def darts_forward(net: Supernet, batch: dict[str, torch.Tensor]) -> torch.Tensor
     weights = torch.softmax(net.edge_logits, dim=-1)
     inputs, masks = net.embeddings(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
     mask = masks.all
-    states, levels = inputs, []
+    states, levels = inputs, [inputs[0] + inputs[1] if net.pair else inputs[0]]
     for cell in net.cells:
         nodes = list(states)
         for node in range(cell.num_input_nodes, cell.num_input_nodes + cell.num_nodes):
@@ -44,7 +44,7 @@ def darts_forward(net: Supernet, batch: dict[str, torch.Tensor]) -> torch.Tensor
         states = [states[-1], out]
         levels.append(out)
     depth = torch.softmax(net.depth_logits, 0)
-    return sum(depth[k] * net.heads[k](levels[: k + 1], masks) for k in range(net.max_cells))
+    return sum(depth[k] * net.heads[k](levels[: k + 2], masks) for k in range(net.max_cells))
 
 
 def sampled_forward(net: Supernet, batch: dict[str, torch.Tensor], full_depth: bool) -> torch.Tensor:

@@ -254,3 +254,21 @@ def test_int8_export_quantizes_products_by_block_and_leaves_shared_tables(tmp_pa
     ids = np.array([[0, 3, 7, 49]], dtype=np.int64)
     exact, approx = (onnx_session(p).run(None, {"ids": ids})[0] for p in (fp32, int8))
     assert np.abs(approx - exact).max() < 0.02 * np.abs(exact).max()
+
+
+def test_a_pair_student_with_the_match_head_exports_with_parity(tmp_path):
+    from adabert.genotype import make_genotype
+    from adabert.student import build_student
+    from search_spaces import get_space
+
+    space = get_space("adabert_cnn")
+    genotype = make_genotype(space, [(0, 2, "conv3"), (1, 3, "max_pool3"), (2, 4, "identity")], 1, 16)
+    torch.manual_seed(0)
+    tables = {"word": torch.randn(100, 16), "position": torch.randn(128, 16)}
+    model = build_student(genotype, 2, tables, pair=True, head="match").eval()
+    onnx = export_onnx(model, tmp_path / "model.onnx", seq_len=16)
+    script = export_torchscript(model, tmp_path / "model.pt", seq_len=16)
+    for batch_size, seq_len in ((1, 7), (4, 40)):
+        batch = padded_batch(model, batch_size, seq_len)
+        assert check_parity(model, onnx, batch, atol=1e-4) <= 1e-4
+        assert check_parity(model, script, batch) <= 1e-4

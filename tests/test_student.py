@@ -146,7 +146,7 @@ def test_pca_projection_keeps_the_top_directions():
     torch.testing.assert_close(projected.mean(0), torch.zeros(3), atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("head", ["paper", "pair"])
+@pytest.mark.parametrize("head", ["paper", "pair", "match"])
 def test_searched_weights_transfer_to_the_student(tables, head):
     space = get_space("adabert_cnn")
     torch.manual_seed(0)
@@ -179,6 +179,40 @@ def test_searched_weights_transfer_to_the_student(tables, head):
         ).logits
         got = student(**batch).logits
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_alignment_finds_each_token_in_the_other_sentence_only():
+    from adabert.modules import align, cross_pairs, head_kind, segment_masks
+
+    words = torch.eye(8)[:, :3].unsqueeze(0)  # three orthogonal token vectors
+    # [a b c | c a b] then two padding positions
+    x = torch.cat([words, words[..., [2, 0, 1]], torch.zeros(1, 8, 2)], dim=-1)
+    attention_mask = torch.tensor([[1, 1, 1, 1, 1, 1, 0, 0]])
+    token_type_ids = torch.tensor([[0, 0, 0, 1, 1, 1, 0, 0]])
+    masks = segment_masks(attention_mask, token_type_ids, pair=True, dtype=x.dtype)
+    aligned, best = align(x * 100, cross_pairs(masks))  # sharp attention: each token attends to its copy
+    torch.testing.assert_close(best, torch.tensor([[1.0] * 6 + [0.0] * 2]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(aligned[..., :6] / 100, x[..., [4, 5, 3, 2, 0, 1]], atol=1e-3, rtol=0)
+    assert torch.count_nonzero(aligned[..., 6:]) == 0  # padding aligns to nothing
+    assert head_kind("auto", pair=True) == "match" and head_kind("auto", pair=False) == "pooled"
+    with pytest.raises(ValueError, match="sentence-pair"):
+        head_kind("match", pair=False)
+
+
+@pytest.mark.parametrize("kind", ["pair", "match"])
+def test_pair_heads_do_not_depend_on_the_scale_of_the_last_cell(kind):
+    """Cells of identity and pooling edges add their inputs up: a deep stack of them outputs states
+    many times larger than its input, which must not saturate the head."""
+    from adabert.modules import build_head, segment_masks
+
+    torch.manual_seed(0)
+    head = build_head(kind, 8, 2, dropout=0.0).eval()
+    batch = inputs(size=2, length=9)
+    masks = segment_masks(batch["attention_mask"], batch["token_type_ids"], pair=True, dtype=torch.float32)
+    embedded, last = (torch.randn(2, 8, 9) * masks.all.unsqueeze(1) for _ in range(2))
+    with torch.no_grad():
+        small, large = head([embedded, last], masks), head([embedded, last * 100], masks)
+    torch.testing.assert_close(large, small, atol=1e-4, rtol=1e-4)
 
 
 def test_text_classification_pipeline(tmp_path, tiny_bert_dir):

@@ -173,7 +173,7 @@ class Supernet(nn.Module):
                 out = out + skip_weight * states[-1]
             states = [states[-1], out]
             levels.append(out)
-        logits = self.heads[sample.depth - 1](levels[1:], masks)
+        logits = self.heads[sample.depth - 1](levels, masks)
         if sample.depth_gate is not None:
             logits = logits * sample.depth_gate
         return SupernetOutput(logits, self.probes([masked_mean(x, masks.all) for x in levels]))
