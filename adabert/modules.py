@@ -229,18 +229,14 @@ class MatchHead(PairHead):
         for x in (levels[0], last):
             aligned, best = align(x, pairs)
             difference, product = (x - aligned).abs(), x * aligned
+            best = best.unsqueeze(1)
             for mask in (masks.first, masks.second):
-                real = mask > 0
-                features += [masked_mean(difference, mask), masked_mean(product, mask)]
-                features.append(
-                    torch.stack(
-                        [
-                            (best * mask).sum(-1) / mask.sum(-1).clamp(min=1.0),
-                            best.masked_fill(~real, 1.0).amin(-1) * real.any(-1).to(x.dtype),
-                        ],
-                        dim=-1,
-                    )
-                )
+                features += [
+                    masked_mean(difference, mask),
+                    masked_mean(product, mask),
+                    masked_mean(best, mask),
+                    -masked_max(-best, mask),  # the worst-matched token
+                ]
         return self.out(self.dropout(torch.tanh(self.mix(torch.cat(features, dim=-1)))))
 
 

@@ -40,13 +40,17 @@ class AdaBertStudentConfig(PretrainedConfig):
         pad_token_id: int = 0,
         norm_width: int | None = None,
         head: str = "paper",
+        head_norm: bool = False,
         **kwargs: Any,
     ) -> None:
         """``norm_width``: the width before pruning removed hidden dimensions (see ``PrunedLayerNorm``);
-        ``head``: ``paper`` (AdaBERT's) or ``pair`` (compares the two sentences, see ``PairHead``)."""
+        ``head``: a ``modules.HEADS`` kind; ``head_norm``: whether the ``pair`` head layer-normalises
+        the last cell (False only in the configs of students saved before it did, which reload as
+        they were trained)."""
         super().__init__(pad_token_id=pad_token_id, **kwargs)
         self.norm_width = norm_width
         self.head = head
+        self.head_norm = head_norm
         self.genotype = genotype
         self.vocab_size = vocab_size
         self.max_position_embeddings = max_position_embeddings
@@ -57,7 +61,10 @@ class AdaBertStudentConfig(PretrainedConfig):
 
 def _head(config: AdaBertStudentConfig) -> nn.Module:
     kind = getattr(config, "head", "paper")
-    return build_head(kind, config.hidden_size, config.num_labels, config.hidden_dropout_prob)
+    head = build_head(kind, config.hidden_size, config.num_labels, config.hidden_dropout_prob)
+    if kind == "pair" and not config.head_norm:
+        head.norm = nn.Identity()
+    return head
 
 
 def _embeddings(config: AdaBertStudentConfig) -> Embeddings:
@@ -224,6 +231,7 @@ def build_student(
         pair=pair,
         num_labels=num_labels,
         head=head,
+        head_norm=True,
         **config_kwargs,
     )
     model = AdaBertStudentForSequenceClassification(config)

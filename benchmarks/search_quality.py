@@ -149,10 +149,6 @@ class Runner:
         return record
 
 
-def reused_seconds(run: Runner) -> float:
-    return sum(stage["seconds"] for stage in run.stages.values() if stage.get("reused"))
-
-
 def main_metric(path: Path) -> tuple[float, dict[str, float]]:
     metrics = json.loads((path / "metrics.json").read_text())
     dev = metrics["dev"]
@@ -407,6 +403,7 @@ def run_benchmark(args: argparse.Namespace) -> None:
         "teacher": teacher_metric,
         "peers": peers["peers"],
     }
+    reused = sum(stage["seconds"] for stage in run.stages.values() if stage.get("reused"))
     search_result = {
         **common,
         "searched": [metric[n] for n in searched],
@@ -432,8 +429,8 @@ def run_benchmark(args: argparse.Namespace) -> None:
         "latency_seconds": round(latency_seconds, 1),
         "stages": run.stages,
         # stages reused from an earlier invocation count at the wall time they took then
-        "wall_seconds": round(time.perf_counter() - started + reused_seconds(run), 1),
-        "reused_stage_seconds": round(reused_seconds(run), 1),
+        "wall_seconds": round(time.perf_counter() - started + reused, 1),
+        "reused_stage_seconds": round(reused, 1),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "peak_rss_mb_benchmark": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }

@@ -215,6 +215,24 @@ def test_pair_heads_do_not_depend_on_the_scale_of_the_last_cell(kind):
     torch.testing.assert_close(large, small, atol=1e-4, rtol=1e-4)
 
 
+def test_a_pair_student_saved_before_the_head_normalised_reloads_as_it_was(tables, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    model = build_student(one_op_genotype("adabert_cnn", "conv3"), 2, tables, pair=True, head="pair").eval()
+    model.head.norm = torch.nn.Identity()  # what the head computed then
+    model.config.head_norm = False
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["head_norm"]  # written before the setting existed
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    weights = tmp_path / "model.safetensors"
+    save_file(load_file(weights), weights, metadata={"format": "pt"})
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**inputs()).logits, model(**inputs()).logits)
+
+
 def test_text_classification_pipeline(tmp_path, tiny_bert_dir):
     from transformers import AutoTokenizer, pipeline
 
