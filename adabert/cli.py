@@ -216,6 +216,7 @@ def _spaces(ns: argparse.Namespace) -> None:
 
 def _profile(ns: argparse.Namespace) -> None:
     """The measured latency table of one space on this machine (cached, see adabert.search.latency)."""
+    from adabert.modules import head_kind
     from adabert.search.latency import latency_table
     from adabert.search.loop import genotype_embedding
     from adabert.store import KnowledgeStore
@@ -231,7 +232,8 @@ def _profile(ns: argparse.Namespace) -> None:
     teacher = store.manifest["teacher"]
     seq_len = min(ns.seq_len, teacher["config"]["max_position_embeddings"])
     table = latency_table(space, space.hidden_size, seq_len, teacher["path"], teacher["sha256"],
-                          genotype_embedding(store), store.num_labels, (1, 32), ns.threads, ns.refresh)
+                          genotype_embedding(store), store.num_labels, (1, 32), ns.threads, ns.refresh,
+                          head=head_kind("auto", store.task.is_pair))
     print(f"{space.name}: milliseconds per call at batch 1 and 32, length {seq_len}")
     print(table.format())
 

@@ -247,6 +247,9 @@ class ProbeConfig(TaskFiles):
     dev_limit: int | None = _f(None, "seeded random subset of dev rows (default: the teacher's)", ge=1)
     augment_factor: int = _f(
         0, "teacher-labelled augmented copies per training row (0 = no augmentation)", ge=0, le=1000)
+    augment_to: int | None = _f(
+        None, "top up a small task: with fewer training rows than N, add ceil(N / rows) - 1 (at most 20) "
+        "teacher-labelled copies per row, or --augment-factor copies if that is more", ge=1)
     augment_rows: int | None = _f(
         None, "augment only a seeded random subset of this many training rows (default: all of them)", ge=1)
     augment_replace_prob: float = _f(
@@ -310,8 +313,32 @@ class SearchConfig(Computes):
     beta_warmup_epochs: int = _f(
         0, "ramp beta linearly from 0 over this many epochs after the warm-up", ge=0)
     uniform_warmup_epochs: int = _f(
-        3, "epochs that sample every op and depth uniformly with no architecture steps (single-path "
-        "one-shot), so every op trains before any is judged", ge=0)
+        3, "weight phase: at least this many epochs that sample every op and depth uniformly with no "
+        "architecture steps (single-path one-shot), so every op trains before any is judged; the "
+        "search phase then runs epochs - uniform_warmup_epochs epochs", ge=0)
+    weight_phase: str = _f(
+        "learned", "when the weight phase ends: learned (once the supernet's held-out loss is clearly "
+        "below the trivial predictor's and stops improving, at most --max-warmup-epochs) or fixed "
+        "(after --uniform-warmup-epochs, whatever the evidence)", choices=("learned", "fixed"))
+    max_warmup_epochs: int = _f(
+        16, "weight phase: the cap of a learned weight phase, in epochs", ge=1, le=1000)
+    judge_fraction: float = _f(
+        0.2, "fraction of training rows (at most --selection-rows) that no step trains on: they judge "
+        "the supernet, end the weight phase and select the epoch", gt=0.0, lt=1.0)
+    judge_paths: int = _f(
+        8, "sampled paths whose mean held-out loss judges the supernet each epoch", ge=1, le=256)
+    sandwich: int = _f(
+        0, "paths per weight step under the sandwich rule with in-place distillation (BigNAS): the "
+        "largest learns the task, the smallest and N - 2 sampled ones learn its predictions (0 = off: "
+        "one sampled path)", ge=0, le=64)
+    cell_norm: bool = _f(
+        True, "the pooled heads layer-normalise each cell before pooling it (a cell's scale varies 100-fold "
+        "with its ops and depth; the pair heads always normalise their last cell)")
+    superkernel: bool = _f(
+        True, "convolutions of one edge share the widest kernel's centre (Single-Path NAS): conv3 "
+        "trains whenever conv5 or conv7 does")
+    shared_head: bool = _f(
+        True, "one classifier head for every depth (a head per depth sees 1/K_max of the steps)")
     tau_start: float = _f(
         5.0, "initial Gumbel-softmax temperature (high: close to uniform samples, GDAS)", gt=0.0)
     tau_end: float = _f(0.2, "final Gumbel-softmax temperature", gt=0.0)
@@ -327,7 +354,8 @@ class SearchConfig(Computes):
     select: str = _f(
         "best_epoch", "genotype selection: last (argmax), best_epoch (best held-out loss), contribution "
         "(measured per edge, DARTS-PT)", choices=("last", "best_epoch", "contribution"))
-    selection_rows: int = _f(2000, "held-out training rows that score epochs and contributions", ge=1)
+    selection_rows: int = _f(
+        2000, "at most this many judge rows (see --judge-fraction), which also score contributions", ge=1)
     embeddings: str = _f(
         "distilled", "token table: distilled (the store's distilled table) or input (the teacher's input "
         "table through a learned projection)", choices=("distilled", "input"))
@@ -338,6 +366,11 @@ class SearchConfig(Computes):
         "each cell) or paper (AdaBERT's mean)",
         choices=("auto", "pair", "match", "pooled", "paper"))
     kd_temperature: float = _f(1.0, "softmax temperature of the KD soft targets", gt=0.0)
+    kd_target: str = _f(
+        "both", "what the KD term distils: probes (AdaBERT's hierarchical KD of the teacher's per-layer "
+        "probes on each level's probe head), logits (the teacher's logits on the classifier head, as "
+        "the student trains) or both (their mean): the head learns from hard labels alone with probes",
+        choices=("probes", "logits", "both"))
     arch_fraction: float = _f(
         0.5, "fraction of training rows held out for architecture steps", gt=0.0, lt=1.0
     )
@@ -359,6 +392,21 @@ class SearchConfig(Computes):
     seed: int = _f(0, "random seed", **_SEED)
     resume: bool = _f(False, "continue from the last checkpoint in output_dir")
     num_workers: int = _f(0, "data loader worker processes", ge=0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.random_architecture and self.uniform_warmup_epochs >= self.epochs:
+            raise ConfigError(
+                f"--uniform-warmup-epochs {self.uniform_warmup_epochs} leaves no search phase in --epochs "
+                f"{self.epochs}: the search phase runs epochs - uniform_warmup_epochs epochs"
+            )
+        if self.sandwich in (1, 2):
+            raise ConfigError(f"--sandwich {self.sandwich}: the rule takes at least 3 paths (0 = off)")
+        if self.weight_phase == "learned" and self.max_warmup_epochs < self.uniform_warmup_epochs:
+            raise ConfigError(
+                f"--max-warmup-epochs {self.max_warmup_epochs} is below --uniform-warmup-epochs "
+                f"{self.uniform_warmup_epochs}, the weight phase's minimum"
+            )
 
 
 @dataclass
@@ -387,6 +435,10 @@ class TrainConfig(Computes):
         "auto", "classifier head: auto (match for sentence pairs, else pooled), match, pair, pooled or "
         "paper; with --supernet, the search's", choices=("auto", "pair", "match", "pooled", "paper"))
     grad_clip: float = _f(5.0, "gradient norm clipping", gt=0.0)
+    positions: str = _f(
+        "learned", "position table: learned, or none (zero and frozen: only the cells' ops can see word "
+        "order; with an identity cell and the paper head, an order-blind reference)",
+        choices=("learned", "none"))
     keep: str = _f(
         "last", "epoch whose weights are kept: last, or best by the main dev metric (a choice made on "
         "the dev rows, so the dev figure it reports is optimistic)", choices=("last", "best"))

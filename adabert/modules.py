@@ -132,11 +132,18 @@ class ClassifierHead(nn.Module):
     Every head takes ``levels``: the embedding output, then each cell's output, ``[batch, hidden, tokens]``.
 
     ``pooling="mean"`` is AdaBERT's head; ``"meanmax"`` pools ``[mean; max]`` over the tokens (a
-    max over time, as in text CNNs, finds the phrase that decides a sentence).
+    max over time, as in text CNNs, finds the phrase that decides a sentence). ``norm``: each cell's
+    tokens are layer-normalised (no parameters) before pooling. Cells of identity and pooling edges
+    add their inputs up, so a cell's scale varies 100-fold with its ops and depth; unnormalised, the
+    tanh saturates on some cells and sees nothing on others, and a supernet that shares this head
+    across every sampled path learns nothing at all.
     """
 
-    def __init__(self, hidden_size: int, num_labels: int, dropout: float, pooling: str = "mean") -> None:
+    def __init__(
+        self, hidden_size: int, num_labels: int, dropout: float, pooling: str = "mean", norm: bool = False
+    ) -> None:
         super().__init__()
+        self.norm = norm
         self.pool = masked_mean if pooling == "mean" else mean_max
         width = hidden_size if pooling == "mean" else 2 * hidden_size
         self.score = nn.Linear(width, 1)
@@ -145,10 +152,19 @@ class ClassifierHead(nn.Module):
 
     def forward(self, levels: Sequence[torch.Tensor], masks: Masks) -> torch.Tensor:
         cells = levels[1:]
+        if self.norm:
+            cells = [layer_norm_tokens(x, masks.all) for x in cells]
         stacked = torch.stack([self.pool(x, masks.all) for x in cells], dim=1)  # [batch, cells, width]
         attention = torch.softmax(self.score(stacked), dim=1)
         summary = torch.tanh((attention * stacked).sum(dim=1))
         return self.out(self.dropout(summary))
+
+
+def layer_norm_tokens(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``x [batch, hidden, tokens]`` layer-normalised per token, without parameters; padding stays zero."""
+    centred = x - x.mean(dim=1, keepdim=True)
+    normed = centred * torch.rsqrt(centred.pow(2).mean(dim=1, keepdim=True) + 1e-5)
+    return normed * mask.unsqueeze(1)
 
 
 class PairHead(nn.Module):
@@ -241,10 +257,10 @@ class MatchHead(PairHead):
 
 
 HEADS = {
-    "paper": lambda h, n, d: ClassifierHead(h, n, d, "mean"),
-    "pooled": lambda h, n, d: ClassifierHead(h, n, d, "meanmax"),
-    "pair": PairHead,
-    "match": MatchHead,
+    "paper": lambda h, n, d, norm=False: ClassifierHead(h, n, d, "mean", norm),
+    "pooled": lambda h, n, d, norm=False: ClassifierHead(h, n, d, "meanmax", norm),
+    "pair": lambda h, n, d, norm=False: PairHead(h, n, d),  # normalises its last cell always
+    "match": lambda h, n, d, norm=False: MatchHead(h, n, d),
 }
 """``paper``: AdaBERT's head; ``pooled``: the same with ``[mean; max]`` pooling; ``pair``: compares the two
 sentences of a pair; ``match``: the pair head plus token alignment across the sentences."""
@@ -263,8 +279,9 @@ def head_kind(kind: str, pair: bool) -> str:
     return kind
 
 
-def build_head(kind: str, hidden_size: int, num_labels: int, dropout: float) -> nn.Module:
-    return HEADS[kind](hidden_size, num_labels, dropout)
+def build_head(kind: str, hidden_size: int, num_labels: int, dropout: float, norm: bool = False) -> nn.Module:
+    """A ``HEADS`` head; ``norm``: the pooled heads layer-normalise each cell (the pair heads always do)."""
+    return HEADS[kind](hidden_size, num_labels, dropout, norm)
 
 
 class ProbeHeads(nn.Module):

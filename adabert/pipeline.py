@@ -84,8 +84,11 @@ BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
         # the teacher labels more rows than it learned from (up to 100k: minutes of teacher passes), and
         # the student sees 120k examples over all of them: distinct rows teach it more than repeats (on
         # SST-2, 2 epochs of 67k rows 0.838 against 6 epochs of 20k 0.804, benchmarks/RESULTS.md)
-        "probe": {"train_limit": 100000, "max_length": 64},
-        "search": {"epochs": 8, "train_limit": 4000, "uniform_warmup_epochs": 3},
+        # a task of fewer than 20k rows is topped up with teacher-labelled copies (search and student)
+        "probe": {"train_limit": 100000, "max_length": 64, "augment_to": 20000},
+        # the weight phase lasts until the supernet has learned the task (3 to 16 epochs), then 5
+        # search epochs; the search sees at most 2 copies of each row
+        "search": {"epochs": 8, "train_limit": 4000, "uniform_warmup_epochs": 3, "augment_copies": 2},
         "train": {"examples": 120000},
         # a student's weights are nearly all its embedding table: SVD halves it and keeps it dense
         "compress": {"embeddings": True, "methods": "svd"},

@@ -79,6 +79,7 @@ class RunFiles:
     evaluation: dict[str, Any] | None
     compressed: dict[str, Any] | None
     search_log: list[dict[str, Any]]
+    selection: dict[str, Any] | None
     export: dict[str, Any] | None
     stages: dict[str, dict[str, Any]]
 
@@ -96,6 +97,7 @@ class RunFiles:
             evaluation=_read_json(run_dir / "eval" / "report.json"),
             compressed=_read_json(run_dir / "eval" / "compressed" / "report.json"),
             search_log=_read_jsonl(run_dir / "search" / "search_log.jsonl"),
+            selection=_read_json(run_dir / "search" / "selection.json"),
             export=_read_json(run_dir / "export" / "export.json"),
             stages=stages,
         )
@@ -188,6 +190,11 @@ def plot_search_curves(log: Sequence[Mapping[str, Any]], metric: str | None, pat
         values = [r.get(key) for r in log]
         if all(isinstance(v, (int, float)) for v in values):
             left.plot(epochs, values, style, marker="o", markersize=3, label=key)
+    judged = [r.get("supernet") or {} for r in log]
+    if all("loss" in j for j in judged):
+        held_out = [j["loss"] for j in judged]
+        left.plot(epochs, held_out, "-", marker="^", markersize=3, label="supernet held-out")
+        left.plot(epochs, [j["trivial_loss"] for j in judged], ":", color="black", label="trivial predictor")
     left.set_xlabel("epoch")
     left.set_ylabel("mean over the epoch's weight steps")
     left.set_title("search loss terms")
@@ -428,6 +435,11 @@ def _search_section(run: RunFiles, metric: str | None) -> list[Block]:
                 f"{format_value(last.get('tau'), 3)}, derived depth {last.get('depth', '?')} cell(s).",
             )
         )
+    evidence = (run.selection or {}).get("supernet")
+    if isinstance(evidence, dict):
+        from adabert.search.judge import summary
+
+        blocks.append(Block("p", summary(evidence)))
     if curves:
         blocks.append(
             Block(

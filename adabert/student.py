@@ -41,16 +41,19 @@ class AdaBertStudentConfig(PretrainedConfig):
         norm_width: int | None = None,
         head: str = "paper",
         head_norm: bool = False,
+        cell_norm: bool = False,
         **kwargs: Any,
     ) -> None:
         """``norm_width``: the width before pruning removed hidden dimensions (see ``PrunedLayerNorm``);
         ``head``: a ``modules.HEADS`` kind; ``head_norm``: whether the ``pair`` head layer-normalises
         the last cell (False only in the configs of students saved before it did, which reload as
-        they were trained)."""
+        they were trained); ``cell_norm``: whether the pooled heads layer-normalise each cell (False
+        in students saved before they did)."""
         super().__init__(pad_token_id=pad_token_id, **kwargs)
         self.norm_width = norm_width
         self.head = head
         self.head_norm = head_norm
+        self.cell_norm = cell_norm
         self.genotype = genotype
         self.vocab_size = vocab_size
         self.max_position_embeddings = max_position_embeddings
@@ -61,7 +64,8 @@ class AdaBertStudentConfig(PretrainedConfig):
 
 def _head(config: AdaBertStudentConfig) -> nn.Module:
     kind = getattr(config, "head", "paper")
-    head = build_head(kind, config.hidden_size, config.num_labels, config.hidden_dropout_prob)
+    norm = getattr(config, "cell_norm", False)
+    head = build_head(kind, config.hidden_size, config.num_labels, config.hidden_dropout_prob, norm)
     if kind == "pair" and not config.head_norm:
         head.norm = nn.Identity()
     return head
@@ -232,7 +236,7 @@ def build_student(
         num_labels=num_labels,
         head=head,
         head_norm=True,
-        **config_kwargs,
+        **{"cell_norm": True, **config_kwargs},
     )
     model = AdaBertStudentForSequenceClassification(config)
     state = supernet_state or {}
@@ -275,6 +279,8 @@ def _load_searched_weights(
     for k in range(genotype.num_cells):
         mapped[f"cells.{k}.node_mix"] = state[f"cells.{k}.node_mix"]
     head = f"heads.{genotype.num_cells - 1}."
+    if not any(key.startswith(head) for key in state):  # one head shared by every depth
+        head = "heads.0."
     mapped.update({"head." + key[len(head) :]: v for key, v in state.items() if key.startswith(head)})
     mapped.update({key: v for key, v in state.items() if key.startswith("embeddings.norm.")})
     missing, unexpected = model.load_state_dict(mapped, strict=False)

@@ -54,6 +54,7 @@ TASK_FILE = "adabert_task.json"
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "finetune_config.json"  # config.json in a model directory is the model's own config
 _MAX_GRAD_NORM = 1.0
+MAX_TOP_UP = 20  # --augment-to adds at most this many copies per row
 _IN_MEMORY_FEATURE_BYTES = 2 << 30  # larger feature caches go to a temporary memory-mapped file
 
 
@@ -527,9 +528,13 @@ def probe(cfg: ProbeConfig) -> KnowledgeStore:
     timings["distilled_table_s"] = time.perf_counter() - t
 
     augmented = None
-    if cfg.augment_factor > 0:
+    factor = augment_factor(cfg, len(splits["train"]))
+    if factor > 0:
         t = time.perf_counter()
-        augmented = _augment(cfg, task, model, tokenizer, splits["train"], probes, max_length, work, key)
+        augmented = _augment(
+            replace(cfg, augment_factor=factor), task, model, tokenizer, splits["train"], probes, max_length,
+            work, key,
+        )  # fmt: skip
         timings["augmentation_s"] = time.perf_counter() - t
 
     store_splits = {s: (rows, teacher_logits[s], probe_logits[s], tokens[s]) for s, rows in splits.items()}
@@ -602,6 +607,13 @@ def _read_finetune_model(teacher_path: str) -> str | None:
         return json.loads((Path(teacher_path) / CONFIG_FILE).read_text()).get("model")
     except (OSError, ValueError):
         return None
+
+
+def augment_factor(cfg: ProbeConfig, rows: int) -> int:
+    """Copies per training row: ``--augment-factor``, or more to top a small task up to ``--augment-to``."""
+    if cfg.augment_to is None or rows >= cfg.augment_to:
+        return cfg.augment_factor
+    return max(cfg.augment_factor, min(MAX_TOP_UP, math.ceil(cfg.augment_to / max(rows, 1)) - 1))
 
 
 def _augment(

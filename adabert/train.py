@@ -15,6 +15,7 @@ every device), scored in fp32 and saved with CPU tensors.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -187,6 +188,7 @@ def starting_point(cfg: TrainConfig, genotype: Genotype, store: KnowledgeStore) 
     were trained with; ``--head`` / ``--embeddings`` must then agree (or stay at their defaults).
     """
     head, embeddings, state = head_kind(cfg.head, store.task.is_pair), cfg.embeddings, None
+    cell_norm = True
     if cfg.supernet:
         checkpoint = load_supernet_checkpoint(cfg.supernet)
         check_supernet_fits(checkpoint, genotype, store, cfg.supernet, cfg.genotype)
@@ -198,6 +200,7 @@ def starting_point(cfg: TrainConfig, genotype: Genotype, store: KnowledgeStore) 
                 "drop --head or --supernet"
             )
         head, embeddings, state = searched_head, searched.get("embeddings", "input"), checkpoint["model"]
+        cell_norm = bool(searched.get("cell_norm", False))  # a search from before the norm had none
         log.info(
             "the student starts from the searched weights in %s (head %s, %s token table)",
             cfg.supernet,
@@ -207,7 +210,7 @@ def starting_point(cfg: TrainConfig, genotype: Genotype, store: KnowledgeStore) 
     else:
         log.info("the student starts from scratch (head %s, %s token table)", head, embeddings)
     tables = student_tables(store, embeddings, genotype.hidden_size)
-    return {"tables": tables, "head": head, "supernet_state": state}
+    return {"tables": tables, "head": head, "supernet_state": state, "cell_norm": cell_norm}
 
 
 def train_student(cfg: TrainConfig) -> dict[str, Any]:
@@ -237,16 +240,21 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
         cfg.dropout,
         start["supernet_state"],
         start["head"],
+        cell_norm=start["cell_norm"],
         **student_config_kwargs(store),
     )
     del start
+    if cfg.positions == "none":
+        model.embeddings.position.weight.data.zero_()
+        model.embeddings.position.weight.requires_grad_(False)
     probes = (
         ProbeHeads(genotype.num_cells + 1, genotype.hidden_size, store.num_labels) if cfg.probe_kd else None
     )
     model.to(device)
     if probes is not None:
         probes.to(device)
-    params = list(model.parameters()) + (list(probes.parameters()) if probes else [])
+    params = [p for p in model.parameters() if p.requires_grad]  # not a frozen position table
+    params += list(probes.parameters()) if probes else []
     distributed.broadcast_parameters([*params, *model.buffers()])
     # dropout: a stream of its own per rank, seeded after the build (whose draws may vary, e.g. the op
     # costs are measured on freshly built ops only the first time in a process)
@@ -431,7 +439,20 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
         "history": history,
         "seconds": time.perf_counter() - started_all,
     }
+    searched = _read_selection(Path(cfg.genotype).parent / "selection.json")
+    if searched is not None:  # how the search that chose this cell went, for the model card
+        result["search_supernet"] = searched
     if ctx.is_main:
         atomic_write_json(out / "metrics.json", result)
     distributed.barrier()
     return result
+
+
+def _read_selection(path: Path) -> dict[str, Any] | None:
+    """The supernet evidence of the search that wrote ``path`` (None: a hand-made genotype, or an
+    unreadable file, which only the card would have shown)."""
+    try:
+        evidence = json.loads(path.read_text()).get("supernet")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return evidence if isinstance(evidence, dict) else None

@@ -164,7 +164,7 @@ def model2vec_peer(task: Any, data_dir: str, base: str, seed: int) -> dict[str, 
     }
 
 
-def run_peers(task_name: str, data_dir: str, base: str = "default", seed: int = 0) -> dict[str, Any]:
+def run_peers(task_name: Any, data_dir: str, base: str = "default", seed: int = 0) -> dict[str, Any]:
     """Train and evaluate every peer; returns (and writes) ``peers_TASK.json``."""
     import torch
 
@@ -197,9 +197,12 @@ def run_peers(task_name: str, data_dir: str, base: str = "default", seed: int = 
     return result
 
 
-def load_or_run(task_name: str, data_dir: str, seed: int = 0) -> dict[str, Any]:
-    """The cached peers of a task (they do not depend on the teacher or the student), else run them."""
-    path = RESULTS / f"peers_{task_name}.json"
+def load_or_run(task_name: Any, data_dir: str, seed: int = 0) -> dict[str, Any]:
+    """The cached peers of a task (a name, or a ``TaskSpec`` of your own files), else run them; they
+    depend on neither the teacher nor the student."""
+    from adabert.tasks import get_task
+
+    path = RESULTS / f"peers_{get_task(task_name).name}.json"
     if path.exists():
         return json.loads(path.read_text())
     return run_peers(task_name, data_dir, seed=seed)

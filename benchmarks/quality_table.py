@@ -60,7 +60,57 @@ def _search_rows(result: dict[str, Any]) -> list[str]:
         f"baseline seeds {setting.get('baseline_seeds')}; "
         f"wall time {result.get('wall_seconds', 0) / 60:.0f} min{_reused(result)}.",
     ]
-    return rows
+    return rows + _supernet_rows(result)
+
+
+def _supernet_rows(result: dict[str, Any]) -> list[str]:
+    """The supernet's held-out loss per seed: trivial predictor, end of the weight phase, each search
+    epoch; the ranking fidelity, the bootstrap interval, the order-blind reference and the remedies."""
+    heldout = result.get("supernet_heldout") or []
+    if not heldout:
+        return []
+    rows = [
+        "| seed | trivial loss | weight-phase epochs | end of weight phase: loss (accuracy / majority) "
+        "| search epochs: loss | blind |",
+        "|---|---|---|---|---|---|",
+    ]
+    used, blind = result.get("warmup_epochs_used", []), result.get("blind_search", [])
+    for i, (seed, h) in enumerate(zip(result["setting"].get("seeds", []), heldout)):
+        acc = ""
+        if h.get("warmup_accuracy") is not None:
+            acc = f" ({h['warmup_accuracy']:.4f} / {h['majority_accuracy']:.4f})"
+        warm = f"{h['warmup_loss']:.4f}{acc}" if h.get("warmup_loss") is not None else "-"
+        curve = ", ".join(f"{v:.4f}" for v in h.get("search_losses", []))
+        rows.append(
+            f"| {seed} | {h.get('trivial_loss', float('nan')):.4f} | {used[i] if i < len(used) else '-'} "
+            f"| {warm} | {curve} | {'yes' if i < len(blind) and blind[i] else 'no'} |"
+        )
+    boot = result.get("searched_minus_conv_bootstrap")
+    if boot:
+        diff = boot["difference"]
+        rows += ["", f"Searched minus hand-made conv cell, {boot['metric']} on dev: {diff:+.4f}, "
+                 f"95% paired bootstrap interval over dev rows [{boot['low']:+.4f}, {boot['high']:+.4f}] "
+                 f"({boot['draws']} draws)."]  # fmt: skip
+    ranking = result.get("ranking")
+    if ranking:
+        rows += ["", f"Ranking fidelity: Kendall's tau {ranking['kendall_tau']:+.3f} between the seed-0 "
+                 f"supernet's held-out loss and the dev metric trained alone, over {len(ranking['cells'])} "
+                 f"cells drawn from the space (trained alone with {ranking.get('train')})."]  # fmt: skip
+    blind_reference = result.get("order_blind_reference")
+    if blind_reference:
+        rows += ["", f"Order-blind reference (identity cell, mean head, no position table), dev accuracy "
+                 f"per seed: {', '.join(f'{v:.4f}' for v in blind_reference)}."]  # fmt: skip
+    remedies = result.get("remedies")
+    if remedies:
+        rows += ["", "| remedy (seed 0) | weight-phase epochs | end of weight phase | search losses "
+                 "| search time | student |", "|---|---|---|---|---|---|"]  # fmt: skip
+        for name, r in remedies.items():
+            h = r["supernet_heldout"]
+            warm = f"{h['warmup_loss']:.4f}" if h.get("warmup_loss") is not None else "-"
+            curve = ", ".join(f"{v:.4f}" for v in h.get("search_losses", []))
+            rows.append(f"| {name} | {r['warmup_epochs_used']} | {warm} | {curve} | "
+                        f"{r['search_seconds'] / 60:.1f} min | {r['student']:.4f} |")  # fmt: skip
+    return ["", "Supernet held-out loss (judge rows, mean over sampled paths):", "", *rows]
 
 
 def _reused(result: dict[str, Any]) -> str:

@@ -41,6 +41,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 GENOTYPES = HERE / "genotypes"
+ORDER = "order"  # the word-order diagnostic (order_task.py), built from SST-2
 sys.path.insert(0, str(HERE))
 
 
@@ -53,6 +54,7 @@ def setting_for(task_name: str, train_rows: int, pair: bool, budget: str = "benc
     teacher and store of a ``quick`` pipeline run (``--reuse``)."""
     common = {
         "init": "supernet",  # as the pipeline trains its student; every variant from the seed-0 search
+        "ranking_share": 0.25,  # cells of the ranking check train on a quarter of the recipe
         "latency": {"batches": [1, 32], "seq_len": 128, "threads": 1, "repeats": 5, "warmup": 2},
         "random": {"count": 5, "tolerance": 0.15, "batch": 1},
     }
@@ -156,6 +158,18 @@ def main_metric(path: Path) -> tuple[float, dict[str, float]]:
 
 
 # ---------------------------------------------------------------------------------------------- stages
+def task_flags(task: str, data_dir: str, run_dir: Path) -> list[str]:
+    """The data flags of a task: a GLUE task by name, or the word-order diagnostic's files (written
+    from SST-2 into the run directory by ``order_task.py``)."""
+    if task != ORDER:
+        return ["--task", task, "--data-dir", data_dir]
+    from order_task import build
+
+    files = build(data_dir, run_dir / "data")
+    return ["--task", ORDER, "--train-file", str(files["train"]), "--dev-file", str(files["dev"]),
+            "--text-columns", "sentence", "--label-column", "label"]  # fmt: skip
+
+
 def teacher_and_store(run: Runner, task: str, data_dir: str, setting: dict[str, Any], model: str) -> Path:
     teacher, store = run.run_dir / "teacher", run.run_dir / "store"
     run(
@@ -163,10 +177,7 @@ def teacher_and_store(run: Runner, task: str, data_dir: str, setting: dict[str, 
         [
             "teacher",
             "finetune",
-            "--task",
-            task,
-            "--data-dir",
-            data_dir,
+            *task_flags(task, data_dir, run.run_dir),
             "--model",
             model,
             "--output-dir",
@@ -316,24 +327,23 @@ def run_benchmark(args: argparse.Namespace) -> None:
     from adabert.search.baselines import random_at_budget
     from adabert.search.latency import LatencyTable
     from adabert.store import KnowledgeStore
-    from adabert.tasks import get_task, load_split
     from search_spaces import get_space
 
-    task = get_task(args.task)
     started = time.perf_counter()
-    run_dir = Path(args.run_dir or f"runs/bench/{task.name}")
+    run_dir = Path(args.run_dir or f"runs/bench/{args.task}")
     if args.fresh and run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    train_rows = len(load_split(task, "train", args.data_dir))
-    setting = setting_for(task.name, train_rows, task.is_pair, "quick" if args.reuse else "benchmark")
+    train_rows, pair = task_size(args.task, args.data_dir, run_dir)
+    setting = setting_for(args.task, train_rows, pair, "quick" if args.reuse else "benchmark")
     run = Runner(run_dir, args.threads)
     if args.reuse:  # the teacher and store of a quick pipeline run
         store_dir = Path(args.reuse) / "store"
         setting["reused_run"] = str(args.reuse)
     else:
-        store_dir = teacher_and_store(run, task.name, args.data_dir, setting, args.teacher_model)
+        store_dir = teacher_and_store(run, args.task, args.data_dir, setting, args.teacher_model)
     store = KnowledgeStore.open(store_dir)
+    task = store.task
     teacher_metric = store.manifest["teacher_metrics"][store.dev_split][task.main_metric]
 
     students: dict[str, Path] = {}
@@ -375,8 +385,16 @@ def run_benchmark(args: argparse.Namespace) -> None:
         students[f"random{i}"] = train(
             run, f"random{i}", path, store_dir, setting, args.seeds[0], supernet=init
         )
+    blind = {}
+    if args.task == ORDER:  # the order-blind reference: identity cell, mean head, no position table
+        for seed in args.baseline_seeds:
+            blind[seed] = train(
+                run, f"order_blind_s{seed}", GENOTYPES / "identity_cell.json", store_dir, setting, seed,
+                {"head": "paper", "positions": "none"},
+            )  # fmt: skip
+    ranking = ranking_check(run, store_dir, setting, first_search, args) if args.ranking else None
 
-    peers = load_or_run(task.name, args.data_dir)
+    peers = load_or_run(task if args.task == ORDER else task.name, args.data_dir)
     print(f"[{time.strftime('%H:%M:%S')}] latency run: {len(students)} students and the teacher", flush=True)
     t = time.perf_counter()
     latency = latency_run(students, store_dir.parent / "teacher", setting, task.is_pair)
@@ -404,6 +422,9 @@ def run_benchmark(args: argparse.Namespace) -> None:
         "peers": peers["peers"],
     }
     reused = sum(stage["seconds"] for stage in run.stages.values() if stage.get("reused"))
+    evidence = {
+        s: json.loads((run_dir / "searches" / f"seed{s}" / "selection.json").read_text()) for s in args.seeds
+    }
     search_result = {
         **common,
         "searched": [metric[n] for n in searched],
@@ -414,6 +435,12 @@ def run_benchmark(args: argparse.Namespace) -> None:
         "searched_speedup_vs_teacher_b32": [latency[n]["32"]["speedup_vs_teacher"] for n in searched],
         "searched_accuracy": [dev[n].get("accuracy") for n in searched],
         "searched_parametric_ops": [parametric_ops(searched_genotypes[s]) for s in args.seeds],
+        "supernet_heldout": [heldout_entry(evidence[s].get("supernet", {})) for s in args.seeds],
+        "warmup_epochs_used": [evidence[s].get("supernet", {}).get("warmup_epochs_used") for s in args.seeds],
+        "blind_search": [bool(evidence[s].get("supernet", {}).get("blind")) for s in args.seeds],
+        "searched_minus_conv_bootstrap": paired_bootstrap(
+            store, [students[n] for n in searched], [students[f"conv_s{s}"] for s in args.baseline_seeds]
+        ),
         "genotypes": {
             **{f"searched_s{s}": g.to_dict() for s, g in searched_genotypes.items()},
             **{f"random{i}": g.to_dict() for i, g in enumerate(randoms)},
@@ -434,6 +461,12 @@ def run_benchmark(args: argparse.Namespace) -> None:
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "peak_rss_mb_benchmark": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
+    if ranking is not None:
+        search_result["ranking"] = ranking
+    if args.remedies:
+        search_result["remedies"] = remedy_ablation(run, store_dir, setting, args)
+    if blind:
+        search_result["order_blind_reference"] = [main_metric(path)[1]["accuracy"] for path in blind.values()]
     RESULTS.mkdir(parents=True, exist_ok=True)
     atomic_write_json(RESULTS / f"search_quality_{task.name}.json", search_result)
     points = {n: (latency[n]["1"]["median_ms"], metric[n]) for n in students}
@@ -467,7 +500,7 @@ def run_benchmark(args: argparse.Namespace) -> None:
     print(
         json.dumps(
             {
-                k: search_result[k]
+                k: search_result.get(k)
                 for k in (
                     "teacher",
                     "searched",
@@ -477,6 +510,11 @@ def run_benchmark(args: argparse.Namespace) -> None:
                     "searched_speedup_vs_teacher_b1",
                     "searched_speedup_vs_teacher_b32",
                     "searched_parametric_ops",
+                    "supernet_heldout",
+                    "warmup_epochs_used",
+                    "ranking",
+                    "order_blind_reference",
+                    "searched_minus_conv_bootstrap",
                     "peers",
                     "wall_seconds",
                 )
@@ -484,6 +522,143 @@ def run_benchmark(args: argparse.Namespace) -> None:
             indent=1,
         )
     )
+
+
+def task_size(task: str, data_dir: str, run_dir: Path) -> tuple[int, bool]:
+    """Training rows and whether the task is a sentence pair."""
+    from adabert.tasks import get_task, load_split
+
+    if task == ORDER:
+        from order_task import build
+
+        train = build(data_dir, run_dir / "data")["train"]
+        return sum(1 for _ in open(train, encoding="utf-8")) - 1, False
+    spec = get_task(task)
+    return len(load_split(spec, "train", data_dir)), spec.is_pair
+
+
+def heldout_entry(supernet: dict[str, Any]) -> dict[str, Any]:
+    """A search's supernet evidence, in the benchmark's keys."""
+    keys = ("trivial_loss", "warmup_loss", "search_losses", "warmup_accuracy", "majority_accuracy")
+    return {k: supernet[k] for k in keys if k in supernet}
+
+
+def dev_predictions(student: Path, store: Any) -> tuple[Any, Any]:
+    """The student's predicted labels (or scores) on the store's dev rows, and the gold labels."""
+    import numpy as np
+    import torch
+
+    from adabert import data
+    from adabert.evaluate import load_classifier
+    from adabert.tasks import predictions_from_logits
+
+    model = load_classifier(student).eval()
+    rows = data.load_split(store, store.dev_split)
+    logits, labels = [], []
+    with torch.inference_mode():
+        for batch in data.loader(rows, 128, False, pad_token_id=rows.pad_token_id):
+            inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+            logits.append(model(**inputs).logits.float().numpy())
+            labels.append(batch["labels"].numpy())
+    return predictions_from_logits(store.task, np.concatenate(logits)), np.concatenate(labels)
+
+
+def paired_bootstrap(store: Any, a: list[Path], b: list[Path], draws: int = 2000, seed: int = 0) -> dict:
+    """Mean main metric of students ``a`` minus that of students ``b``, with a 95% interval from a paired
+    bootstrap over the dev rows (every student scored on the same resampled rows)."""
+    import numpy as np
+
+    from adabert.tasks import compute_metrics
+
+    task = store.task
+    preds_a = [dev_predictions(p, store)[0] for p in a]
+    preds_b = [dev_predictions(p, store)[0] for p in b]
+    labels = dev_predictions(a[0], store)[1]
+
+    def diff(rows: Any) -> float:
+        def mean(preds: list[Any]) -> float:
+            scores = [compute_metrics(task, p[rows], labels[rows])[task.main_metric] for p in preds]
+            return float(np.mean(scores))
+
+        return mean(preds_a) - mean(preds_b)
+
+    rng = np.random.default_rng(seed)
+    samples = [diff(rng.integers(0, len(labels), len(labels))) for _ in range(draws)]
+    return {
+        "difference": diff(np.arange(len(labels))),
+        "low": float(np.percentile(samples, 2.5)),
+        "high": float(np.percentile(samples, 97.5)),
+        "draws": draws,
+        "metric": task.main_metric,
+    }
+
+
+def ranking_check(run: Runner, store: Path, setting: dict[str, Any], search_dir: Path, args: Any) -> dict:
+    """Kendall's tau between the seed-0 supernet's held-out score of ``--ranking`` cells drawn from the
+    space and their dev metric when trained alone from scratch (the train recipe at ``ranking_share`` of
+    its examples or epochs: a proxy, as one-shot ranking studies use)."""
+    from adabert.genotype import Genotype, random_genotype
+    from adabert.search.ranking import ranking_record, supernet_scores
+    from search_spaces import get_space
+
+    searched = Genotype.load(search_dir / "genotype.json")
+    space = get_space(searched.space)
+    cells = [
+        random_genotype(space, 500 + i, hidden_size=searched.hidden_size, embedding=searched.embedding)
+        for i in range(args.ranking)
+    ]
+    inside = supernet_scores(search_dir, cells)
+    recipe = dict(setting["train"])
+    share = setting["ranking_share"]
+    if recipe.get("examples"):
+        recipe["examples"] = max(1, int(recipe["examples"] * share))
+    else:
+        recipe["epochs"] = max(1, round(recipe.get("epochs", 3) * share))
+    alone = []
+    for i, cell in enumerate(cells):
+        path = run.run_dir / "ranking" / f"cell{i}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cell.save(path)
+        out = train(run, f"ranking_cell{i}", path, store, {**setting, "train": recipe}, args.seeds[0])
+        alone.append(main_metric(out)[0])
+    return {**ranking_record(cells, inside, alone), "train": recipe}
+
+
+def remedies() -> dict[str, dict[str, Any]]:
+    """The supernet-training settings, each flipped from its default (the first row: the defaults)."""
+    from adabert.config import SearchConfig
+
+    d = SearchConfig()
+    flipped = {
+        "shared_head": not d.shared_head,
+        "train_embeddings": not d.train_embeddings,
+        "sandwich": 0 if d.sandwich else 4,
+        "weight_phase": "fixed" if d.weight_phase == "learned" else "learned",
+    }
+    return {"default": {}, **{f"{k}={v}": {k: v} for k, v in flipped.items()}}
+
+
+def remedy_ablation(run: Runner, store: Path, setting: dict[str, Any], args: Any) -> dict[str, Any]:
+    """Each remedy flipped against the defaults, searched with the first seed: the supernet's held-out
+    evidence, the search's wall time and the searched student's dev metric."""
+    seed = args.seeds[0]
+    out: dict[str, Any] = {}
+    for name, extra in remedies().items():
+        label = f"remedy_{name.replace('=', '_')}_s{seed}"
+        folder = search(run, store, setting, seed, extra, label if extra else None)
+        student = run.run_dir / "students" / f"searched_s{seed}"
+        if extra:
+            init = folder if setting["init"] == "supernet" else None
+            student = train(run, label, folder / "genotype.json", store, setting, seed, supernet=init)
+        supernet = json.loads((folder / "selection.json").read_text()).get("supernet", {})
+        out[name] = {
+            "settings": extra,
+            "supernet_heldout": heldout_entry(supernet),
+            "warmup_epochs_used": supernet.get("warmup_epochs_used"),
+            "search_seconds": run.stages[f"search_{folder.name}"]["seconds"],
+            "student": main_metric(student)[0],
+        }
+    return out
 
 
 def ablations(
@@ -540,6 +715,14 @@ def main() -> None:
     parser.add_argument("--baseline-seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the training stages")
     parser.add_argument("--ablations", action="store_true", help="also the student-side ablations")
+    parser.add_argument(
+        "--remedies", action="store_true", help="also the supernet remedies, one toggled at a time (seed 0)"
+    )
+    parser.add_argument(
+        "--ranking", type=int, default=8, metavar="N",
+        help="ranking fidelity: N cells drawn from the space, scored inside the seed-0 supernet and "
+        "trained alone; Kendall's tau between the two (0 = skip)",
+    )  # fmt: skip
     parser.add_argument("--fresh", action="store_true", help="delete the run directory first")
     parser.add_argument(
         "--reuse",

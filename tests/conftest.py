@@ -143,6 +143,7 @@ TINY_STAGES = {
         "hidden_size": 16,
         "max_cells": 3,
         "epochs": 1,
+        "uniform_warmup_epochs": 0,
         "batch_size": 8,
         "w_lr": 3e-3,
         "arch_lr": 3e-2,

@@ -146,3 +146,40 @@ def test_the_table_predicts_a_student_and_is_cached_per_machine_and_torch(
     table()
     assert len(measured) == 3 and len(list((tmp_path / "cache" / "latency").glob("*.json"))) == 3
     assert first.sha256 == LatencyTable.from_dict(json.loads(files[0].read_text())).sha256
+
+
+def test_a_speedup_budget_holds_at_batch_32_too():
+    space = get_space("adabert_cnn")
+    table = _table(space)  # batch 32: every op 10 ms, base 5, cell 1 -> one cell of 6 edges: 66 ms
+    kept = ((0, 2), (1, 2), (0, 3), (2, 3), (2, 4), (3, 4))
+    wide = Genotype(space.name, 3, tuple(Edge(s, t, "conv3") for s, t in space.edges if (s, t) in kept), 16)
+    logits = torch.zeros(len(space.edges), len(space.ops))
+    depth_logits = torch.tensor([0.0, 0.1, 0.2])
+    # batch 1: 1 + 3 x (0.5 + 18) = 56.5 ms is within 60; batch 32: 5 + 3 x 61 = 188 ms is not within 100
+    alone = BudgetCost(space, table, 60.0, "ms", 1)
+    assert alone.fit(wide, logits, depth_logits) == wide
+    both = BudgetCost(space, table, 60.0, "ms", 1, also={1: 60.0, 32: 100.0})
+    fitted = both.fit(wide, logits, depth_logits)
+    assert both.budget_used(fitted) <= 1 and fitted.num_cells == 1
+    assert table.predict(fitted, 32) <= 100.0 and table.predict(fitted, 1) <= 60.0
+    assert both.describe()["also"] == {"32": 100.0}
+
+
+def test_the_latency_table_times_students_with_the_head_they_will_have(tiny_bert_dir, tmp_path, monkeypatch):
+    from adabert.student import AdaBertStudentConfig
+
+    monkeypatch.setenv("ADABERT_CACHE", str(tmp_path / "cache"))
+    heads = []
+    real_init = AdaBertStudentConfig.__init__
+
+    def recording(self, *args, **kwargs):
+        heads.append(kwargs.get("head"))
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(AdaBertStudentConfig, "__init__", recording)
+    pair = {**EMBEDDING, "pair": True}
+    space = get_space("adabert_cnn")
+    table = latency_table(space, 16, 16, tiny_bert_dir, "sha", pair, 2, (1,), threads=1, head="match")
+    assert table.info["head"] == "match" and heads == ["match", "match"]  # the depth-1 and depth-2 students
+    keys = {latency.table_key(space, 16, 16, (1,), 1, "sha", True, head) for head in ("match", "paper")}
+    assert len(keys) == 2  # another head: another table

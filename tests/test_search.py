@@ -25,6 +25,7 @@ def search_config(store: Path, out: Path, **overrides) -> SearchConfig:
         arch_lr=3e-2,
         cost_seq_len=16,
         uniform_warmup_epochs=1,
+        weight_phase="fixed",
         tau_start=1.0,
         seed=0,
     )
@@ -99,8 +100,9 @@ def test_fixed_seed_reproduces_and_resume_continues(tiny_store, tmp_path, monkey
 
 
 def test_ablations_and_random_architecture(tiny_store, tmp_path):
-    no_kd = run_search(search_config(tiny_store, tmp_path / "no_kd", epochs=1, gamma=0.0))
-    no_eff = run_search(search_config(tiny_store, tmp_path / "no_eff", epochs=1, beta=0.0))
+    once = {"epochs": 1, "uniform_warmup_epochs": 0}
+    no_kd = run_search(search_config(tiny_store, tmp_path / "no_kd", gamma=0.0, **once))
+    no_eff = run_search(search_config(tiny_store, tmp_path / "no_eff", beta=0.0, **once))
     log = json.loads((tmp_path / "no_kd" / "search_log.jsonl").read_text().splitlines()[0])
     assert log["kd"] == 0.0
     assert no_kd.space == no_eff.space == "adabert_cnn"
@@ -115,11 +117,11 @@ def test_diverging_search_stops_with_a_clear_message(tiny_store, tmp_path, monke
     import adabert.search.loop as search_module
 
     out = tmp_path / "nan"
-    run_search(search_config(tiny_store, out, epochs=1))
+    run_search(search_config(tiny_store, out, epochs=1, uniform_warmup_epochs=0))
     before = (out / "checkpoint.safetensors").read_bytes()
     monkeypatch.setattr(search_module, "task_loss", lambda logits, *_: logits.sum() * float("nan"))
     with pytest.raises(DivergenceError, match="became nan at epoch 2.*checkpoint.*intact"):
-        run_search(search_config(tiny_store, out, epochs=2, resume=True))
+        run_search(search_config(tiny_store, out, epochs=2, uniform_warmup_epochs=0, resume=True))
     assert (out / "checkpoint.safetensors").read_bytes() == before
     assert load_state(out / "checkpoint.safetensors", "search")["epoch"] == 1
 
@@ -136,7 +138,7 @@ def test_train_evaluate_export_from_a_searched_genotype(tiny_store, tmp_path):
     from adabert.train import train_student
 
     search_dir = tmp_path / "search"
-    run_search(search_config(tiny_store, search_dir, epochs=1))
+    run_search(search_config(tiny_store, search_dir, epochs=1, uniform_warmup_epochs=0))
     student_dir = tmp_path / "student"
     result = train_student(
         TrainConfig(
@@ -227,9 +229,10 @@ def test_uniform_warmup_trains_every_op_before_the_architecture_moves(tiny_store
     assert [r["phase"] for r in log] == ["uniform warm-up", "uniform warm-up", "search"]
     # the logits do not move during the warm-up, then they do
     assert log[0]["op_probabilities"] == log[1]["op_probabilities"] != log[2]["op_probabilities"]
-    # one sampled op per edge and step is counted (24 weight rows, batch 4: 6 steps per epoch)
+    # one sampled op per edge and step is counted (48 rows: 10 judge, 19 architecture, 19 weight rows;
+    # batch 4: 5 steps per epoch)
     counts = torch.tensor(log[0]["op_counts"]) + torch.tensor(log[1]["op_counts"])
-    assert counts.shape == (9, 10) and counts.sum(1).tolist() == [12] * 9
+    assert counts.shape == (9, 10) and counts.sum(1).tolist() == [10] * 9
     assert log[0]["beta"] == 0.0 and log[0]["efficiency"] == 0.0
 
 

@@ -164,6 +164,8 @@ def collect_facts(
             facts["metrics"].setdefault("teacher", trained["teacher_dev"])
         if trained.get("parameters"):
             facts["size"] = {"parameters": trained["parameters"]}
+        if isinstance(trained.get("search_supernet"), dict):
+            facts["search"] = trained["search_supernet"]
     weights = sorted(model_dir.glob("*.safetensors"))
     if weights:
         facts.setdefault("size", {})["file_bytes"] = sum(w.stat().st_size for w in weights)
@@ -439,6 +441,10 @@ def _architecture_section(facts: Mapping[str, Any]) -> list[str]:
     if facts.get("picture"):
         lines += [f"![the searched cell]({facts['picture']})", ""]
     lines += ["```", facts["genotype"], "```", ""]
+    if facts.get("search"):
+        from adabert.search.judge import summary
+
+        lines += [summary(facts["search"]), ""]
     if facts.get("compression"):
         lines += [f"Compressed further with `{facts['compression']}`.", ""]
     return lines

@@ -4,8 +4,9 @@ FLOPs do not say what a small model costs at batch 1, where per-call overhead do
 measures it on the machine that runs the command, for the device the student will run on (the CPU
 unless told otherwise). Per op of the space: the median time of one call on ``[batch, hidden,
 seq_len]`` at batch 1 and batch 32. Around the ops: the fixed cost of a student (embeddings, masks,
-head) and the cost of a cell's own work (node sums, masking, the output mix), measured on real
-students built with identity ops at depths 1 and 2. The teacher is timed in the same run, so a
+and the head it will have: the match head's token products cost more than a mean) and the cost of a
+cell's own work (node sums, masking, the output mix), measured on real students built with identity
+ops at depths 1 and 2. The teacher is timed in the same run, so a
 speedup target becomes a latency in milliseconds. A student's predicted latency is then
 
     base + depth x (cell + sum of its kept edges' op latencies)
@@ -36,7 +37,7 @@ from search_spaces import SearchSpace, get_op
 
 log = logging.getLogger(__name__)
 
-TABLE_VERSION = 1
+TABLE_VERSION = 2  # 2: the students around the ops have the head the student will have
 
 
 def machine_description() -> dict[str, Any]:
@@ -149,8 +150,9 @@ def measure_table(
     batches: tuple[int, ...] = (1, 32),
     threads: int = 1,
     repeats: int = 20,
+    head: str = "paper",
 ) -> LatencyTable:
-    """Time every op, two identity students and the teacher, interleaved, at each batch size."""
+    """Time every op, two identity students (with ``head``) and the teacher, interleaved, per batch."""
     from adabert.evaluate import _EvalMode, accepted_inputs, dummy_batch, time_calls
     from adabert.student import AdaBertStudentConfig, AdaBertStudentForSequenceClassification
 
@@ -167,6 +169,8 @@ def measure_table(
                 hidden_size=hidden,
                 pair=embedding["pair"],
                 num_labels=num_labels,
+                head=head,
+                head_norm=True,
             )
             students[depth] = AdaBertStudentForSequenceClassification(config).eval()
     pair = bool(embedding["pair"])
@@ -203,6 +207,7 @@ def measure_table(
         "seq_len": seq_len,
         "threads": used,
         "repeats": repeats,
+        "head": head,
         "machine": machine_description(),
         "version": TABLE_VERSION,
     }
@@ -222,6 +227,7 @@ def table_key(
     threads: int,
     teacher_sha: str,
     pair: bool,
+    head: str = "paper",
 ) -> str:
     key = {
         "space": [space.name, list(space.ops), space.num_input_nodes, space.num_nodes],
@@ -232,6 +238,7 @@ def table_key(
         "threads": threads,
         "teacher": teacher_sha,
         "pair": pair,
+        "head": head,
         "machine": machine_description(),
         "version": TABLE_VERSION,
     }
@@ -249,11 +256,12 @@ def latency_table(
     batches: tuple[int, ...] = (1, 32),
     threads: int = 1,
     refresh: bool = False,
+    head: str = "paper",
 ) -> LatencyTable:
     """The cached table for this space, machine and torch, measured (and cached) when there is none."""
     path = (
         cache_dir()
-        / f"{table_key(space, hidden, seq_len, batches, threads, teacher_sha, embedding['pair'])}.json"
+        / f"{table_key(space, hidden, seq_len, batches, threads, teacher_sha, embedding['pair'], head)}.json"
     )
     if path.is_file() and not refresh:
         try:
@@ -272,6 +280,6 @@ def latency_table(
         threads,
     )
     teacher = AutoModelForSequenceClassification.from_pretrained(str(teacher_dir)).eval()
-    table = measure_table(space, hidden, seq_len, teacher, embedding, num_labels, batches, threads)
+    table = measure_table(space, hidden, seq_len, teacher, embedding, num_labels, batches, threads, head=head)
     atomic_write_json(path, table.to_dict())
     return table

@@ -2,11 +2,20 @@
 
 First-order alternating updates (DARTS) on ``(1 - gamma) CE + gamma KD`` of a freshly sampled
 sub-network, plus ``beta x`` the efficiency term (:mod:`adabert.search.efficiency`) in the
-architecture step. The first ``uniform_warmup_epochs`` sample every op and depth uniformly and take no
-architecture steps (:mod:`adabert.search.remedies`), so every op is trained before any is judged.
-Each epoch ends with the derived genotype scored on held-out training rows (and on dev, for the log),
-an atomic checkpoint, and the log; the search ends with the genotype chosen by ``select``
-(:mod:`adabert.search.selection`).
+architecture step. Two phases:
+
+* the weight phase samples every op and depth uniformly and takes no architecture step, so every op
+  is trained before any is judged; it lasts at least ``uniform_warmup_epochs`` and ends once the
+  supernet has learned the task (:mod:`adabert.search.judge`: its mean held-out loss over sampled
+  paths is clearly below the trivial predictor's and has stopped improving), at most
+  ``max_warmup_epochs`` (``weight_phase="fixed"``: exactly ``uniform_warmup_epochs``);
+* the search phase, ``epochs - uniform_warmup_epochs`` epochs of alternating steps.
+
+Three disjoint sets of training rows: weight rows (with their augmented copies), architecture rows,
+and judge rows that no step trains on. Each epoch ends with the supernet judged on the judge rows
+beside the trivial predictor, the derived genotype scored on them (and on dev, for the log), an
+atomic checkpoint, and the log; the search ends with the genotype chosen by ``select``
+(:mod:`adabert.search.selection`), flagged when the supernet never learned the task.
 
 The same code runs in one process or under ``torchrun`` (``adabert.distributed``): the processes
 split each batch, sum their weighted gradients, draw the same samples, and so hold the same
@@ -45,13 +54,14 @@ from adabert.checkpoint import (
 )
 from adabert.config import SearchConfig, save_config, to_dict
 from adabert.device import autocast, describe, grad_scaler, prepare, to_device
-from adabert.distill import hierarchical_kd, task_loss
+from adabert.distill import hierarchical_kd, logits_kd, task_loss
 from adabert.draw import draw_genotype
 from adabert.errors import UserError
 from adabert.genotype import Genotype, derive_genotype, random_genotype
 from adabert.io import atomic_write_json, atomic_write_text
+from adabert.modules import head_kind
 from adabert.progress import progress as progress_bar
-from adabert.search import remedies
+from adabert.search import judge, remedies
 from adabert.search.efficiency import BudgetCost, PaperCost
 from adabert.search.selection import WARM_UP, score, select
 from adabert.search.supernet import Sample, Supernet
@@ -119,6 +129,9 @@ def build_supernet(cfg: SearchConfig, store: KnowledgeStore) -> Supernet:
         pair=store.task.is_pair,
         head=cfg.head,
         train_tables=cfg.train_embeddings,
+        shared_head=cfg.shared_head,
+        cell_norm=cfg.cell_norm,
+        superkernel=cfg.superkernel,
     )
 
 
@@ -129,10 +142,11 @@ def build_efficiency(cfg: SearchConfig, store: KnowledgeStore, net: Supernet) ->
     table = load_latency_table(cfg, store, net.space, net.hidden_size)
     if cfg.target_params is not None:
         return BudgetCost(net.space, table, float(cfg.target_params), "params", cfg.target_batch)
-    target = cfg.target_latency_ms
-    if target is None:
-        target = table.teacher[str(cfg.target_batch)] / cfg.target_speedup
-    return BudgetCost(net.space, table, target, "ms", cfg.target_batch)
+    if cfg.target_latency_ms is not None:
+        return BudgetCost(net.space, table, cfg.target_latency_ms, "ms", cfg.target_batch)
+    # a speedup holds at every batch size of the table, the target batch's being the loss's
+    limits = {int(b): ms / cfg.target_speedup for b, ms in table.teacher.items()}
+    return BudgetCost(net.space, table, limits[cfg.target_batch], "ms", cfg.target_batch, also=limits)
 
 
 def load_latency_table(cfg: SearchConfig, store: KnowledgeStore, space: SearchSpace, hidden: int) -> Any:
@@ -152,23 +166,30 @@ def load_latency_table(cfg: SearchConfig, store: KnowledgeStore, space: SearchSp
         store.num_labels,
         batches,
         cfg.latency_threads,
+        head=head_kind(cfg.head, store.task.is_pair),
     )
 
 
-def split_rows(cfg: SearchConfig, store: KnowledgeStore) -> tuple[data.StoreSplit, data.StoreSplit]:
-    """Rows for the weight steps (with their augmented copies) and held-out rows for the architecture
-    steps and the selection (original rows only, none of whose copies the weights see)."""
+def split_rows(
+    cfg: SearchConfig, store: KnowledgeStore
+) -> tuple[data.StoreSplit, data.StoreSplit, data.StoreSplit]:
+    """Rows for the weight steps (with their augmented copies), for the architecture steps, and judge
+    rows that no step trains on (they judge the supernet and select the epoch). The last two are
+    original rows only, none of whose copies the weights see."""
     total = len(store.labels("train"))
     rng = np.random.default_rng(cfg.seed)
     rows = np.arange(total)
     if cfg.train_limit is not None and cfg.train_limit < total:
         rows = np.sort(rng.choice(total, size=cfg.train_limit, replace=False))
     order = rng.permutation(rows)
+    n_judge = max(1, min(cfg.selection_rows, int(round(cfg.judge_fraction * len(order)))))
+    judge, order = order[:n_judge], order[n_judge:]
     n_arch = max(1, int(round(cfg.arch_fraction * len(order))))
     if n_arch >= len(order):
         raise UserError(
-            f"{cfg.store}: {len(order)} training row(s) leave none for the weight steps after "
-            f"arch_fraction={cfg.arch_fraction}; use more rows or a smaller --arch-fraction"
+            f"{cfg.store}: {len(order) + n_judge} training row(s) leave none for the weight steps after "
+            f"judge_fraction={cfg.judge_fraction} and arch_fraction={cfg.arch_fraction}; use more rows or "
+            "smaller fractions"
         )
     weights = data.load_split(
         store,
@@ -177,8 +198,8 @@ def split_rows(cfg: SearchConfig, store: KnowledgeStore) -> tuple[data.StoreSpli
         with_augmented=cfg.use_augmented,
         augment_copies=cfg.augment_copies,
     )
-    held_out = data.load_split(store, "train", rows=np.sort(order[:n_arch]))
-    return weights, held_out
+    arch = data.load_split(store, "train", rows=np.sort(order[:n_arch]))
+    return weights, arch, data.load_split(store, "train", rows=np.sort(judge))
 
 
 @dataclass
@@ -194,9 +215,17 @@ class Search:
     w_scaler: torch.amp.GradScaler | None = None  # fp16 only
     a_scaler: torch.amp.GradScaler | None = None
     steps_per_epoch: int = 1
-    total_steps: int = 1
+    search_start: int | None = None  # the step the search phase began at (None: in the weight phase)
+    total_steps: int = 1  # planned steps, the weight phase's as run so far
     step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+
+    def tau(self, cfg: SearchConfig) -> float:
+        """The Gumbel temperature, annealed over the search phase's steps."""
+        first = self.step if self.search_start is None else self.search_start
+        return remedies.temperature(
+            cfg.tau_start, cfg.tau_end, cfg.tau_anneal_fraction, self.step - first, self.total_steps - first
+        )
 
 
 # ------------------------------------------------------------------------------------------ steps
@@ -208,22 +237,29 @@ def search_loss(
     regression: bool,
     skip: float = 0.0,
     free_dropout: float = 0.0,
+    targets: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``(1 - gamma) CE + gamma KD`` of one sampled sub-network on one batch (on the batch's device,
-    under autocast with ``--precision bf16|fp16``)."""
+    under autocast with ``--precision bf16|fp16``); with ``targets`` (another path's logits), in-place
+    distillation from them alone. ``terms["logits"]`` holds the path's logits."""
     with autocast(batch["input_ids"].device, cfg.precision):
         out = net(
             batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], sample, skip, free_dropout
         )
+        if targets is not None:
+            kd = logits_kd(out.logits, targets, regression, cfg.kd_temperature)
+            return kd, {"ce": torch.zeros((), device=kd.device), "kd": kd, "logits": out.logits}
         ce = task_loss(out.logits, batch["labels"], regression)
-        kd = (
-            hierarchical_kd(
+        kd = torch.zeros((), device=ce.device)
+        if cfg.gamma > 0 and cfg.kd_target in ("probes", "both"):
+            kd = kd + hierarchical_kd(
                 out.probe_logits, batch["probe_logits"], batch["labels"], regression, cfg.kd_temperature
             )
-            if cfg.gamma > 0
-            else torch.zeros((), device=ce.device)
-        )
-    return (1 - cfg.gamma) * ce + cfg.gamma * kd, {"ce": ce, "kd": kd}
+        if cfg.gamma > 0 and cfg.kd_target in ("logits", "both"):
+            kd = kd + logits_kd(out.logits, batch["teacher_logits"], regression, cfg.kd_temperature)
+        if cfg.kd_target == "both":
+            kd = kd / 2
+    return (1 - cfg.gamma) * ce + cfg.gamma * kd, {"ce": ce, "kd": kd, "logits": out.logits}
 
 
 def _apply(
@@ -262,12 +298,34 @@ def weight_step(
     s: Search, batch: dict, share: float, sample: Sample, cfg: SearchConfig, regression: bool, where: str
 ) -> dict[str, float]:
     """Train the sampled sub-network's weights on a batch of the weight rows."""
-    first = cfg.uniform_warmup_epochs * s.steps_per_epoch
+    first = s.step if s.search_start is None else s.search_start
     skip = remedies.decayed(cfg.aux_skip, s.step, first, s.total_steps)
     drop = remedies.decayed(cfg.free_op_dropout, s.step, first, s.total_steps)
-    loss, terms = search_loss(s.net, batch, sample, cfg, regression, skip, drop)
+    if cfg.sandwich:
+        loss, terms = sandwich_loss(s, batch, sample, cfg, regression, skip, drop)
+    else:
+        loss, terms = search_loss(s.net, batch, sample, cfg, regression, skip, drop)
     terms["efficiency"] = torch.zeros(())
     return _apply(s.net.weight_parameters(), s.w_opt, loss, terms, share, cfg.grad_clip, where, s.w_scaler)
+
+
+def sandwich_loss(
+    s: Search, batch: dict, sample: Sample, cfg: SearchConfig, regression: bool, skip: float, drop: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The sandwich rule with in-place distillation (BigNAS, Yu et al. 2020): the largest path learns
+    the task; the smallest, ``sample`` and ``cfg.sandwich - 3`` more paths drawn like it learn the
+    largest's predictions. The largest path is trained at every step, so the shared weights and head
+    learn the task early, and every other path is pulled towards one consistent function."""
+    net = s.net
+    loss, terms = search_loss(net, batch, net.extreme_sample(True), cfg, regression, skip, drop)
+    targets = terms["logits"].detach()
+    paths = [net.extreme_sample(False), sample]
+    for _ in range(cfg.sandwich - 3):
+        warm = sample.edge_onehot is None
+        paths.append(net.uniform_sample(s.sampler) if warm else net.sample(s.tau(cfg), s.sampler))
+    for path in paths:
+        loss = loss + search_loss(net, batch, path, cfg, regression, skip, drop, targets)[0]
+    return loss / (len(paths) + 1), terms
 
 
 def effective_beta(cfg: SearchConfig) -> float:
@@ -303,13 +361,14 @@ def arch_step(
 def run_epoch(
     s: Search,
     epoch: int,
+    warm: bool,
     cfg: SearchConfig,
     weight_rows: data.StoreSplit,
     arch_rows: data.StoreSplit,
     regression: bool,
     ctx: Any,
 ) -> dict[str, Any]:
-    """One pass over the weight rows: a weight step per batch, then (after the warm-up) an arch step."""
+    """One pass over the weight rows: a weight step per batch, then (``warm``: none) an arch step."""
     shard = {
         "rank": ctx.rank,
         "world_size": ctx.world_size,
@@ -320,23 +379,23 @@ def run_epoch(
     }
     w_loader = data.loader(weight_rows, cfg.batch_size, True, cfg.seed * 100_003 + epoch, **shard)
     a_batches = _cycle(data.loader(arch_rows, cfg.batch_size, True, cfg.seed * 100_019 + epoch, **shard))
-    warm = epoch < cfg.uniform_warmup_epochs
     beta = effective_beta(cfg)
-    if cfg.beta_warmup_epochs:
-        beta *= min(1.0, (epoch + 1 - cfg.uniform_warmup_epochs) / cfg.beta_warmup_epochs)
+    if cfg.beta_warmup_epochs and s.search_start is not None:
+        searched = (s.step - s.search_start) // s.steps_per_epoch
+        beta *= min(1.0, (searched + 1) / cfg.beta_warmup_epochs)
     sums = dict.fromkeys(TERMS, 0.0)
     counts = np.zeros(tuple(s.net.edge_logits.shape), dtype=np.int64)
-    tau = remedies.temperature(cfg.tau_start, cfg.tau_end, cfg.tau_anneal_fraction, s.step, s.total_steps)
+    tau = s.tau(cfg)
     bar = progress_bar(
         data.with_shares(w_loader),
         total=len(w_loader),
-        desc=f"search epoch {epoch + 1}/{cfg.epochs}",
+        desc=f"search epoch {epoch + 1} ({'weight phase' if warm else 'search phase'})",
         leave=False,
         disable=not ctx.is_main,
     )
     for batch, share in bar:
         where = f"at epoch {epoch + 1}, step {s.step}"
-        tau = remedies.temperature(cfg.tau_start, cfg.tau_end, cfg.tau_anneal_fraction, s.step, s.total_steps)
+        tau = s.tau(cfg)
         sample = s.net.uniform_sample(s.sampler) if warm else s.net.sample(tau, s.sampler)
         for e, op in enumerate(sample.ops):
             counts[e, s.net.zero_index if op is None else op] += 1
@@ -361,6 +420,18 @@ def run_epoch(
     }
 
 
+def judge_supernet(s: Search, cfg: SearchConfig, heldout: Any, task: Any, baseline: dict) -> dict[str, Any]:
+    """The supernet's mean held-out loss and metrics over ``judge_paths`` sampled paths (uniform in the
+    weight phase, from the architecture distribution after it), beside the trivial predictor's."""
+    warm = s.search_start is None
+    paths = judge.judge_paths(s.net, cfg.judge_paths, cfg.seed * 100_057 + 3, uniform=warm)
+    return {
+        **judge.supernet_score(s.net, paths, heldout, task),
+        **baseline,
+        "paths": "uniform" if warm else "sampled",
+    }
+
+
 def epoch_record(
     s: Search,
     epoch: int,
@@ -370,6 +441,7 @@ def epoch_record(
     dev: Any,
     task: Any,
     started: float,
+    supernet: dict[str, Any],
 ) -> dict[str, Any]:
     """Everything the log keeps of an epoch: losses, schedule, scores, distributions, the genotype."""
     net = s.net
@@ -378,6 +450,7 @@ def epoch_record(
         "epoch": epoch + 1,
         "step": s.step,
         **terms,
+        "supernet": supernet,
         "heldout": score(net, sample, heldout, task),
         "dev": score(net, sample, dev, task),
         "depth": genotype.num_cells,
@@ -460,10 +533,10 @@ def run_search(cfg: SearchConfig) -> Genotype:
         return _random_architecture(cfg, store, space, hidden, out, ctx)
 
     torch.manual_seed(cfg.seed)
-    weight_rows, arch_rows = split_rows(cfg, store)
-    selection_rows = arch_rows.subset(np.arange(min(len(arch_rows), cfg.selection_rows)))
+    weight_rows, arch_rows, judge_rows = split_rows(cfg, store)
     dev_rows = data.load_split(store, store.dev_split)
-    heldout, dev = (_eval_loader(rows, cfg, ctx, device) for rows in (selection_rows, dev_rows))
+    heldout, dev = (_eval_loader(rows, cfg, ctx, device) for rows in (judge_rows, dev_rows))
+    baseline = trivial_baseline(store, weight_rows, judge_rows)
     net = build_supernet(cfg, store).to(device)  # built on the CPU: the same start on every device
     distributed.broadcast_parameters([*net.parameters(), *net.buffers()])  # the same start everywhere
     cost = build_efficiency(cfg, store, net).to(device)
@@ -482,51 +555,54 @@ def run_search(cfg: SearchConfig) -> Genotype:
         a_scaler=grad_scaler(device, cfg.precision),
         steps_per_epoch=data.steps(len(weight_rows), cfg.batch_size),
     )
-    s.total_steps = cfg.epochs * s.steps_per_epoch
     path = out / CHECKPOINT
     state = load_for_resume(path, cfg.resume, CHECKPOINT_KIND)
     start = restore(s, state, cfg, path, costs) if state is not None else 0
     del state
+    plan_steps(s, cfg)
     log.info(
-        "search on %s (%s): %d weight rows, %d held-out rows, %s; %s",
+        "search on %s (%s): %d weight rows, %d architecture rows, %d judge rows (trivial loss %.4f); "
+        "weight phase %s; %s",
         describe(device),
         cfg.precision,
         len(weight_rows),
         len(arch_rows),
-        f"{cfg.uniform_warmup_epochs} uniform warm-up epoch(s)",
+        len(judge_rows),
+        baseline["trivial_loss"],
+        _describe_weight_phase(cfg),
         cost.describe()["kind"],
     )
 
     regression = store.task.is_regression
     net.train()
-    for epoch in range(start, cfg.epochs):
+    epoch = start
+    while not finished(s, cfg):
         started = time.perf_counter()
         try:
-            terms = run_epoch(s, epoch, cfg, weight_rows, arch_rows, regression, ctx)
+            terms = run_epoch(s, epoch, s.search_start is None, cfg, weight_rows, arch_rows, regression, ctx)
         except DivergenceError as err:
             advice = divergence_advice(path, epoch, "--w-lr / --arch-lr or --beta")
             raise DivergenceError(f"{err}; {advice}") from None
         distributed.check_in_sync({"edge_logits": net.edge_logits, "depth_logits": net.depth_logits})
-        genotype = derive_genotype(
-            space,
-            net.edge_logits.detach(),
-            net.depth_logits.detach(),
-            hidden,
-            embedding=genotype_embedding(store),
-        )
-        if isinstance(cost, BudgetCost):  # the budget bounds what is derived
-            genotype = cost.fit(genotype, net.edge_logits, net.depth_logits)
-        s.history.append(epoch_record(s, epoch, terms, genotype, heldout, dev, store.task, started))
+        genotype = derive(s, cfg, store, space, hidden)
+        supernet = judge_supernet(s, cfg, heldout, store.task, baseline)
+        record = epoch_record(s, epoch, terms, genotype, heldout, dev, store.task, started, supernet)
+        s.history.append(record)
+        record.update(end_weight_phase(s, cfg))
         _log_epoch(s.history[-1])
         save_checkpoint(s, cfg, path, epoch, ctx, {"costs": costs})
         if ctx.is_main:
             _write_log(s.history, out)
             _write_genotype(genotype, out)
         distributed.barrier()  # the epoch is over everywhere once its checkpoint is on disk
+        epoch += 1
 
     if not s.history:
         raise UserError(f"{out}: nothing to search (epochs={cfg.epochs})")
     genotype, evidence = select(cfg.select, net, s.history, heldout, store.task)
+    evidence["supernet"] = supernet_evidence(s.history)
+    if evidence["supernet"]["blind"]:
+        log.warning("%s: %s", out, judge.BLIND)
     if ctx.is_main:
         _write_genotype(genotype, out)
         atomic_write_json(
@@ -536,6 +612,96 @@ def run_search(cfg: SearchConfig) -> Genotype:
         log.info("selected (%s) genotype:\n%s", cfg.select, genotype)
     distributed.barrier()
     return genotype
+
+
+def trivial_baseline(
+    store: KnowledgeStore, weight_rows: data.StoreSplit, judge_rows: data.StoreSplit
+) -> dict:
+    """The trivial predictor on the judge rows: its loss, and (classification) the majority's accuracy."""
+    train, held = weight_rows.labels[weight_rows.index], judge_rows.labels[judge_rows.index]
+    task = store.task
+    out = {"trivial_loss": judge.trivial_loss(train, held, store.num_labels, task.is_regression)}
+    if not task.is_regression:
+        out["majority_accuracy"] = judge.majority_accuracy(train, held)
+    return out
+
+
+def plan_steps(s: Search, cfg: SearchConfig) -> None:
+    """Where the search phase starts (once the weight phase has ended) and the steps planned."""
+    ended = [r for r in s.history if r.get("phase") != WARM_UP or r.get("weight_phase_end")]
+    if s.search_start is None and cfg.uniform_warmup_epochs == 0:
+        s.search_start = 0
+    elif s.search_start is None and ended:
+        first = ended[0]
+        s.search_start = first["step"] if first.get("weight_phase_end") else first["step"] - s.steps_per_epoch
+    searched = (cfg.epochs - cfg.uniform_warmup_epochs) * s.steps_per_epoch
+    s.total_steps = (s.step if s.search_start is None else s.search_start) + searched
+
+
+def finished(s: Search, cfg: SearchConfig) -> bool:
+    return s.search_start is not None and s.step >= s.total_steps
+
+
+def end_weight_phase(s: Search, cfg: SearchConfig) -> dict[str, Any]:
+    """After a weight-phase epoch: whether the phase ends now, on the supernet's held-out evidence."""
+    if s.search_start is not None:
+        return {}
+    rule = judge.WeightPhaseRule(
+        min_epochs=cfg.uniform_warmup_epochs,
+        max_epochs=cfg.max_warmup_epochs,
+        fixed=cfg.weight_phase == "fixed",
+    )
+    warm = [r["supernet"]["loss"] for r in s.history if r.get("phase") == WARM_UP]
+    ends, why = judge.weight_phase_verdict(warm, s.history[-1]["supernet"]["trivial_loss"], rule)
+    if not ends:
+        plan_steps(s, cfg)
+        return {}
+    s.search_start = s.step
+    plan_steps(s, cfg)
+    log.info("weight phase ended: %s", why)
+    return {"weight_phase_end": why}
+
+
+def supernet_evidence(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The supernet's held-out losses through the search (for selection.json, the report and card)."""
+    judged = [r for r in history if r.get("supernet")]
+    if not judged:
+        return {"blind": False}
+    warm = [r for r in judged if r.get("phase") == WARM_UP]
+    search = [r for r in judged if r.get("phase") != WARM_UP]
+    out = {
+        "trivial_loss": judged[-1]["supernet"]["trivial_loss"],
+        "warmup_loss": warm[-1]["supernet"]["loss"] if warm else None,
+        "warmup_epochs_used": len(warm),
+        "weight_phase_end": next((r["weight_phase_end"] for r in warm if r.get("weight_phase_end")), None),
+        "search_losses": [r["supernet"]["loss"] for r in search],
+        "blind": judge.blind_search(history),
+    }
+    if "majority_accuracy" in judged[-1]["supernet"]:
+        out["majority_accuracy"] = judged[-1]["supernet"]["majority_accuracy"]
+        out["warmup_accuracy"] = warm[-1]["supernet"].get("accuracy") if warm else None
+    return out
+
+
+def derive(s: Search, cfg: SearchConfig, store: KnowledgeStore, space: SearchSpace, hidden: int) -> Genotype:
+    """The argmax genotype of the logits, brought within the budget when there is one."""
+    net = s.net
+    genotype = derive_genotype(
+        space,
+        net.edge_logits.detach(),
+        net.depth_logits.detach(),
+        hidden,
+        embedding=genotype_embedding(store),
+    )
+    if isinstance(s.cost, BudgetCost):  # the budget bounds what is derived
+        genotype = s.cost.fit(genotype, net.edge_logits, net.depth_logits)
+    return genotype
+
+
+def _describe_weight_phase(cfg: SearchConfig) -> str:
+    if cfg.weight_phase == "fixed" or cfg.uniform_warmup_epochs == 0:
+        return f"{cfg.uniform_warmup_epochs} epoch(s)"
+    return f"{cfg.uniform_warmup_epochs} to {cfg.max_warmup_epochs} epochs, until the supernet has learned"
 
 
 def _eval_loader(rows: data.StoreSplit, cfg: SearchConfig, ctx: Any, device: torch.device) -> Any:
@@ -578,7 +744,8 @@ def _cycle(batches: torch.utils.data.DataLoader):
 
 def _log_epoch(r: dict[str, Any]) -> None:
     log.info(
-        "epoch %d (%s): loss %.4f (ce %.4f kd %.4f eff %.4f) tau %.3f held-out loss %.4f dev %s depth %d",
+        "epoch %d (%s): loss %.4f (ce %.4f kd %.4f eff %.4f) tau %.3f supernet held-out loss %.4f (trivial "
+        "%.4f) derived held-out loss %.4f dev %s depth %d",
         r["epoch"],
         r["phase"],
         r["loss"],
@@ -586,6 +753,8 @@ def _log_epoch(r: dict[str, Any]) -> None:
         r["kd"],
         r["efficiency"],
         r["tau"],
+        r["supernet"]["loss"],
+        r["supernet"]["trivial_loss"],
         r["heldout"]["loss"],
         {k: round(v, 4) for k, v in r["dev"].items()},
         r["depth"],

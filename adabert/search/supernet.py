@@ -4,7 +4,9 @@ Each forward runs one sampled sub-network: a hard Gumbel-softmax sample picks on
 one depth, and only the picked ops run (GDAS-style), so a search step costs about one child network.
 Straight-through gates (value 1, gradient of the soft sample) carry gradients to all logits. A
 uniform sample (single-path one-shot) picks every op and depth with equal chance and no gates, to
-train all ops' weights fairly before any of them is judged.
+train all ops' weights fairly before any of them is judged. The classifier head is shared by every
+depth (``shared_head``), or one per depth: a head per depth sees only the steps that sample its
+depth, an eighth of them with 8 cells, and the supernet then learns the task far later.
 """
 
 from __future__ import annotations
@@ -58,6 +60,51 @@ def straight_through_gumbel(
     return hard - soft.detach() + soft, index
 
 
+def share_kernels(ops: nn.ModuleList) -> int:
+    """Single-Path NAS superkernels: on one edge, every 1-D convolution of a family (the same channels,
+    dilation and groups, no bias) uses the centre of the family's widest kernel, so training conv7
+    trains conv3's taps too and each kernel learns from every step that picks any of the family.
+
+    The smaller convolutions keep no weight of their own: each forward slices the wide one, their
+    ``state_dict`` entries are the slices (so a student starts from them as from any searched op),
+    and loading drops those entries again. Returns the number of convolutions tied.
+    """
+    families: dict[tuple, list[nn.Conv1d]] = {}
+    for op in ops:
+        for conv in op.modules():
+            if isinstance(conv, nn.Conv1d) and conv.bias is None and conv.kernel_size[0] % 2 == 1:
+                key = (conv.in_channels, conv.out_channels, conv.dilation, conv.groups)
+                families.setdefault(key, []).append(conv)
+    tied = 0
+    for convs in families.values():
+        wide = max(convs, key=lambda c: c.kernel_size[0])
+        for conv in convs:
+            if conv is not wide and "weight" in conv._parameters:
+                _tie(conv, wide)
+                tied += 1
+    return tied
+
+
+def _tie(conv: nn.Conv1d, wide: nn.Conv1d) -> None:
+    start = (wide.kernel_size[0] - conv.kernel_size[0]) // 2
+    taps = slice(start, start + conv.kernel_size[0])
+    del conv.weight
+
+    def slice_weight(module: nn.Module, args: tuple) -> None:
+        module.weight = wide.weight[:, :, taps]
+
+    def save(module: nn.Module, state: dict, prefix: str, local_metadata: dict) -> None:
+        state[prefix + "weight"] = wide.weight[:, :, taps].detach().clone()
+
+    def load(state: dict, prefix: str, *args: object) -> None:
+        state.pop(prefix + "weight", None)
+
+    conv.register_forward_pre_hook(slice_weight)
+    conv.weight = wide.weight[:, :, taps]
+    conv._register_state_dict_hook(save)
+    conv._register_load_state_dict_pre_hook(load)
+
+
 class Supernet(nn.Module):
     """Every cell holds every op on every edge; the architecture logits are shared by all cells.
 
@@ -77,6 +124,9 @@ class Supernet(nn.Module):
         pair: bool = True,
         head: str = "auto",
         train_tables: bool = False,
+        shared_head: bool = False,
+        cell_norm: bool = True,
+        superkernel: bool = False,
     ) -> None:
         super().__init__()
         self.space = space
@@ -97,8 +147,13 @@ class Supernet(nn.Module):
             Cell(space, space.edges, all_ops, self.hidden_size) for _ in range(self.max_cells)
         )
         self.heads = nn.ModuleList(
-            build_head(self.head, self.hidden_size, num_labels, dropout) for _ in range(self.max_cells)
+            build_head(self.head, self.hidden_size, num_labels, dropout, cell_norm)
+            for _ in range(1 if shared_head else self.max_cells)
         )
+        if superkernel:
+            for cell in self.cells:
+                for edge_ops in cell.ops:
+                    share_kernels(edge_ops)
         self.probes = ProbeHeads(self.max_cells + 1, self.hidden_size, num_labels)
         self.edge_logits = nn.Parameter(1e-2 * torch.randn(len(space.edges), len(space.ops)))
         self.depth_logits = nn.Parameter(1e-2 * torch.randn(self.max_cells))
@@ -140,6 +195,14 @@ class Supernet(nn.Module):
         depth = int(torch.randint(self.max_cells, (1,), generator=generator)) + 1
         return self._sample(edges.tolist(), depth)
 
+    def extreme_sample(self, largest: bool) -> Sample:
+        """The sandwich rule's bounds (BigNAS): the deepest stack with each edge's op of the most
+        parameters, or one cell of the op of the fewest (the zero op never: it would empty the cell)."""
+        sizes = [sum(p.numel() for p in op.parameters()) for op in self.cells[0].ops[0]]
+        ops = [o for o in range(len(sizes)) if o != self.zero_index]
+        pick = max(ops, key=lambda o: (sizes[o], -o)) if largest else min(ops, key=lambda o: (sizes[o], o))
+        return self._sample([pick] * len(self.space.edges), self.max_cells if largest else 1)
+
     def fixed_sample(self, genotype: Genotype) -> Sample:
         """The sub-network of a derived genotype (kept edges with their ops, its depth), ungated."""
         kept = {(e.source, e.target): self.space.op_index(e.op) for e in genotype.edges}
@@ -173,7 +236,7 @@ class Supernet(nn.Module):
                 out = out + skip_weight * states[-1]
             states = [states[-1], out]
             levels.append(out)
-        logits = self.heads[sample.depth - 1](levels, masks)
+        logits = self.heads[min(sample.depth, len(self.heads)) - 1](levels, masks)
         if sample.depth_gate is not None:
             logits = logits * sample.depth_gate
         return SupernetOutput(logits, self.probes([masked_mean(x, masks.all) for x in levels]))

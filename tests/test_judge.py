@@ -1,0 +1,148 @@
+"""The supernet is judged before its architecture is: trivial baselines, the weight-phase rule, the
+blind-search flag, on units and on two tiny tasks (one learnable in a few steps, one of random labels)."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import tiny_sentence
+from test_search import search_config
+
+from adabert.search.judge import (
+    BLIND,
+    WeightPhaseRule,
+    blind_search,
+    majority_accuracy,
+    summary,
+    trivial_loss,
+    weight_phase_verdict,
+)
+from adabert.search.loop import run_search
+
+
+def test_trivial_loss_is_the_prior_entropy_or_the_label_variance():
+    train = np.array([0] * 68 + [1] * 32)
+    held = np.array([0] * 70 + [1] * 30)
+    prior = np.array([69, 33]) / 102  # add-one smoothed
+    assert trivial_loss(train, held, 2, False) == pytest.approx(
+        -(0.7 * math.log(prior[0]) + 0.3 * math.log(prior[1]))
+    )
+    assert majority_accuracy(train, held) == pytest.approx(0.7)
+    values = np.array([1.0, 2.0, 3.0])
+    assert trivial_loss(values, np.array([2.0, 4.0]), 1, True) == pytest.approx(2.0)  # (0 + 4) / 2
+
+
+def test_weight_phase_ends_once_learned_and_flat_or_at_the_cap():
+    rule = WeightPhaseRule(min_epochs=2, max_epochs=5)
+    assert weight_phase_verdict([0.5], 0.69, rule) == (False, "")  # below the minimum
+    assert not weight_phase_verdict([0.60, 0.55], 0.69, rule)[0]  # learned, still improving
+    ends, why = weight_phase_verdict([0.60, 0.55, 0.549], 0.69, rule)
+    assert ends and why.startswith("learned and stopped improving after 3 epoch(s)")
+    assert not weight_phase_verdict([0.69, 0.69, 0.69], 0.69, rule)[0]  # flat but not learned
+    ends, why = weight_phase_verdict([0.69] * 5, 0.69, rule)
+    assert ends and "cap of 5 epoch(s) reached, NOT learned" in why
+    ends, why = weight_phase_verdict([0.69, 0.69], 0.69, WeightPhaseRule(2, 5, fixed=True))
+    assert ends and why.startswith("fixed weight phase of 2 epoch(s)")
+
+
+def test_blind_search_needs_a_supernet_clearly_below_the_trivial_loss():
+    def record(loss):
+        return {"supernet": {"loss": loss, "trivial_loss": 0.69}}
+
+    assert blind_search([record(0.70), record(0.68)])  # within 2%: noise
+    assert not blind_search([record(0.70), record(0.60)])
+    assert not blind_search([{"epoch": 1}])  # a log from before the supernet was judged: unknown
+
+
+def _task_store(root: Path, tiny_bert_dir: Path, rows: int, random_labels: bool) -> Path:
+    """A store of a tiny single-sentence task: polarity words give the label away, or coin flips do."""
+    from adabert.config import FinetuneConfig, ProbeConfig
+    from adabert.teacher import finetune, probe
+
+    rng = random.Random(1)
+    (root / "glue" / "SST-2").mkdir(parents=True)
+    for split, n in (("train", rows), ("dev", 32)):
+        lines = ["sentence\tlabel"]
+        for i in range(n):
+            label = rng.randrange(2) if random_labels else i % 2
+            lines.append(f"{tiny_sentence(rng, bool(i % 2))} \t{label}")
+        (root / "glue" / "SST-2" / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    finetune(
+        FinetuneConfig(
+            task="sst2",
+            data_dir=str(root / "glue"),
+            model=str(tiny_bert_dir),
+            output_dir=str(root / "teacher"),
+            epochs=1,
+            max_length=32,
+            batch_size=16,
+        )
+    )
+    probe(ProbeConfig(teacher=str(root / "teacher"), output_dir=str(root / "store"), epochs=2))
+    return root / "store"
+
+
+@pytest.mark.parametrize("random_labels", [False, True], ids=["learnable", "random_labels"])
+def test_the_weight_phase_rule_on_a_learnable_task_and_on_coin_flips(tmp_path, tiny_bert_dir, random_labels):
+    store = _task_store(tmp_path, tiny_bert_dir, 200, random_labels)
+    out = tmp_path / "search"
+    cfg = search_config(
+        store,
+        out,
+        epochs=2,
+        uniform_warmup_epochs=1,
+        weight_phase="learned",
+        max_warmup_epochs=8,
+        judge_paths=4,
+        gamma=0.0,  # the tiny teacher knows little: learn from the labels
+        w_lr=1e-2,
+    )
+    run_search(cfg)
+    log = [json.loads(line) for line in (out / "search_log.jsonl").read_text().splitlines()]
+    warm = [r for r in log if r["phase"] == "uniform warm-up"]
+    ends = [r["weight_phase_end"] for r in warm if "weight_phase_end" in r]
+    assert len(ends) == 1 and "weight_phase_end" in warm[-1]
+    assert [r["phase"] for r in log[len(warm) :]] == ["search"]  # epochs - uniform_warmup_epochs of search
+    supernet = json.loads((out / "selection.json").read_text())["supernet"]
+    assert supernet["warmup_epochs_used"] == len(warm)
+    assert supernet["trivial_loss"] == pytest.approx(log[0]["supernet"]["trivial_loss"])
+    text = summary(supernet)
+    assert f"the trivial predictor's is {supernet['trivial_loss']:.4f}" in text
+    if random_labels:
+        assert len(warm) == 8 and "NOT learned" in ends[0]
+        assert supernet["blind"] and f"**Warning: {BLIND}.**" in text
+    else:
+        assert "learned" in ends[0] and "NOT" not in ends[0]
+        assert supernet["warmup_loss"] <= 0.9 * supernet["trivial_loss"]
+        assert supernet["warmup_accuracy"] > supernet["majority_accuracy"] and not supernet["blind"]
+        assert "Warning" not in text
+
+
+def test_blind_flag_sentence_says_the_cell_had_no_task_signal():
+    assert "without task signal" in BLIND
+
+
+def test_ranking_fidelity_scores_cells_inside_the_searched_supernet(tiny_store, tmp_path):
+    from dataclasses import replace
+
+    from adabert.genotype import random_genotype
+    from adabert.search.ranking import kendall_tau, ranking_record, supernet_scores
+    from search_spaces import get_space
+
+    out = tmp_path / "search"
+    run_search(search_config(tiny_store, out, epochs=1, uniform_warmup_epochs=0))
+    space = get_space("adabert_cnn")
+    cells = [replace(random_genotype(space, i, hidden_size=16), num_cells=1 + i % 3) for i in range(4)]
+    scores = supernet_scores(out, cells)
+    assert len(scores) == 4 and all(math.isfinite(s["loss"]) and 0 <= s["accuracy"] <= 1 for s in scores)
+    assert supernet_scores(out, cells) == scores  # the same rows, weights and batch statistics
+    assert kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    losses = [{"loss": v} for v in (0.4, 0.3, 0.2, 0.1)]  # a lower loss ranks a cell higher
+    record = ranking_record(cells, losses, [0.6, 0.7, 0.8, 0.9])
+    assert record["kendall_tau"] == pytest.approx(1.0) and len(record["cells"]) == 4
