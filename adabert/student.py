@@ -12,51 +12,14 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoModelForSequenceClassification,
-    PretrainedConfig,
-    PreTrainedModel,
-)
+from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from adabert.configs import AdaBertStudentConfig
 from adabert.distill import task_loss
 from adabert.genotype import Genotype
 from adabert.modules import Cell, ClassifierHead, Embeddings, build_head, masked_mean
 from search_spaces import get_space
-
-
-class AdaBertStudentConfig(PretrainedConfig):
-    model_type = "adabert-student"
-
-    def __init__(
-        self,
-        genotype: dict[str, Any] | None = None,
-        vocab_size: int = 30522,
-        max_position_embeddings: int = 512,
-        hidden_size: int = 128,
-        hidden_dropout_prob: float = 0.1,
-        pair: bool = True,
-        pad_token_id: int = 0,
-        norm_width: int | None = None,
-        head: str = "paper",
-        head_norm: bool = False,
-        **kwargs: Any,
-    ) -> None:
-        """``norm_width``: the width before pruning removed hidden dimensions (see ``PrunedLayerNorm``);
-        ``head``: a ``modules.HEADS`` kind; ``head_norm``: whether the ``pair`` head layer-normalises
-        the last cell (False only in the configs of students saved before it did, which reload as
-        they were trained)."""
-        super().__init__(pad_token_id=pad_token_id, **kwargs)
-        self.norm_width = norm_width
-        self.head = head
-        self.head_norm = head_norm
-        self.genotype = genotype
-        self.vocab_size = vocab_size
-        self.max_position_embeddings = max_position_embeddings
-        self.hidden_size = hidden_size
-        self.hidden_dropout_prob = hidden_dropout_prob
-        self.pair = pair
 
 
 def _head(config: AdaBertStudentConfig) -> nn.Module:

@@ -215,13 +215,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
                 {s: len(r) for s, r in dev_rows.items()})
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    label_kw: dict[str, Any] = {"num_labels": task.num_labels}
-    if task.is_regression:
-        label_kw["problem_type"] = "regression"
-    else:
-        label_kw["problem_type"] = "single_label_classification"
-        label_kw["id2label"] = dict(enumerate(task.labels))
-        label_kw["label2id"] = {label: i for i, label in enumerate(task.labels)}
+    label_kw: dict[str, Any] = {"num_labels": task.num_labels, **task.label_config()}
     # A checkpoint fine-tuned elsewhere may have a head of another size: re-initialise it, don't fail.
     model = AutoModelForSequenceClassification.from_pretrained(model_path, ignore_mismatched_sizes=True,
                                                                **label_kw)

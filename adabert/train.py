@@ -150,14 +150,7 @@ def check_positions_fit(store: KnowledgeStore, max_positions: int) -> None:
 
 
 def student_config_kwargs(store: KnowledgeStore) -> dict[str, Any]:
-    task = store.task
-    kwargs: dict[str, Any] = {"pad_token_id": store.pad_token_id}
-    if task.is_regression:
-        kwargs["problem_type"] = "regression"
-    else:
-        kwargs["id2label"] = dict(enumerate(task.labels))
-        kwargs["label2id"] = {label: i for i, label in enumerate(task.labels)}
-    return kwargs
+    return {"pad_token_id": store.pad_token_id, **store.task.label_config()}
 
 
 @torch.no_grad()
