@@ -62,6 +62,13 @@ class AdaBertStudentConfig(PretrainedConfig):
         self.pair = pair
         _register_models()
 
+    def architecture(self) -> dict[str, Any]:
+        """The settings that decide what the model computes (what its weights were trained for); their
+        hash is stamped into ``model.safetensors`` (``adabert.model_folder``). Two parameter-free ops
+        (max and average pooling) load the same tensors: only this tells an edited genotype apart."""
+        keys = ("genotype", "vocab_size", "max_position_embeddings", "hidden_size", "pair", "norm_width")
+        return {**{k: getattr(self, k) for k in keys + ("head", "head_norm")}, "num_labels": self.num_labels}
+
 
 class AdaBertCompressedConfig(PretrainedConfig):
     """The base model's config (``base``) plus the per-module replacements (``compression``)."""
@@ -90,6 +97,11 @@ class AdaBertCompressedConfig(PretrainedConfig):
         for key, value in mirrored.items():
             setattr(self, key, value)
         _register_models()
+
+    def architecture(self) -> dict[str, Any]:
+        """What decides the outputs (see ``AdaBertStudentConfig.architecture``): the base model's config
+        and the modules the compression replaced."""
+        return {"base": self.base, "compression": self.compression, "num_labels": self.num_labels}
 
     def base_config(self) -> PretrainedConfig:
         """The base model's config object (its ``model_type`` must be registered with AutoConfig)."""

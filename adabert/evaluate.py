@@ -28,6 +28,7 @@ from torch.utils import flop_counter
 from adabert import data
 from adabert.errors import UserError
 from adabert.io import atomic_write_json, atomic_write_text
+from adabert.model_folder import load_classifier
 from adabert.progress import progress as progress_bar
 
 if TYPE_CHECKING:
@@ -643,18 +644,6 @@ def write_report(report: Mapping[str, Any], output_dir: str | Path) -> tuple[Pat
 
 
 # --------------------------------------------------------------------------------------------------- stage
-def load_classifier(path: str | Path) -> PreTrainedModel:
-    """Any saved sequence classifier (teacher, student, compressed student) through the Auto classes."""
-    from transformers import AutoModelForSequenceClassification
-
-    from adabert import register_auto_classes
-
-    register_auto_classes()
-    if not Path(path).is_dir():
-        raise FileNotFoundError(f"{path}: no model directory (expected a save_pretrained output)")
-    return AutoModelForSequenceClassification.from_pretrained(path).eval()
-
-
 def run_evaluation(cfg: Any) -> dict[str, Any]:
     """The ``evaluate`` stage: dev metrics and loyalty from the store, size, FLOPs and latency.
 
@@ -672,14 +661,9 @@ def run_evaluation(cfg: Any) -> dict[str, Any]:
         if not Path(cfg.teacher).is_dir():
             raise FileNotFoundError(f"{cfg.teacher}: no teacher directory (a save_pretrained output)")
         store.check_teacher(cfg.teacher)
-    model = load_classifier(cfg.model)
-    if model.config.num_labels != store.num_labels:
-        raise UserError(
-            f"{cfg.model}: model has {model.config.num_labels} labels but task {task.name} has "
-            f"{store.num_labels}; evaluate it with the store of the task it was trained on"
-        )
+    model = load_classifier(cfg.model, task)
     teacher_dir = cfg.teacher or store.manifest["teacher"]["path"]
-    teacher = load_classifier(teacher_dir)
+    teacher = load_classifier(teacher_dir, task)
     reference = bert_base_reference(store.num_labels)
     tokenizer = store.tokenizer()
     metrics: dict[str, Any] = {}
@@ -688,6 +672,10 @@ def run_evaluation(cfg: Any) -> dict[str, Any]:
         labels = np.asarray(rows["label"])
         teacher_logits = np.asarray(store.teacher_logits(split))
         logits = predict(model, encode(rows, tokenizer, store.max_length))
+        if not np.isfinite(logits).all():  # never a report of NaN metrics with exit status 0
+            raise UserError(
+                f"{cfg.model}: the model gave NaN or infinite outputs on {split} rows; no report was written"
+            )
         suffix = "" if split == store.dev_split else f" ({split})"
         metrics["model" + suffix] = evaluate_predictions(task, logits, labels, teacher_logits)
         metrics["teacher" + suffix] = evaluate_predictions(task, teacher_logits, labels)

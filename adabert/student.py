@@ -68,6 +68,14 @@ class AdaBertStudentForSequenceClassification(PreTrainedModel):
     def genotype(self) -> Genotype:
         return Genotype.from_dict(self.config.genotype)
 
+    def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> Any:
+        """Save, and stamp the weights with the hash of the architecture they fit (``model_folder``)."""
+        from adabert.model_folder import stamp_architecture
+
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        stamp_architecture(save_directory, self.config)
+        return result
+
     HIDDEN_TENSORS = (
         ("embeddings.word", "weight"),
         ("embeddings.position", "weight"),

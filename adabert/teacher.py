@@ -404,9 +404,13 @@ def _read_task_file(teacher_dir: str) -> dict[str, Any]:
     if not f.is_file():
         return {}
     try:
-        return json.loads(f.read_text())
-    except json.JSONDecodeError as err:
+        info = json.loads(f.read_text())
+    except (UnicodeDecodeError, ValueError) as err:
         raise TeacherError(f"{f} is not valid JSON ({err}); re-run the fine-tuning or pass --task") from None
+    if not isinstance(info, dict) or not isinstance(info.get("task", {}), dict):
+        raise TeacherError(f"{f}: expected {{\"task\": {{...}}, ...}} as adabert writes it; re-run the "
+                           "fine-tuning or pass --task")
+    return info
 
 
 def _plot_probes(
@@ -446,7 +450,11 @@ def probe(cfg: ProbeConfig) -> KnowledgeStore:
     if cfg.task is not None:
         task = get_task(cfg.task)
     elif "task" in info:
-        task = TaskSpec.from_dict(info["task"])
+        try:
+            task = TaskSpec.from_dict(info["task"])
+        except (TypeError, ValueError) as err:
+            raise TeacherError(f"{Path(teacher_path) / TASK_FILE}: not a task definition ({err}); re-run the "
+                               "fine-tuning or pass --task") from None
     else:
         raise TeacherError(f"{teacher_path} has no {TASK_FILE} (it was not fine-tuned by adabert): pass the "
                            "task (--task) and, for local data, --data-dir")
@@ -456,8 +464,13 @@ def probe(cfg: ProbeConfig) -> KnowledgeStore:
     data_seed = info.get("seed", cfg.seed)  # the teacher's seed picks the same dev subset it saw
     _seed_everything(cfg.seed)
 
+    if Path(teacher_path).is_dir():  # a finished teacher: refused unless its weights fit its config
+        from adabert.model_folder import load_classifier
+
+        model = load_classifier(teacher_path)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(teacher_path).eval()
     tokenizer = AutoTokenizer.from_pretrained(teacher_path)
-    model = AutoModelForSequenceClassification.from_pretrained(teacher_path).eval()
     model.to(resolve_device(cfg.device))
     for p in model.parameters():
         p.requires_grad_(False)

@@ -265,7 +265,8 @@ class AdaBertCompressedForSequenceClassification(PreTrainedModel):
         return self.config.compression
 
     def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> Any:
-        """Save with a compression spec derived from the modules as they are now."""
+        """Save with a compression spec derived from the modules as they are now, the weights stamped
+        with the hash of the architecture they fit (``adabert.model_folder``)."""
         masked = [n for n, m in self.named_modules() if getattr(m, "parametrizations", None)]
         if masked:
             raise ValueError(
@@ -273,7 +274,11 @@ class AdaBertCompressedForSequenceClassification(PreTrainedModel):
                 "permanent first (adabert.compress.prune.make_permanent)"
             )
         self.refresh_spec()
-        return super().save_pretrained(save_directory, *args, **kwargs)
+        from adabert.model_folder import stamp_architecture
+
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        stamp_architecture(save_directory, self.config)
+        return result
 
 
 AutoConfig.register(AdaBertCompressedConfig.model_type, AdaBertCompressedConfig, exist_ok=True)
