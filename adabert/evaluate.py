@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".onnx.data", ".pt")
+NOT_WEIGHTS = ("training_state.safetensors", "checkpoint.safetensors")  # resume states, not the model
 CLS_TOKEN_ID = 101
 DUMMY_SEED = 0
 
@@ -105,7 +106,8 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
 def model_file_size(directory: str | Path, suffixes: Sequence[str] = WEIGHT_SUFFIXES) -> int:
     """Bytes on disk of the weight files directly in ``directory`` (or of one weight file).
 
-    Only weights count, not tokenizer or config files, so sizes compare across formats. Raises
+    Only the model's weights count, not tokenizer or config files, nor the resume state a folder of
+    an older adabert holds beside them (``NOT_WEIGHTS``), so sizes compare across formats. Raises
     ``FileNotFoundError`` when there are none, so a wrong path never reports a size of 0.
     """
     path = Path(directory)
@@ -114,6 +116,7 @@ def model_file_size(directory: str | Path, suffixes: Sequence[str] = WEIGHT_SUFF
     if not path.is_dir():
         raise FileNotFoundError(f"no such directory: {path}")
     files = [f for f in path.iterdir() if f.is_file() and f.name.endswith(tuple(suffixes))]
+    files = [f for f in files if f.name not in NOT_WEIGHTS]
     if not files:
         raise FileNotFoundError(f"no weight files ({', '.join(suffixes)}) in {path}")
     return sum(f.stat().st_size for f in files)
@@ -495,13 +498,14 @@ def format_value(value: Any, digits: int = 4) -> str:
 
 
 def format_bytes(n: float | None) -> str:
+    """A size in binary units, labelled as such (1 MiB = 1024 KiB = 1048576 B)."""
     if n is None:
         return "—"
-    for unit in ("B", "KB", "MB"):
+    for unit in ("B", "KiB", "MiB"):
         if abs(n) < 1024:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
         n /= 1024
-    return f"{n:.2f} GB"
+    return f"{n:.2f} GiB"
 
 
 def _fmt_flops(n: float) -> str:

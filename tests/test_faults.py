@@ -22,6 +22,7 @@ from adabert.checkpoint import DivergenceError
 from adabert.config import TrainConfig
 from adabert.genotype import Genotype
 from adabert.search import run_search
+from adabert.train import state_path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import tiny_finetune_argv  # noqa: E402
@@ -120,15 +121,15 @@ def test_diverging_training_stops_with_a_clear_message(tiny_store, tmp_path, mon
     )
     train_module.train_student(TrainConfig(**settings))
     student = tmp_path / "student"
-    before = {
-        name: (student / name).read_bytes() for name in ("training_state.safetensors", "model.safetensors")
-    }
+    files = (train_module.state_path(student), student / "model.safetensors")
+    before = {path: path.read_bytes() for path in files}
     monkeypatch.setattr(train_module, "task_loss", lambda logits, *_: logits.sum() * float("inf"))
     with pytest.raises(
-        DivergenceError, match=r"became -?(nan|inf) at epoch 2.*training_state.safetensors.*intact"
+        DivergenceError,
+        match=r"became -?(nan|inf) at epoch 2.*student.resume/training_state.safetensors.*intact",
     ):
         train_module.train_student(TrainConfig(**{**settings, "epochs": 2, "resume": True}))
-    assert {name: (student / name).read_bytes() for name in before} == before
+    assert {path: path.read_bytes() for path in files} == before
     assert not list(student.glob(".*.tmp")) and not list(student.glob(".save.*"))
 
 
@@ -239,7 +240,7 @@ def test_crafted_pickles_are_refused_by_every_command_and_never_run(searched, ti
     store = ["--store", str(tiny_store)]
     hostile = {"model": _Payload(marker), "config": {}, "epoch": 1}
     torch.save(hostile, search / "checkpoint.safetensors")
-    torch.save(hostile, student / "training_state.safetensors")
+    torch.save(hostile, state_path(student))
     cases = [
         ["search", "--config", str(search / "config.json"), *store, "--output-dir", str(search), "--resume"],
         [
