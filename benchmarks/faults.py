@@ -464,10 +464,12 @@ def _pickle_case(name: str, stage: str, target: str, expected: int) -> None:
     Either way its payload never runs."""
 
     def run(work: Work) -> Result:
-        slug = name.split(":")[0] + "-" + target.replace(".", "-")
+        slug = name.split(":")[0] + "-" + target.replace(".", "-") + ("-old" if "older" in name else "")
         folder, marker = work.root / slug / stage, work.root / f"{slug}.payload-ran"
         reference = work.reference()
         shutil.copytree(reference / stage, folder)
+        if stage == "student.resume":  # train's resume state, in the sibling of the student folder
+            shutil.copytree(reference / "student", work.root / slug / "student")
         for old in folder.glob(Path(target).stem + ".*"):
             old.unlink()
         hostile_checkpoint(folder / target, marker)
@@ -481,9 +483,9 @@ def _pickle_case(name: str, stage: str, target: str, expected: int) -> None:
             args = ["search", "--config", str(folder / "config.json"), *store, "--output-dir", str(folder)]
             args.append("--resume")
         else:
-            genotype = str(reference / "search" / "genotype.json")
-            args = ["train", "--config", str(folder / "train_config.json"), "--genotype", genotype, *store]
-            args += ["--output-dir", str(folder), "--epochs", "2", "--resume"]
+            genotype, student = str(reference / "search" / "genotype.json"), work.root / slug / "student"
+            args = ["train", "--config", str(student / "train_config.json"), "--genotype", genotype, *store]
+            args += ["--output-dir", str(student), "--epochs", "2", "--resume"]
         done = cli(*args)
         if expected == 2:
             result = one_line_error(Result(done.returncode), done.stderr, target)
@@ -502,7 +504,16 @@ _pickle_case(
 )
 _pickle_case("train-supernet: crafted pickle checkpoint.pt (legacy name)", "search", "checkpoint.pt", 2)
 _pickle_case(
-    "train-resume: crafted pickle as training_state.safetensors", "student", "training_state.safetensors", 2
+    "train-resume: crafted pickle as training_state.safetensors",
+    "student.resume",
+    "training_state.safetensors",
+    2,
+)
+_pickle_case(
+    "train-resume: crafted pickle as training_state.safetensors (older layout, in the student folder)",
+    "student",
+    "training_state.safetensors",
+    2,
 )
 _pickle_case(
     "train-resume: crafted pickle training_state.pt (legacy name)", "student", "training_state.pt", 0
@@ -516,6 +527,7 @@ def resume_other_genotype(work: Work) -> Result:
     reference = work.reference()
     student = work.root / "other-genotype" / "student"
     shutil.copytree(reference / "student", student)
+    shutil.copytree(reference / "student.resume", student.parent / "student.resume")  # its resume state
     searched = Genotype.load(reference / "search" / "genotype.json")
     other = work.root / "other-genotype" / "genotype.json"
     for seed in range(1, 50):  # another genotype of the same space and size
@@ -563,6 +575,15 @@ def _torchscript_pickle(folder: Path, marker: Path) -> None:
     hostile_checkpoint(folder / "model.pt", marker)
 
 
+def _swap_first_op(folder: Path, marker: Path) -> None:
+    """The issue's edit: the first edge's op of the student's genotype changed (identity -> conv3)."""
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    edge = config["genotype"]["edges"][0]
+    edge["op"] = "conv3" if edge["op"] != "conv3" else "identity"
+    path.write_text(json.dumps(config))
+
+
 def _truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
@@ -602,13 +623,11 @@ def _model_case(
 
 
 _model_case(
-    "student: genotype op edited (conv -> identity)", "student", "predict",
-    lambda f, _: _edit_json(f / "config.json", lambda c: c["genotype"]["edges"][0].update(op="identity")),
+    "student: genotype op edited (identity -> conv3), predict", "student", "predict", _swap_first_op,
     "weights do not match its config.json", "cells.0.ops.0",
 )  # fmt: skip
 _model_case(
-    "student: genotype op edited, evaluate", "student", "evaluate",
-    lambda f, _: _edit_json(f / "config.json", lambda c: c["genotype"]["edges"][0].update(op="identity")),
+    "student: genotype op edited (identity -> conv3), evaluate", "student", "evaluate", _swap_first_op,
     "weights do not match its config.json", "cells.0.ops.0",
 )  # fmt: skip
 _model_case(
