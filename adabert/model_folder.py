@@ -60,6 +60,25 @@ def read_model_config(folder: str | Path) -> dict[str, Any]:
     return value
 
 
+UNFINISHED = (  # (what a stage writes first, what it writes last, the command to run again)
+    ("train_config.json", "metrics.json", "adabert train (with --resume to continue it)"),
+    ("finetune_config.json", "adabert_task.json", "adabert teacher finetune"),
+)
+
+
+def check_finished(folder: str | Path) -> None:
+    """Refuse a model folder whose stage started and never finished: a training stopped by a kill, a
+    full disk or a divergence leaves an earlier epoch's model (or an older run's) beside its new settings.
+    ``train`` and ``teacher finetune`` remove their last file when they start and write it when done."""
+    folder = Path(folder)
+    for first, last, command in UNFINISHED:
+        if (folder / first).is_file() and not (folder / last).is_file():
+            raise ModelFolderError(
+                f"{folder}: the {command.split(' (')[0]} that wrote it did not finish ({first} without "
+                f"{last}): the model there is not the one its settings ask for; run {command} again"
+            )
+
+
 def _preview(value: Any) -> str:
     text = json.dumps(value)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -105,8 +124,9 @@ def weight_problems(info: dict[str, Any]) -> list[str]:
 
 def load_classifier(path: str | Path, task: TaskSpec | None = None) -> PreTrainedModel:
     """A saved sequence classifier (teacher, student, compressed model) through the Auto classes, in
-    eval mode, refused (:class:`ModelFolderError`) unless its weights are exactly those its config builds
-    and are finite; with ``task``, also unless it fits the task (:func:`check_fits_task`)."""
+    eval mode, refused (:class:`ModelFolderError`) unless the stage that wrote it finished
+    (:func:`check_finished`) and its weights are exactly those its config builds and are finite; with
+    ``task``, also unless it fits the task (:func:`check_fits_task`)."""
     from transformers import AutoModelForSequenceClassification
 
     from adabert import register_auto_classes
@@ -114,6 +134,7 @@ def load_classifier(path: str | Path, task: TaskSpec | None = None) -> PreTraine
     register_auto_classes()
     folder = Path(path)
     config = read_model_config(folder)
+    check_finished(folder)
     try:
         with _quiet_transformers():
             model, info = AutoModelForSequenceClassification.from_pretrained(

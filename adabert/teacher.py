@@ -243,6 +243,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     total = max(1, len(loader) * cfg.epochs)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
 
+    (out_dir / TASK_FILE).unlink(missing_ok=True)  # written last: until then the folder is unfinished
     save_pretrained_atomic(out_dir, tokenizer)
     save_config(cfg, out_dir / CONFIG_FILE)
     main_metric, main_split = task.main_metric, task.default_dev
@@ -446,6 +447,10 @@ def probe(cfg: ProbeConfig) -> KnowledgeStore:
     """
     t0 = time.perf_counter()
     teacher_path = resolve_model(cfg.teacher)
+    if Path(teacher_path).is_dir():
+        from adabert.model_folder import check_finished
+
+        check_finished(teacher_path)  # a fine-tuning that diverged or was killed: not a teacher
     info = _read_task_file(teacher_path)
     if cfg.task is not None:
         task = get_task(cfg.task)

@@ -235,7 +235,6 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
         remove_stale_temporaries(state_file.parent, (STATE,))
         if not cfg.resume:  # a fresh training: an earlier run's state no longer fits what is trained here
             state_file.unlink(missing_ok=True)
-        save_config(cfg, out / "train_config.json")
     torch.manual_seed(cfg.seed)
     task, regression = store.task, store.task.is_regression
     model = build_student(
@@ -310,6 +309,9 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
     )
 
     tokenizer = store.tokenizer()
+    if ctx.is_main:  # written last: from here on the folder is unfinished until the training is done
+        (out / "metrics.json").unlink(missing_ok=True)
+        save_config(cfg, out / "train_config.json")  # after the resume checks: refused settings stay out
     main_metric = task.main_metric
     started_all = time.perf_counter()
     model.train()

@@ -131,6 +131,11 @@ def test_diverging_training_stops_with_a_clear_message(tiny_store, tmp_path, mon
         train_module.train_student(TrainConfig(**{**settings, "epochs": 2, "resume": True}))
     assert {path: path.read_bytes() for path in files} == before
     assert not list(student.glob(".*.tmp")) and not list(student.glob(".save.*"))
+    # the student there is epoch 1's, not what the settings ask for: no command uses it as finished
+    from adabert.model_folder import ModelFolderError, load_classifier
+
+    with pytest.raises(ModelFolderError, match=r"the adabert train that wrote it did not finish.*--resume"):
+        load_classifier(student)
 
 
 # ------------------------------------------------------------------------------------------ teacher
@@ -150,6 +155,21 @@ def test_a_teacher_with_a_huge_learning_rate_stops_and_saves_no_teacher(
     assert "fine-tuning diverged, the loss became nan at epoch 1" in err and "lower --lr (now 1e+30)" in err
     assert not list(out.glob("*.safetensors")) and not (out / "adabert_task.json").exists()
     assert not _leftovers(tmp_path)
+
+
+def test_a_diverged_fine_tuning_over_a_good_teacher_leaves_no_teacher_to_probe(
+    tiny_bert_dir, tiny_glue_dir, tmp_path, capsys
+):
+    from adabert.cli import main
+
+    out = tmp_path / "teacher"
+    assert main(tiny_finetune_argv(tiny_bert_dir, tiny_glue_dir, out, "--epochs", "1")) == 0
+    assert main(tiny_finetune_argv(tiny_bert_dir, tiny_glue_dir, out, "--epochs", "1", "--lr", "1e30")) == 2
+    capsys.readouterr()
+    assert main(["teacher", "probe", "--teacher", str(out), "--output-dir", str(tmp_path / "store")]) == 2
+    err = capsys.readouterr().err
+    assert "the adabert teacher finetune that wrote it did not finish" in err and "Traceback" not in err
+    assert not (tmp_path / "store").exists()
 
 
 @pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # the inf feature
