@@ -549,7 +549,7 @@ def read_table(path: str | Path, fmt: str | None = None) -> tuple[list[str], lis
     path = Path(path)
     kind = file_format(path, fmt)
     if not path.is_file():
-        raise TaskDataError("file not found", path)
+        raise TaskDataError("a folder, not a data file" if path.is_dir() else "file not found", path)
     text = _read_text(path)
     rows: list[tuple[int | None, dict[str, Any]]] = []
     if kind == "json":
@@ -579,7 +579,7 @@ def _read_records(path: Path, columns: tuple[str, ...], label_column: str, heade
                   fmt: str | None = None) -> list[_Record]:
     fmt = fmt or _FORMATS.get(path.suffix.lower(), "tsv")
     if not path.is_file():
-        raise TaskDataError("file not found", path)
+        raise TaskDataError("a folder, not a data file" if path.is_dir() else "file not found", path)
     text = _read_text(path)
     if fmt == "json":
         records = _json_records(path, text, columns, label_column)

@@ -202,6 +202,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     Returns the metrics dict also written to ``metrics.json`` (per-epoch history, best epoch, wall time).
     """
     t0 = time.perf_counter()
+    device = resolve_device(cfg.device)  # a device that is not here is refused before any work
     task = get_task(cfg.task)
     model_path = resolve_model(cfg.model)
     out_dir = Path(cfg.output_dir)
@@ -219,7 +220,6 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     # A checkpoint fine-tuned elsewhere may have a head of another size: re-initialise it, don't fail.
     model = AutoModelForSequenceClassification.from_pretrained(model_path, ignore_mismatched_sizes=True,
                                                                **label_kw)
-    device = resolve_device(cfg.device)
     model.to(device)
 
     train_enc = _model_inputs(encode(train_rows, tokenizer, cfg.max_length), tokenizer, labels=True)
@@ -446,6 +446,7 @@ def probe(cfg: ProbeConfig) -> KnowledgeStore:
     (``.NAME.partial``) and continues there after a kill; the store appears by one rename at the end.
     """
     t0 = time.perf_counter()
+    device = resolve_device(cfg.device)  # a device that is not here is refused before any work
     teacher_path = resolve_model(cfg.teacher)
     if Path(teacher_path).is_dir():
         from adabert.model_folder import check_finished
@@ -476,7 +477,7 @@ def probe(cfg: ProbeConfig) -> KnowledgeStore:
     else:
         model = AutoModelForSequenceClassification.from_pretrained(teacher_path).eval()
     tokenizer = AutoTokenizer.from_pretrained(teacher_path)
-    model.to(resolve_device(cfg.device))
+    model.to(device)
     for p in model.parameters():
         p.requires_grad_(False)
     if model.config.num_labels != task.num_labels:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from adabert.deploy import EXPORT_FILE, TASK_FILE
 from adabert.errors import UserError
 from adabert.model_folder import read_model_config
 from adabert.tasks import TaskDataError, TaskSpec, file_format, read_table
+
+log = logging.getLogger(__name__)
 
 
 class PredictError(UserError):
@@ -274,8 +277,10 @@ def _score(
             refs = [float(row[column]) for _, row in rows]
         else:
             refs = [spec.labels.index(str(row[column]).strip()) for _, row in rows]
-    except (ValueError, TypeError):
-        return None  # labels the task does not know: predictions only
+    except (ValueError, TypeError):  # labels the task does not know: predictions only, and why
+        known = "numbers" if spec.is_regression else ", ".join(spec.labels or ())
+        log.warning("no metrics: column %r holds values other than the task's labels (%s)", column, known)
+        return None
     return compute_metrics(spec, predictions_from_logits(spec, logits), refs)
 
 
@@ -333,6 +338,9 @@ def predict_file(
     out_fmt = file_format(output_path)
     if input_path.resolve() == output_path.resolve():
         raise PredictError(f"--output {output_path} is the input file; write the predictions elsewhere")
+    from adabert.io import ensure_writable
+
+    ensure_writable(output_path.parent)  # an unwritable folder stops the command before the predictions
     predictor = load_predictor(model, max_length)
     columns, rows = read_table(input_path, fmt)
     used = _text_columns(predictor, columns, text_columns, input_path)
