@@ -4,10 +4,10 @@
 builds but the file lacks stay uninitialised (the student's ``_init_weights`` keeps PyTorch's defaults,
 so they are NaN or finite garbage), and tensors the file holds but the config does not build are
 dropped. A student whose genotype was edited by one op then predicts garbage with exit status 0. So
-every command that loads a model (evaluate, predict, export, compress, ``teacher probe``, the latency
-table's teacher) goes through :func:`load_classifier`, which refuses such a folder in one line naming
-the tensors, and turns every other way a folder can be unreadable (bad JSON, a config of wrong types,
-a weights file that is truncated or a pickle that is not plain weights) into a :class:`ModelFolderError`.
+every command that loads a model (evaluate, predict, export, compress, ``teacher probe``) goes through
+:func:`load_classifier`, which refuses such a folder in one line naming the tensors, and turns every
+other way a folder can be unreadable (bad JSON, a config of wrong types, a weights file that is
+truncated or a pickle that is not plain weights) into a :class:`ModelFolderError`.
 """
 
 from __future__ import annotations

@@ -678,6 +678,14 @@ _model_case(
 _model_case(
     "evaluate --model at a folder holding no model", "student", "evaluate", _no_model, "not a model folder"
 )
+_model_case(
+    "student: its train did not finish (no metrics.json)", "student", "evaluate",
+    lambda f, _: (f / "metrics.json").unlink(), "adabert train that wrote it did not finish", "--resume",
+)  # fmt: skip
+_model_case(
+    "teacher: its finetune did not finish (no adabert_task.json)", "teacher", "probe",
+    lambda f, _: (f / "adabert_task.json").unlink(), "adabert teacher finetune that wrote it did not finish",
+)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------ main
