@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import pickle
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -146,13 +145,13 @@ def load_classifier(path: str | Path, task: TaskSpec | None = None) -> PreTraine
         if err.errno in USER_ERRNOS:
             raise
         raise ModelFolderError(f"{folder}: the model cannot be loaded ({describe(err)})") from None
-    except pickle.UnpicklingError:
-        files = ", ".join(p.name for p in sorted(folder.glob("*.bin"))) or "its weights file"
-        raise ModelFolderError(
-            f"{folder}: {files} is a pickle that holds more than plain tensors, refused as it could run code "
-            "when read. Use a folder with model.safetensors"
-        ) from None
     except Exception as err:  # whatever transformers, torch or safetensors raise on files they cannot use
+        if any(kind.__name__ == "UnpicklingError" for kind in type(err).__mro__):  # torch's weights_only load
+            files = ", ".join(p.name for p in sorted(folder.glob("*.bin"))) or "its weights file"
+            raise ModelFolderError(
+                f"{folder}: {files} is a pickle that holds more than plain tensors, refused as it could run "
+                "code when read. Use a folder with model.safetensors"
+            ) from None
         if isinstance(err, UserError):
             raise ModelFolderError(f"{folder}/{CONFIG}: {describe(err)}") from None
         raise ModelFolderError(

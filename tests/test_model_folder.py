@@ -237,3 +237,21 @@ def test_every_mutation_of_a_student_is_one_line_or_changes_nothing(
             assert predicted == reference[1], mutation
         if evaluated == 0:
             assert metrics == reference[3], mutation
+
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_pickle_in_place_of_the_weights_is_refused_and_never_run(student_on_store, tmp_path):
+    student, _, _ = student_on_store
+    folder = _copy(student, tmp_path)
+    (folder / "model.safetensors").unlink()
+    torch.save({"weight": _Payload(tmp_path / "payload-ran")}, folder / "pytorch_model.bin")
+    with pytest.raises(ModelFolderError, match=r"pytorch_model.bin is a pickle that holds more than plain"):
+        load_classifier(folder)
+    assert not (tmp_path / "payload-ran").exists()
