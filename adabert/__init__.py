@@ -1,14 +1,18 @@
 """adabert: task-adaptive compression of BERT-family models by differentiable architecture search.
 
 Importing the package is cheap (no torch, no transformers), so ``adabert --help`` is instant, and yet
-``import adabert`` followed by ``AutoModelForSequenceClassification.from_pretrained(student_dir)``
-(or ``transformers.pipeline(...)``, or ``AutoConfig``) works. Registration with transformers' Auto
-classes needs the model classes, hence torch and transformers, so it is deferred:
+``import adabert`` followed by ``transformers.pipeline("text-classification", model=student_dir)``,
+``AutoModelForSequenceClassification.from_pretrained(student_dir)`` or ``AutoConfig`` works, however
+transformers is reached. Registration with transformers' Auto classes is deferred, in two halves:
 
-- if transformers' Auto modules are already imported, the classes are registered now;
-- otherwise a one-shot import hook (``sys.meta_path``) waits for ``transformers.models.auto.
-  modeling_auto`` or ``configuration_auto`` to finish loading (however it is reached: an Auto class,
-  a pipeline) and registers them right then, before any Auto lookup can happen;
+- the configs (``adabert.configs``, which needs only ``transformers.configuration_utils``) are
+  registered with ``AutoConfig`` as soon as ``transformers.models.auto.configuration_auto`` has loaded:
+  an import hook (``sys.meta_path``) runs right after it, before any Auto lookup can happen;
+- the model classes (``adabert.student``, ``adabert.compress.model``; torch and transformers' modeling
+  code) are registered once ``modeling_auto`` has loaded and no transformers module is half-loaded:
+  ``transformers.pipelines`` loads the Auto modules from inside ``modeling_utils``, and importing our
+  models then fails. As ``AutoModel*.from_pretrained`` builds the config before it looks the model
+  class up, a config that is created registers the models too (:func:`register_models_when_ready`);
 - the code that loads or saves models calls :func:`register_auto_classes` itself as well.
 
 Why not ``auto_map`` in ``config.json``: transformers then treats the model as remote code, needs
@@ -26,38 +30,64 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_AUTO_MODULES = ("transformers.models.auto.modeling_auto", "transformers.models.auto.configuration_auto")
+_CONFIG_AUTO = "transformers.models.auto.configuration_auto"
+_MODEL_AUTO = "transformers.models.auto.modeling_auto"
+_AUTO_MODULES = (_MODEL_AUTO, _CONFIG_AUTO)
 _MODEL_MODULES = ("adabert.student", "adabert.compress.model")  # each registers its classes on import
+_registered = {"configs": False, "models": False}
 
 
 def register_auto_classes() -> None:
-    """Register the student and compressed-model classes with the Auto classes (idempotent, cheap twice)."""
+    """Register the configs and the student and compressed-model classes with the Auto classes
+    (idempotent, cheap twice). Imports torch and transformers' modeling code."""
     import importlib
 
+    from adabert.configs import register_configs
+
+    register_configs()
     for name in _MODEL_MODULES:
         importlib.import_module(name)
+    _registered.update(configs=True, models=True)
 
 
-def _initializing(name: str) -> bool:
+def _loaded(name: str, just_run: str | None) -> bool:
+    """Whether module ``name`` has finished loading (``just_run``: the one whose code has just run, which
+    importlib still marks as initializing)."""
     module = sys.modules.get(name)
-    return module is not None and bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
+    if module is None:
+        return False
+    return name == just_run or not getattr(getattr(module, "__spec__", None), "_initializing", False)
 
 
-def _register_when_ready(loaded: str | None = None) -> None:
-    """Called once the Auto module ``loaded`` has run: register, unless the other one is still half-loaded
-    (then its own completion calls this again). Our model modules may be mid-import themselves (they
-    import transformers): importing them again returns the module being built, which registers when done."""
-    if any(_initializing(name) for name in _AUTO_MODULES if name != loaded):
+def _transformers_loading(just_run: str | None) -> bool:
+    """Whether some transformers module is half-loaded: importing our models may need it (a cycle)."""
+    return any(not _loaded(name, just_run) for name in list(sys.modules) if name.startswith("transformers."))
+
+
+def register_models_when_ready(just_run: str | None = None) -> None:
+    """Register whatever transformers is ready for: the configs once ``configuration_auto`` has loaded,
+    the model classes once ``modeling_auto`` has and no transformers module is half-loaded (an import
+    of our models, which import ``modeling_utils``, could fail then). Cheap when done; called as each
+    Auto module loads and as each of our configs is created (``just_run``: the Auto module just run)."""
+    if _registered["models"]:
         return
-    _uninstall()
     try:
-        register_auto_classes()
+        if not _registered["configs"] and _loaded(_CONFIG_AUTO, just_run):
+            from adabert.configs import register_configs
+
+            register_configs()
+            _registered["configs"] = True
+        if _loaded(_MODEL_AUTO, just_run) and not _transformers_loading(just_run):
+            register_auto_classes()
+            _uninstall()
     except Exception as err:  # never break the user's `import transformers` over our classes
+        _uninstall()
+        _registered.update(configs=True, models=True)
         logging.getLogger(__name__).warning("adabert: registering the Auto classes failed: %s", err)
 
 
 class _Loader(importlib.abc.Loader):
-    """The real loader of an Auto module, plus a call to ``_register_when_ready`` after it ran."""
+    """The real loader of an Auto module, plus a call to ``register_models_when_ready`` after it ran."""
 
     def __init__(self, loader: Any) -> None:
         self._loader = loader
@@ -67,7 +97,7 @@ class _Loader(importlib.abc.Loader):
 
     def exec_module(self, module: ModuleType) -> None:
         self._loader.exec_module(module)
-        _register_when_ready(module.__name__)
+        register_models_when_ready(module.__name__)
 
     def __getattr__(self, name: str) -> Any:  # get_source, get_filename, is_package, ...
         return getattr(self._loader, name)
@@ -98,7 +128,5 @@ def _uninstall() -> None:
         sys.meta_path.remove(_HOOK)
 
 
-if any(name in sys.modules for name in _AUTO_MODULES):
-    _register_when_ready()
-else:
-    sys.meta_path.insert(0, _HOOK)
+sys.meta_path.insert(0, _HOOK)
+register_models_when_ready()  # transformers imported before adabert: register now

@@ -608,7 +608,12 @@ def from_dict(cls: type[C], values: dict[str, Any], source: str = "config") -> C
         problem = rule_error(fields[name], kwargs[name])
         if problem:
             raise ConfigError(f"{source}: setting {name!r} {problem}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except UserError as err:  # a check across settings (--dev-file without --train-file): name the file too
+        if str(err).startswith(source):
+            raise
+        raise ConfigError(f"{source}: {err}") from None
 
 
 def _coerce(value: Any, base: Any, where: str) -> Any:

@@ -28,6 +28,7 @@ from torch.utils import flop_counter
 from adabert import data
 from adabert.errors import UserError
 from adabert.io import atomic_write_json, atomic_write_text
+from adabert.model_folder import load_classifier
 from adabert.progress import progress as progress_bar
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".onnx.data", ".pt")
+NOT_WEIGHTS = ("training_state.safetensors", "checkpoint.safetensors")  # resume states, not the model
 CLS_TOKEN_ID = 101
 DUMMY_SEED = 0
 
@@ -104,7 +106,8 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
 def model_file_size(directory: str | Path, suffixes: Sequence[str] = WEIGHT_SUFFIXES) -> int:
     """Bytes on disk of the weight files directly in ``directory`` (or of one weight file).
 
-    Only weights count, not tokenizer or config files, so sizes compare across formats. Raises
+    Only the model's weights count, not tokenizer or config files, nor the resume state a folder of
+    an older adabert holds beside them (``NOT_WEIGHTS``), so sizes compare across formats. Raises
     ``FileNotFoundError`` when there are none, so a wrong path never reports a size of 0.
     """
     path = Path(directory)
@@ -113,6 +116,7 @@ def model_file_size(directory: str | Path, suffixes: Sequence[str] = WEIGHT_SUFF
     if not path.is_dir():
         raise FileNotFoundError(f"no such directory: {path}")
     files = [f for f in path.iterdir() if f.is_file() and f.name.endswith(tuple(suffixes))]
+    files = [f for f in files if f.name not in NOT_WEIGHTS]
     if not files:
         raise FileNotFoundError(f"no weight files ({', '.join(suffixes)}) in {path}")
     return sum(f.stat().st_size for f in files)
@@ -494,13 +498,14 @@ def format_value(value: Any, digits: int = 4) -> str:
 
 
 def format_bytes(n: float | None) -> str:
+    """A size in binary units, labelled as such (1 MiB = 1024 KiB = 1048576 B)."""
     if n is None:
         return "—"
-    for unit in ("B", "KB", "MB"):
+    for unit in ("B", "KiB", "MiB"):
         if abs(n) < 1024:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
         n /= 1024
-    return f"{n:.2f} GB"
+    return f"{n:.2f} GiB"
 
 
 def _fmt_flops(n: float) -> str:
@@ -643,18 +648,6 @@ def write_report(report: Mapping[str, Any], output_dir: str | Path) -> tuple[Pat
 
 
 # --------------------------------------------------------------------------------------------------- stage
-def load_classifier(path: str | Path) -> PreTrainedModel:
-    """Any saved sequence classifier (teacher, student, compressed student) through the Auto classes."""
-    from transformers import AutoModelForSequenceClassification
-
-    from adabert import register_auto_classes
-
-    register_auto_classes()
-    if not Path(path).is_dir():
-        raise FileNotFoundError(f"{path}: no model directory (expected a save_pretrained output)")
-    return AutoModelForSequenceClassification.from_pretrained(path).eval()
-
-
 def run_evaluation(cfg: Any) -> dict[str, Any]:
     """The ``evaluate`` stage: dev metrics and loyalty from the store, size, FLOPs and latency.
 
@@ -672,14 +665,9 @@ def run_evaluation(cfg: Any) -> dict[str, Any]:
         if not Path(cfg.teacher).is_dir():
             raise FileNotFoundError(f"{cfg.teacher}: no teacher directory (a save_pretrained output)")
         store.check_teacher(cfg.teacher)
-    model = load_classifier(cfg.model)
-    if model.config.num_labels != store.num_labels:
-        raise UserError(
-            f"{cfg.model}: model has {model.config.num_labels} labels but task {task.name} has "
-            f"{store.num_labels}; evaluate it with the store of the task it was trained on"
-        )
+    model = load_classifier(cfg.model, task)
     teacher_dir = cfg.teacher or store.manifest["teacher"]["path"]
-    teacher = load_classifier(teacher_dir)
+    teacher = load_classifier(teacher_dir, task)
     reference = bert_base_reference(store.num_labels)
     tokenizer = store.tokenizer()
     metrics: dict[str, Any] = {}
@@ -688,6 +676,10 @@ def run_evaluation(cfg: Any) -> dict[str, Any]:
         labels = np.asarray(rows["label"])
         teacher_logits = np.asarray(store.teacher_logits(split))
         logits = predict(model, encode(rows, tokenizer, store.max_length))
+        if not np.isfinite(logits).all():  # never a report of NaN metrics with exit status 0
+            raise UserError(
+                f"{cfg.model}: the model gave NaN or infinite outputs on {split} rows; no report was written"
+            )
         suffix = "" if split == store.dev_split else f" ({split})"
         metrics["model" + suffix] = evaluate_predictions(task, logits, labels, teacher_logits)
         metrics["teacher" + suffix] = evaluate_predictions(task, teacher_logits, labels)

@@ -12,54 +12,14 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoModelForSequenceClassification,
-    PretrainedConfig,
-    PreTrainedModel,
-)
+from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from adabert.configs import AdaBertStudentConfig
 from adabert.distill import task_loss
 from adabert.genotype import Genotype
 from adabert.modules import Cell, ClassifierHead, Embeddings, build_head, masked_mean
 from search_spaces import get_space
-
-
-class AdaBertStudentConfig(PretrainedConfig):
-    model_type = "adabert-student"
-
-    def __init__(
-        self,
-        genotype: dict[str, Any] | None = None,
-        vocab_size: int = 30522,
-        max_position_embeddings: int = 512,
-        hidden_size: int = 128,
-        hidden_dropout_prob: float = 0.1,
-        pair: bool = True,
-        pad_token_id: int = 0,
-        norm_width: int | None = None,
-        head: str = "paper",
-        head_norm: bool = False,
-        cell_norm: bool = False,
-        **kwargs: Any,
-    ) -> None:
-        """``norm_width``: the width before pruning removed hidden dimensions (see ``PrunedLayerNorm``);
-        ``head``: a ``modules.HEADS`` kind; ``head_norm``: whether the ``pair`` head layer-normalises
-        the last cell (False only in the configs of students saved before it did, which reload as
-        they were trained); ``cell_norm``: whether the pooled heads layer-normalise each cell (False
-        in students saved before they did)."""
-        super().__init__(pad_token_id=pad_token_id, **kwargs)
-        self.norm_width = norm_width
-        self.head = head
-        self.head_norm = head_norm
-        self.cell_norm = cell_norm
-        self.genotype = genotype
-        self.vocab_size = vocab_size
-        self.max_position_embeddings = max_position_embeddings
-        self.hidden_size = hidden_size
-        self.hidden_dropout_prob = hidden_dropout_prob
-        self.pair = pair
 
 
 def _head(config: AdaBertStudentConfig) -> nn.Module:
@@ -108,6 +68,14 @@ class AdaBertStudentForSequenceClassification(PreTrainedModel):
     @property
     def genotype(self) -> Genotype:
         return Genotype.from_dict(self.config.genotype)
+
+    def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> Any:
+        """Save, and stamp the weights with the hash of the architecture they fit (``model_folder``)."""
+        from adabert.model_folder import stamp_architecture
+
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        stamp_architecture(save_directory, self.config)
+        return result
 
     HIDDEN_TENSORS = (
         ("embeddings.word", "weight"),

@@ -125,6 +125,25 @@ class TaskSpec:
         return self.labels is None
 
     @property
+    def label_names(self) -> tuple[str, ...] | None:
+        """What a model calls its classes (its ``id2label``): for a GLUE task whose files hold 0 / 1, the
+        hub's names (SST-2: negative, positive), so that predictions read as words; else ``labels``."""
+        if self.hub_name is not None and self.labels == _BINARY:
+            return GLUE_LABEL_NAMES.get(self.name, self.labels)
+        return self.labels
+
+    def label_config(self) -> dict[str, Any]:
+        """The label settings of a model config for this task (``id2label`` from ``label_names``)."""
+        if self.labels is None:
+            return {"problem_type": "regression"}
+        names = self.label_names or self.labels
+        return {
+            "problem_type": "single_label_classification",
+            "id2label": dict(enumerate(names)),
+            "label2id": {label: i for i, label in enumerate(names)},
+        }
+
+    @property
     def num_labels(self) -> int:
         return 1 if self.labels is None else len(self.labels)
 
@@ -180,6 +199,13 @@ def _glue(name: str, glue_dir: str, text_columns: tuple[str, ...], label_column:
 
 
 _BINARY = ("0", "1")
+# the hub's ClassLabel names of the GLUE tasks whose files hold 0 / 1 (TaskSpec.label_names)
+GLUE_LABEL_NAMES = {
+    "sst2": ("negative", "positive"),
+    "mrpc": ("not_equivalent", "equivalent"),
+    "qqp": ("not_duplicate", "duplicate"),
+    "cola": ("unacceptable", "acceptable"),
+}
 _NLI2 = ("entailment", "not_entailment")
 
 TASKS: dict[str, TaskSpec] = {
@@ -523,7 +549,7 @@ def read_table(path: str | Path, fmt: str | None = None) -> tuple[list[str], lis
     path = Path(path)
     kind = file_format(path, fmt)
     if not path.is_file():
-        raise TaskDataError("file not found", path)
+        raise TaskDataError("a folder, not a data file" if path.is_dir() else "file not found", path)
     text = _read_text(path)
     rows: list[tuple[int | None, dict[str, Any]]] = []
     if kind == "json":
@@ -553,7 +579,7 @@ def _read_records(path: Path, columns: tuple[str, ...], label_column: str, heade
                   fmt: str | None = None) -> list[_Record]:
     fmt = fmt or _FORMATS.get(path.suffix.lower(), "tsv")
     if not path.is_file():
-        raise TaskDataError("file not found", path)
+        raise TaskDataError("a folder, not a data file" if path.is_dir() else "file not found", path)
     text = _read_text(path)
     if fmt == "json":
         records = _json_records(path, text, columns, label_column)

@@ -203,6 +203,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     Returns the metrics dict also written to ``metrics.json`` (per-epoch history, best epoch, wall time).
     """
     t0 = time.perf_counter()
+    device = resolve_device(cfg.device)  # a device that is not here is refused before any work
     task = get_task(cfg.task)
     model_path = resolve_model(cfg.model)
     out_dir = Path(cfg.output_dir)
@@ -216,17 +217,10 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
                 {s: len(r) for s, r in dev_rows.items()})
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    label_kw: dict[str, Any] = {"num_labels": task.num_labels}
-    if task.is_regression:
-        label_kw["problem_type"] = "regression"
-    else:
-        label_kw["problem_type"] = "single_label_classification"
-        label_kw["id2label"] = dict(enumerate(task.labels))
-        label_kw["label2id"] = {label: i for i, label in enumerate(task.labels)}
+    label_kw: dict[str, Any] = {"num_labels": task.num_labels, **task.label_config()}
     # A checkpoint fine-tuned elsewhere may have a head of another size: re-initialise it, don't fail.
     model = AutoModelForSequenceClassification.from_pretrained(model_path, ignore_mismatched_sizes=True,
                                                                **label_kw)
-    device = resolve_device(cfg.device)
     model.to(device)
 
     train_enc = _model_inputs(encode(train_rows, tokenizer, cfg.max_length), tokenizer, labels=True)
@@ -250,6 +244,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     total = max(1, len(loader) * cfg.epochs)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
 
+    (out_dir / TASK_FILE).unlink(missing_ok=True)  # written last: until then the folder is unfinished
     save_pretrained_atomic(out_dir, tokenizer)
     save_config(cfg, out_dir / CONFIG_FILE)
     main_metric, main_split = task.main_metric, task.default_dev
@@ -411,9 +406,13 @@ def _read_task_file(teacher_dir: str) -> dict[str, Any]:
     if not f.is_file():
         return {}
     try:
-        return json.loads(f.read_text())
-    except json.JSONDecodeError as err:
+        info = json.loads(f.read_text())
+    except (UnicodeDecodeError, ValueError) as err:
         raise TeacherError(f"{f} is not valid JSON ({err}); re-run the fine-tuning or pass --task") from None
+    if not isinstance(info, dict) or not isinstance(info.get("task", {}), dict):
+        raise TeacherError(f"{f}: expected {{\"task\": {{...}}, ...}} as adabert writes it; re-run the "
+                           "fine-tuning or pass --task")
+    return info
 
 
 def _plot_probes(
@@ -448,12 +447,21 @@ def probe(cfg: ProbeConfig) -> KnowledgeStore:
     (``.NAME.partial``) and continues there after a kill; the store appears by one rename at the end.
     """
     t0 = time.perf_counter()
+    device = resolve_device(cfg.device)  # a device that is not here is refused before any work
     teacher_path = resolve_model(cfg.teacher)
+    if Path(teacher_path).is_dir():
+        from adabert.model_folder import check_finished
+
+        check_finished(teacher_path)  # a fine-tuning that diverged or was killed: not a teacher
     info = _read_task_file(teacher_path)
     if cfg.task is not None:
         task = get_task(cfg.task)
     elif "task" in info:
-        task = TaskSpec.from_dict(info["task"])
+        try:
+            task = TaskSpec.from_dict(info["task"])
+        except (TypeError, ValueError) as err:
+            raise TeacherError(f"{Path(teacher_path) / TASK_FILE}: not a task definition ({err}); re-run the "
+                               "fine-tuning or pass --task") from None
     else:
         raise TeacherError(f"{teacher_path} has no {TASK_FILE} (it was not fine-tuned by adabert): pass the "
                            "task (--task) and, for local data, --data-dir")
@@ -463,9 +471,14 @@ def probe(cfg: ProbeConfig) -> KnowledgeStore:
     data_seed = info.get("seed", cfg.seed)  # the teacher's seed picks the same dev subset it saw
     _seed_everything(cfg.seed)
 
+    if Path(teacher_path).is_dir():  # a finished teacher: refused unless its weights fit its config
+        from adabert.model_folder import load_classifier
+
+        model = load_classifier(teacher_path)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(teacher_path).eval()
     tokenizer = AutoTokenizer.from_pretrained(teacher_path)
-    model = AutoModelForSequenceClassification.from_pretrained(teacher_path).eval()
-    model.to(resolve_device(cfg.device))
+    model.to(device)
     for p in model.parameters():
         p.requires_grad_(False)
     if model.config.num_labels != task.num_labels:

@@ -2,8 +2,10 @@
 
 Loss: ``(1 - gamma) task + gamma KD(logits, stored teacher logits) + probe_kd hierarchical KD``.
 The last epoch (``--keep best``: the best by the task's main dev metric) is kept in ``output_dir``
-(``save_pretrained`` layout with the tokenizer); a training state is checkpointed atomically every
-epoch for ``--resume``.
+(``save_pretrained`` layout with the tokenizer, nothing else that deploys); a training state is
+checkpointed atomically every epoch for ``--resume`` into the sibling folder ``<output_dir>.resume/``
+(:func:`state_path`; a state in the student folder, where older versions kept it, is resumed from and
+then moved out).
 
 Runs the same under ``torchrun`` as in one process (``adabert.distributed``): the processes split each
 batch and sum their weighted gradients, so they hold the same weights; rank 0 writes.
@@ -58,6 +60,7 @@ log = logging.getLogger(__name__)
 
 STATE = "training_state.safetensors"
 STATE_KIND = "training"
+STATE_DIR_SUFFIX = ".resume"
 # Settings that may change between an interrupted training run and its resumption.
 RESUMABLE_CHANGES = {
     "resume",
@@ -71,6 +74,14 @@ RESUMABLE_CHANGES = {
     "precision",
 }
 TERMS = ("loss", "task", "kd", "probe_kd")
+
+
+def state_path(output_dir: str | Path) -> Path:
+    """Where the resume state of a training into ``output_dir`` lives: ``<output_dir>.resume/``, a sibling
+    folder, so that the student folder holds only what deploys (the state, with the optimizer's moments,
+    is three times the model's size)."""
+    out = Path(output_dir)
+    return out.with_name(out.name + STATE_DIR_SUFFIX) / STATE
 
 
 def check_genotype_fits(genotype: Genotype, store: KnowledgeStore, path: str) -> None:
@@ -151,14 +162,7 @@ def check_positions_fit(store: KnowledgeStore, max_positions: int) -> None:
 
 
 def student_config_kwargs(store: KnowledgeStore) -> dict[str, Any]:
-    task = store.task
-    kwargs: dict[str, Any] = {"pad_token_id": store.pad_token_id}
-    if task.is_regression:
-        kwargs["problem_type"] = "regression"
-    else:
-        kwargs["id2label"] = dict(enumerate(task.labels))
-        kwargs["label2id"] = {label: i for i, label in enumerate(task.labels)}
-    return kwargs
+    return {"pad_token_id": store.pad_token_id, **store.task.label_config()}
 
 
 @torch.no_grad()
@@ -226,10 +230,14 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
     check_genotype_fits(genotype, store, cfg.genotype)
     check_positions_fit(store, store.manifest["teacher"]["config"]["max_position_embeddings"])
     start = starting_point(cfg, genotype, store)
+    state_file, legacy_state = state_path(out), out / STATE  # older adabert kept it in the student folder
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        state_file.parent.mkdir(exist_ok=True)
         remove_stale_temporaries(out, (STATE, "metrics.json", "train_config.json"))
-        save_config(cfg, out / "train_config.json")
+        remove_stale_temporaries(state_file.parent, (STATE,))
+        if not cfg.resume:  # a fresh training: an earlier run's state no longer fits what is trained here
+            state_file.unlink(missing_ok=True)
     torch.manual_seed(cfg.seed)
     task, regression = store.task, store.task.is_regression
     model = build_student(
@@ -276,13 +284,15 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
     scaler = grad_scaler(device, cfg.precision)
     history: list[dict[str, Any]] = []
     start_epoch, best = 0, None
-    state_path = out / STATE
-    state = load_for_resume(state_path, cfg.resume, STATE_KIND)
+    resume_from = state_file
+    if not state_file.exists() and any(legacy_state.with_suffix(x).exists() for x in (".safetensors", ".pt")):
+        resume_from = legacy_state  # an older layout (or a pickle .pt, which is named and never read)
+    state = load_for_resume(resume_from, cfg.resume, STATE_KIND)
     if state is not None:
-        check_resumable(to_dict(cfg), state["config"], state_path, RESUMABLE_CHANGES)
+        check_resumable(to_dict(cfg), state["config"], resume_from, RESUMABLE_CHANGES)
         if state.get("genotype") != genotype.to_dict():
             raise CheckpointError(
-                f"{state_path}: cannot resume, the training started from another genotype than "
+                f"{resume_from}: cannot resume, the training started from another genotype than "
                 f"{cfg.genotype}; use a new --output-dir or pass the genotype it started with"
             )
         model.load_state_dict(state["model"])
@@ -294,7 +304,7 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
             scaler.load_state_dict(state["scaler"])
         restore_rng_state(state, cfg.seed, device)
         start_epoch, history, best = state["epoch"], state["history"], state["best"]
-        log.info("resuming from %s after epoch %d", state_path, start_epoch)
+        log.info("resuming from %s after epoch %d", resume_from, start_epoch)
     del state
     log.info(
         "training on %s (%s): %d rows, %d epochs of %d steps, %d dev rows",
@@ -307,6 +317,9 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
     )
 
     tokenizer = store.tokenizer()
+    if ctx.is_main:  # written last: from here on the folder is unfinished until the training is done
+        (out / "metrics.json").unlink(missing_ok=True)
+        save_config(cfg, out / "train_config.json")  # after the resume checks: refused settings stay out
     main_metric = task.main_metric
     started_all = time.perf_counter()
     model.train()
@@ -362,7 +375,7 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
             if not math.isfinite(values["loss"]):
                 raise DivergenceError(
                     f"training loss became {values['loss']} at epoch {epoch + 1}; "
-                    + divergence_advice(state_path, epoch, "--lr")
+                    + divergence_advice(resume_from if epoch == start_epoch else state_file, epoch, "--lr")
                 )
             if scaler is not None:  # fp16: the ranks summed scaled gradients; unscale before clipping
                 scaler.unscale_(optimizer)
@@ -416,7 +429,8 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
                 state["cuda_rng_per_rank"] = cuda_rng_states
             if scaler is not None:
                 state["scaler"] = scaler.state_dict()
-            save_state(state_path, state, STATE_KIND, settings_hash(to_dict(cfg), RESUMABLE_CHANGES))
+            save_state(state_file, state, STATE_KIND, settings_hash(to_dict(cfg), RESUMABLE_CHANGES))
+            legacy_state.unlink(missing_ok=True)  # resumed from an older layout: the student folder sheds it
             del state
         distributed.barrier()  # the epoch is over everywhere once its state is on disk
 

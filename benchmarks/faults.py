@@ -464,10 +464,12 @@ def _pickle_case(name: str, stage: str, target: str, expected: int) -> None:
     Either way its payload never runs."""
 
     def run(work: Work) -> Result:
-        slug = name.split(":")[0] + "-" + target.replace(".", "-")
+        slug = name.split(":")[0] + "-" + target.replace(".", "-") + ("-old" if "older" in name else "")
         folder, marker = work.root / slug / stage, work.root / f"{slug}.payload-ran"
         reference = work.reference()
         shutil.copytree(reference / stage, folder)
+        if stage == "student.resume":  # train's resume state, in the sibling of the student folder
+            shutil.copytree(reference / "student", work.root / slug / "student")
         for old in folder.glob(Path(target).stem + ".*"):
             old.unlink()
         hostile_checkpoint(folder / target, marker)
@@ -481,9 +483,9 @@ def _pickle_case(name: str, stage: str, target: str, expected: int) -> None:
             args = ["search", "--config", str(folder / "config.json"), *store, "--output-dir", str(folder)]
             args.append("--resume")
         else:
-            genotype = str(reference / "search" / "genotype.json")
-            args = ["train", "--config", str(folder / "train_config.json"), "--genotype", genotype, *store]
-            args += ["--output-dir", str(folder), "--epochs", "2", "--resume"]
+            genotype, student = str(reference / "search" / "genotype.json"), work.root / slug / "student"
+            args = ["train", "--config", str(student / "train_config.json"), "--genotype", genotype, *store]
+            args += ["--output-dir", str(student), "--epochs", "2", "--resume"]
         done = cli(*args)
         if expected == 2:
             result = one_line_error(Result(done.returncode), done.stderr, target)
@@ -502,7 +504,16 @@ _pickle_case(
 )
 _pickle_case("train-supernet: crafted pickle checkpoint.pt (legacy name)", "search", "checkpoint.pt", 2)
 _pickle_case(
-    "train-resume: crafted pickle as training_state.safetensors", "student", "training_state.safetensors", 2
+    "train-resume: crafted pickle as training_state.safetensors",
+    "student.resume",
+    "training_state.safetensors",
+    2,
+)
+_pickle_case(
+    "train-resume: crafted pickle as training_state.safetensors (older layout, in the student folder)",
+    "student",
+    "training_state.safetensors",
+    2,
 )
 _pickle_case(
     "train-resume: crafted pickle training_state.pt (legacy name)", "student", "training_state.pt", 0
@@ -516,6 +527,7 @@ def resume_other_genotype(work: Work) -> Result:
     reference = work.reference()
     student = work.root / "other-genotype" / "student"
     shutil.copytree(reference / "student", student)
+    shutil.copytree(reference / "student.resume", student.parent / "student.resume")  # its resume state
     searched = Genotype.load(reference / "search" / "genotype.json")
     other = work.root / "other-genotype" / "genotype.json"
     for seed in range(1, 50):  # another genotype of the same space and size
@@ -540,6 +552,140 @@ def resume_other_genotype(work: Work) -> Result:
         "--resume",
     )
     return one_line_error(Result(done.returncode), done.stderr, "genotype")
+
+
+# ------------------------------------------------------------------------------------------ model folders
+def _edit_json(path: Path, edit: Callable[[dict], object]) -> None:
+    value = json.loads(path.read_text())
+    edit(value)
+    path.write_text(json.dumps(value))
+
+
+def _pickle_weights(folder: Path, marker: Path) -> None:
+    """The safetensors weights replaced by a crafted pickle ``pytorch_model.bin``."""
+    for weights in folder.glob("*.safetensors"):
+        weights.unlink()
+    hostile_checkpoint(folder / "pytorch_model.bin", marker)
+
+
+def _torchscript_pickle(folder: Path, marker: Path) -> None:
+    """An export folder whose model file is a torch.save zip (a pickle) named ``model.pt``."""
+    (folder / "model.onnx").unlink()
+    _edit_json(folder / "export.json", lambda e: e.update(file="model.pt", format="torchscript"))
+    hostile_checkpoint(folder / "model.pt", marker)
+
+
+def _swap_first_op(folder: Path, marker: Path) -> None:
+    """The issue's edit: the first edge's op of the student's genotype changed (identity -> conv3)."""
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    edge = config["genotype"]["edges"][0]
+    edge["op"] = "conv3" if edge["op"] != "conv3" else "identity"
+    path.write_text(json.dumps(config))
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _no_model(folder: Path, marker: Path) -> None:
+    shutil.rmtree(folder)
+    folder.mkdir()
+    (folder / "notes.txt").write_text("no model here\n")
+
+
+def _model_case(
+    name: str, stage: str, command: str, damage: Callable[[Path, Path], None], *needles: str
+) -> None:
+    """A copy of the reference run's ``stage`` folder, damaged, given to ``command`` (predict, evaluate or
+    teacher probe): exit 2, one line naming the folder and each needle, no output, no payload run."""
+
+    def run(work: Work) -> Result:
+        reference = work.reference()
+        slug = "model-" + "".join(c if c.isalnum() else "-" for c in name).strip("-")
+        folder, out, marker = (work.root / slug / stage, work.root / slug / "out", work.root / f"{slug}.ran")
+        shutil.copytree(reference / stage, folder)
+        damage(folder, marker)
+        if command == "probe":
+            args = ["teacher", "probe", "--teacher", str(folder), "--output-dir", str(out)]
+        elif command == "evaluate":
+            args = ["evaluate", "--model", str(folder), "--store", str(reference / "store")]
+            args += ["--output-dir", str(out), "--skip-latency", "--seq-len", "16"]
+        else:
+            args = ["predict", "--model", str(folder), "--input", str(work.glue / "SST-2" / "dev.tsv")]
+            args += ["--output", f"{out}.tsv"]
+        done = cli(*args)
+        result = one_line_error(Result(done.returncode), done.stderr, str(folder), *needles)
+        result.expect(not out.exists() and not Path(f"{out}.tsv").exists(), "an output was written")
+        return result.expect(not marker.exists(), "THE PAYLOAD RAN")
+
+    case(name)(run)
+
+
+_model_case(
+    "student: genotype op edited (identity -> conv3), predict", "student", "predict", _swap_first_op,
+    "weights do not match its config.json", "cells.0.ops.0",
+)  # fmt: skip
+_model_case(
+    "student: genotype op edited (identity -> conv3), evaluate", "student", "evaluate", _swap_first_op,
+    "weights do not match its config.json", "cells.0.ops.0",
+)  # fmt: skip
+_model_case(
+    "student: config.json not valid JSON", "student", "predict",
+    lambda f, _: (f / "config.json").write_text('{"model_type": "adabert-student",'), "not valid JSON",
+)  # fmt: skip
+_model_case(
+    "student: config.json with wrong types", "student", "evaluate",
+    lambda f, _: _edit_json(f / "config.json", lambda c: c.update(hidden_size="wide", pair="yes")),
+    "config.json", "TypeError",
+)  # fmt: skip
+_model_case(
+    "student: model_type bert", "student", "evaluate",
+    lambda f, _: _edit_json(f / "config.json", lambda c: c.update(model_type="bert")), "model_type 'bert'",
+)  # fmt: skip
+_model_case(
+    "student: id2label of 5 labels (2-label model)", "student", "evaluate",
+    lambda f, _: _edit_json(f / "config.json", lambda c: c.update(
+        id2label={str(i): f"l{i}" for i in range(5)}, label2id={f"l{i}": i for i in range(5)})),
+    "of another shape", "head.",
+)  # fmt: skip
+_model_case(
+    "student: config.json holding [1,2,3]", "student", "predict",
+    lambda f, _: (f / "config.json").write_text("[1, 2, 3]"), "not a model config",
+)  # fmt: skip
+_model_case(
+    "student: pickle pytorch_model.bin",
+    "student",
+    "predict",
+    _pickle_weights,
+    "pytorch_model.bin is a pickle",
+)
+_model_case(
+    "teacher: pickle pytorch_model.bin", "teacher", "probe", _pickle_weights, "pytorch_model.bin is a pickle"
+)
+_model_case(
+    "export: truncated model.onnx", "export", "predict", lambda f, _: _truncate(f / "model.onnx"),
+    "model.onnx: not a usable ONNX model",
+)  # fmt: skip
+_model_case(
+    "export: torch.save zip as model.pt", "export", "predict", _torchscript_pickle,
+    "model.pt: not a TorchScript model",
+)  # fmt: skip
+_model_case(
+    'student: adabert_task.json holding {"task": 5}', "student", "predict",
+    lambda f, _: (f / "adabert_task.json").write_text('{"task": 5}'), "adabert_task.json",
+)  # fmt: skip
+_model_case(
+    "evaluate --model at a folder holding no model", "student", "evaluate", _no_model, "not a model folder"
+)
+_model_case(
+    "student: its train did not finish (no metrics.json)", "student", "evaluate",
+    lambda f, _: (f / "metrics.json").unlink(), "adabert train that wrote it did not finish", "--resume",
+)  # fmt: skip
+_model_case(
+    "teacher: its finetune did not finish (no adabert_task.json)", "teacher", "probe",
+    lambda f, _: (f / "adabert_task.json").unlink(), "adabert teacher finetune that wrote it did not finish",
+)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------ main

@@ -126,6 +126,37 @@ def test_a_missing_gpu_is_one_line_before_any_work(tmp_path, capsys, monkeypatch
 
 
 @no_cuda
+def test_the_teacher_commands_refuse_a_missing_gpu_before_reading_data(
+    tiny_bert_dir, tiny_glue_dir, tmp_path, capsys, monkeypatch
+):
+    import adabert.teacher
+    from adabert.cli import main
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the data was read before the device was checked")
+
+    monkeypatch.setattr(adabert.teacher, "load_split", loaded)
+    data = ["--task", "sst2", "--data-dir", str(tiny_glue_dir)]
+    for argv in (
+        [
+            "teacher",
+            "finetune",
+            "--model",
+            str(tiny_bert_dir),
+            *data,
+            "--max-length",
+            "32",
+            "--output-dir",
+            str(tmp_path / "t"),
+        ],
+        ["teacher", "probe", "--teacher", str(tiny_bert_dir), *data, "--output-dir", str(tmp_path / "s")],
+    ):
+        assert main([*argv, "--device", "cuda:3"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("adabert: error:") == 1 and "CUDA" in err and "Traceback" not in err, err
+
+
+@no_cuda
 def test_the_pipeline_refuses_a_gpu_setting_before_the_first_stage(tiny_glue_dir, tmp_path):
     from adabert.pipeline import plan
 

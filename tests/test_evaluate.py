@@ -293,7 +293,7 @@ def test_write_report_writes_json_and_markdown_with_the_numbers(tmp_path):
         "0.9012",
         "6,400,000",
         "400,000",
-        "24.41 MB",
+        "24.41 MiB",
         "120.000 MFLOPs",
         "3.55× smaller",
         "17.11× smaller",

@@ -22,6 +22,7 @@ from adabert.checkpoint import DivergenceError
 from adabert.config import TrainConfig
 from adabert.genotype import Genotype
 from adabert.search import run_search
+from adabert.train import state_path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import tiny_finetune_argv  # noqa: E402
@@ -120,16 +121,21 @@ def test_diverging_training_stops_with_a_clear_message(tiny_store, tmp_path, mon
     )
     train_module.train_student(TrainConfig(**settings))
     student = tmp_path / "student"
-    before = {
-        name: (student / name).read_bytes() for name in ("training_state.safetensors", "model.safetensors")
-    }
+    files = (train_module.state_path(student), student / "model.safetensors")
+    before = {path: path.read_bytes() for path in files}
     monkeypatch.setattr(train_module, "task_loss", lambda logits, *_: logits.sum() * float("inf"))
     with pytest.raises(
-        DivergenceError, match=r"became -?(nan|inf) at epoch 2.*training_state.safetensors.*intact"
+        DivergenceError,
+        match=r"became -?(nan|inf) at epoch 2.*student.resume/training_state.safetensors.*intact",
     ):
         train_module.train_student(TrainConfig(**{**settings, "epochs": 2, "resume": True}))
-    assert {name: (student / name).read_bytes() for name in before} == before
+    assert {path: path.read_bytes() for path in files} == before
     assert not list(student.glob(".*.tmp")) and not list(student.glob(".save.*"))
+    # the student there is epoch 1's, not what the settings ask for: no command uses it as finished
+    from adabert.model_folder import ModelFolderError, load_classifier
+
+    with pytest.raises(ModelFolderError, match=r"the adabert train that wrote it did not finish.*--resume"):
+        load_classifier(student)
 
 
 # ------------------------------------------------------------------------------------------ teacher
@@ -149,6 +155,21 @@ def test_a_teacher_with_a_huge_learning_rate_stops_and_saves_no_teacher(
     assert "fine-tuning diverged, the loss became nan at epoch 1" in err and "lower --lr (now 1e+30)" in err
     assert not list(out.glob("*.safetensors")) and not (out / "adabert_task.json").exists()
     assert not _leftovers(tmp_path)
+
+
+def test_a_diverged_fine_tuning_over_a_good_teacher_leaves_no_teacher_to_probe(
+    tiny_bert_dir, tiny_glue_dir, tmp_path, capsys
+):
+    from adabert.cli import main
+
+    out = tmp_path / "teacher"
+    assert main(tiny_finetune_argv(tiny_bert_dir, tiny_glue_dir, out, "--epochs", "1")) == 0
+    assert main(tiny_finetune_argv(tiny_bert_dir, tiny_glue_dir, out, "--epochs", "1", "--lr", "1e30")) == 2
+    capsys.readouterr()
+    assert main(["teacher", "probe", "--teacher", str(out), "--output-dir", str(tmp_path / "store")]) == 2
+    err = capsys.readouterr().err
+    assert "the adabert teacher finetune that wrote it did not finish" in err and "Traceback" not in err
+    assert not (tmp_path / "store").exists()
 
 
 @pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # the inf feature
@@ -239,7 +260,7 @@ def test_crafted_pickles_are_refused_by_every_command_and_never_run(searched, ti
     store = ["--store", str(tiny_store)]
     hostile = {"model": _Payload(marker), "config": {}, "epoch": 1}
     torch.save(hostile, search / "checkpoint.safetensors")
-    torch.save(hostile, student / "training_state.safetensors")
+    torch.save(hostile, state_path(student))
     cases = [
         ["search", "--config", str(search / "config.json"), *store, "--output-dir", str(search), "--resume"],
         [

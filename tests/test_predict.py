@@ -12,7 +12,7 @@ import torch
 
 from adabert.cli import main
 from adabert.deploy.predict import PredictError, predict_file
-from adabert.tasks import TaskDataError
+from adabert.tasks import TaskDataError, get_task
 
 ROWS = [("a", "the film was good ."), ("b", "the plot was dull and flat ."), ("c", "it is lovely")]
 
@@ -64,6 +64,23 @@ def test_inputs_it_cannot_use_are_refused_clearly(tiny_bert_dir, reviews, tmp_pa
     assert main(["predict", "--model", str(tmp_path), "--input", str(reviews), "--output", "o.csv"]) == 2
     assert "not a model folder" in capsys.readouterr().err
     assert not (tmp_path / "o.csv").exists()
+
+
+def test_what_predict_cannot_do_is_said_before_the_rows_run(tiny_bert_dir, reviews, tmp_path, caplog):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    with pytest.raises(NotADirectoryError, match="a-file is a file, not a folder"):
+        predict_file(tiny_bert_dir, reviews, blocked / "o.csv", text_columns="text")
+    (tmp_path / "rows.csv").mkdir()
+    with pytest.raises(TaskDataError, match=r"rows\.csv: a folder, not a data file"):
+        predict_file(tiny_bert_dir, tmp_path / "rows.csv", tmp_path / "o.csv", text_columns="text")
+    (tiny_bert_dir / "adabert_task.json").write_text(json.dumps({"task": get_task("sst2").to_dict()}))
+    labelled = tmp_path / "labelled.csv"
+    labelled.write_text("sentence,label\nthe film was good .,good\n")
+    with caplog.at_level("WARNING"):
+        summary = predict_file(tiny_bert_dir, labelled, tmp_path / "o.csv")
+    assert "metrics" not in summary
+    assert "no metrics: column 'label' holds values other than the task's labels (0, 1)" in caplog.text
 
 
 def test_a_regression_model_writes_its_score(tiny_bert_dir, reviews, tmp_path):

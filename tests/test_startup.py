@@ -87,3 +87,28 @@ from transformers import AutoModelForSequenceClassification
 print(type(AutoModelForSequenceClassification.from_pretrained(sys.argv[1])).__name__)
 """
     assert python(code, str(compressed)).split() == ["AdaBertCompressedForSequenceClassification"]
+
+
+IMPORT_ORDERS = {
+    # transformers.pipelines loads the Auto modules from inside modeling_utils: the models must wait
+    "pipeline": "import adabert\nfrom transformers import pipeline\nmodel = pipeline('text-classification', "
+    "model=sys.argv[1]).model",
+    "modeling_utils first": "import adabert\nfrom transformers import PreTrainedModel, AutoConfig\n"
+    "AutoConfig.from_pretrained(sys.argv[1])\n"
+    "from transformers import AutoModelForSequenceClassification as A\n"
+    "model = A.from_pretrained(sys.argv[1])",
+    "transformers first": "from transformers import AutoModelForSequenceClassification as A, AutoTokenizer\n"
+    "import adabert\nmodel = A.from_pretrained(sys.argv[1])",
+}
+
+
+def test_every_import_order_finds_the_student(tmp_path):
+    """Wherever transformers is first reached from, ``import adabert`` alone makes the student loadable."""
+    student, _ = _saved_models(tmp_path)
+    from conftest import write_tiny_bert
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(write_tiny_bert(tmp_path / "bert")).save_pretrained(student)
+    for name, code in IMPORT_ORDERS.items():
+        out = python(f"import sys\n{code}\nprint(type(model).__name__)", str(student))
+        assert out.split()[-1] == "AdaBertStudentForSequenceClassification", name

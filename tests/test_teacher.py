@@ -92,7 +92,7 @@ def test_finetune_writes_best_reloadable_checkpoint(tiny_bert_dir, tiny_glue_dir
     }
     # The saved model is the best epoch's: it reproduces that epoch's dev accuracy.
     model = AutoModelForSequenceClassification.from_pretrained(str(out))
-    assert model.config.num_labels == 2 and model.config.id2label == {0: "0", 1: "1"}
+    assert model.config.num_labels == 2 and model.config.id2label == {0: "negative", 1: "positive"}
     dev = load_split("sst2", "dev", tiny_glue_dir, limit=12, seed=3)
     preds = _predict(out, list(dev["text_a"]), 32).argmax(1)
     assert np.mean(preds == np.asarray(dev["label"])) == pytest.approx(metrics["best"]["dev"]["accuracy"])

@@ -29,17 +29,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoModelForSequenceClassification,
-    PretrainedConfig,
-    PreTrainedModel,
-)
+from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
 
 import adabert.student  # noqa: F401  (registers the student, which may be the base of a compressed model)
 from adabert.compress.factorize import FactorizedConv1d, FactorizedEmbedding, FactorizedLinear, set_submodule
-
-SPEC_VERSION = 1
+from adabert.configs import SPEC_VERSION, AdaBertCompressedConfig
 
 
 # ------------------------------------------------------------------------------------------- module specs
@@ -207,56 +201,6 @@ def compression_spec(model: nn.Module, methods: list[str] | None = None) -> dict
 
 
 # ------------------------------------------------------------------------------------- the wrapper pair
-MIRRORED_KEYS = ("vocab_size", "max_position_embeddings", "type_vocab_size", "hidden_size", "pair")
-"""Base-config attributes copied onto the wrapper's config, for code that reads them from any model."""
-
-LABEL_KEYS = ("id2label", "label2id", "problem_type", "pad_token_id")
-
-
-class AdaBertCompressedConfig(PretrainedConfig):
-    """The base model's config (``base``) plus the per-module replacements (``compression``)."""
-
-    model_type = "adabert-compressed"
-
-    def __init__(
-        self,
-        base: dict[str, Any] | None = None,
-        compression: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        base = dict(base) if base is not None else None
-        mirrored = {}
-        if base is not None:
-            for key in LABEL_KEYS:
-                if key not in kwargs and base.get(key) is not None:
-                    kwargs[key] = base[key]
-            for key in MIRRORED_KEYS:
-                value = kwargs.pop(key, base.get(key))
-                if value is not None:
-                    mirrored[key] = value
-        super().__init__(**kwargs)
-        self.base = base
-        self.compression = compression or {"format_version": SPEC_VERSION, "methods": [], "modules": {}}
-        for key, value in mirrored.items():
-            setattr(self, key, value)
-
-    def base_config(self) -> PretrainedConfig:
-        """The base model's config object (its ``model_type`` must be registered with AutoConfig)."""
-        if self.base is None or "model_type" not in self.base:
-            raise ValueError("AdaBertCompressedConfig.base (the original model's config) is required")
-        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
-        values = dict(self.base)
-        try:
-            config_class = CONFIG_MAPPING[values["model_type"]]
-        except KeyError:
-            raise ValueError(
-                f"base model type {values['model_type']!r} is not registered with AutoConfig "
-                "(import the module that defines it first)"
-            ) from None
-        return config_class.from_dict(values)
-
-
 class AdaBertCompressedForSequenceClassification(PreTrainedModel):
     """Any sequence classifier (``self.model``) with the modules of its compression spec replaced.
 
@@ -321,7 +265,8 @@ class AdaBertCompressedForSequenceClassification(PreTrainedModel):
         return self.config.compression
 
     def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> Any:
-        """Save with a compression spec derived from the modules as they are now."""
+        """Save with a compression spec derived from the modules as they are now, the weights stamped
+        with the hash of the architecture they fit (``adabert.model_folder``)."""
         masked = [n for n, m in self.named_modules() if getattr(m, "parametrizations", None)]
         if masked:
             raise ValueError(
@@ -329,7 +274,11 @@ class AdaBertCompressedForSequenceClassification(PreTrainedModel):
                 "permanent first (adabert.compress.prune.make_permanent)"
             )
         self.refresh_spec()
-        return super().save_pretrained(save_directory, *args, **kwargs)
+        from adabert.model_folder import stamp_architecture
+
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        stamp_architecture(save_directory, self.config)
+        return result
 
 
 AutoConfig.register(AdaBertCompressedConfig.model_type, AdaBertCompressedConfig, exist_ok=True)

@@ -412,12 +412,7 @@ def compress(cfg: CompressConfig) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     store = KnowledgeStore.open(cfg.store)
     task = store.task
-    original = load_classifier(cfg.model)
-    if original.config.num_labels != store.num_labels:
-        raise UserError(
-            f"{cfg.model}: model has {original.config.num_labels} labels but task {task.name} has "
-            f"{store.num_labels}; compress it with the store of the task it was trained on"
-        )
+    original = load_classifier(cfg.model, task)
     model = copy.deepcopy(original)
     model = wrap(model)
     previous = list(model.config.compression.get("methods", []))
@@ -471,7 +466,7 @@ def compress(cfg: CompressConfig) -> dict[str, Any]:
     teacher = None
     if not teacher_is_original:
         if Path(teacher_dir).is_dir():
-            teacher = load_classifier(teacher_dir).to(device)
+            teacher = load_classifier(teacher_dir, task).to(device)
         else:
             log.warning("teacher %s not found: left out of the size and latency comparison", teacher_dir)
 

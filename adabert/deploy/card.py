@@ -24,6 +24,9 @@ CARD_FILE = "README.md"
 FACTS_FILE = "model_card.json"
 PICTURE_FILE = "cell.png"
 ADABERT_TYPES = ("adabert-student", "adabert-compressed")
+SENTENCE_EXAMPLE = "a gripping, beautifully made film"
+PAIR_TEXTS = ("A man is playing a guitar.", "A man plays the guitar.")
+PAIR_EXAMPLE = f'{{"text": "{PAIR_TEXTS[0]}", "text_pair": "{PAIR_TEXTS[1]}"}}'
 
 _KINDS = {
     "student": "AdaBERT student",
@@ -516,8 +519,10 @@ def _usage_section(facts: Mapping[str, Any]) -> list[str]:
         "```",
         "",
     ]
+    pair = len(columns) == 2
     if facts.get("kind") == "export":
         if (facts.get("export") or {}).get("format") == "onnx":
+            texts = ", ".join(f'["{t}"]' for t in PAIR_TEXTS) if pair else f'["{SENTENCE_EXAMPLE}"]'
             lines += [
                 "In Python, with onnxruntime and the tokenizer in this folder:",
                 "",
@@ -527,22 +532,27 @@ def _usage_section(facts: Mapping[str, Any]) -> list[str]:
                 "",
                 f'tokenizer = AutoTokenizer.from_pretrained("{here}")',
                 f'session = ort.InferenceSession("{here}/model.onnx")',
-                'batch = tokenizer(["a gripping, beautifully made film"], return_tensors="np")',
+                f'batch = tokenizer({texts}, return_tensors="np")',
                 "names = [i.name for i in session.get_inputs()]",
                 "logits = session.run(None, {n: batch[n] for n in names})[0]",
                 "```",
                 "",
             ]
         return lines
+    regression = task["labels"] is None if "labels" in task else not facts.get("labels")
+    text = PAIR_EXAMPLE if pair else f'"{SENTENCE_EXAMPLE}"'
+    options = ', function_to_apply="none"' if regression else ""
     lines += [
-        "In Python (importing `adabert` registers its model classes with transformers):",
+        "In Python (importing `adabert` registers its model classes with transformers"
+        + ("; a regression model's score is the raw output, hence `function_to_apply`" if regression else "")
+        + "):",
         "",
         "```python",
         "import adabert",
         "from transformers import pipeline",
         "",
-        f'classify = pipeline("text-classification", model="{here}")',
-        'classify("a gripping, beautifully made film")',
+        f'classify = pipeline("text-classification", model="{here}"{options})',
+        f"classify({text})",
         "```",
         "",
     ]

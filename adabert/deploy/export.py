@@ -321,8 +321,8 @@ def export_model(
         raise ExportError(f"--seq-len must be a positive number of tokens, got {seq_len}")
     if not atol >= 0:
         raise ExportError(f"--atol must be a tolerance >= 0, got {atol}")
-    model = load_classifier(model_dir)
     store = KnowledgeStore.open(store_dir) if store_dir is not None else None
+    model = load_classifier(model_dir, store.task if store is not None else None)
     tokenizer = _tokenizer(model_dir, store)
     pair = store.task.is_pair if store is not None else bool(getattr(model.config, "pair", True))
     length = seq_len or (store.max_length if store is not None else 128)

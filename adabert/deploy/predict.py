@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,7 +24,10 @@ import numpy as np
 
 from adabert.deploy import EXPORT_FILE, TASK_FILE
 from adabert.errors import UserError
-from adabert.tasks import TaskDataError, file_format, read_table
+from adabert.model_folder import read_model_config
+from adabert.tasks import TaskDataError, TaskSpec, file_format, read_table
+
+log = logging.getLogger(__name__)
 
 
 class PredictError(UserError):
@@ -41,14 +45,28 @@ class Predictor:
     max_length: int
     text_columns: list[str] | None  # from the task, when the folder knows it
     run: Any  # callable: {name: int64 array} -> float32 logits [B, C]
+    task: TaskSpec | None = None  # the folder's task (adabert_task.json), when it has one
 
     def logits(self, texts: Sequence[Sequence[str]]) -> np.ndarray:
-        """Logits for a batch of rows, each one text or a pair of texts."""
+        """Logits for a batch of rows, each one text or a pair of texts; refused unless there is one
+        finite output per label (a model whose config names other labels, or that outputs NaN)."""
         columns = [list(column) for column in zip(*texts)]
         encoded = self.tokenizer(
             *columns, padding=True, truncation=True, max_length=self.max_length, return_tensors="np"
         )
-        return self.run({k: np.asarray(v, dtype=np.int64) for k, v in encoded.items()})
+        logits = self.run({k: np.asarray(v, dtype=np.int64) for k, v in encoded.items()})
+        width = len(self.labels or [None])
+        if logits.ndim != 2 or logits.shape[1] != width:
+            raise PredictError(
+                f"{self.folder}: the model gives {logits.shape[-1]} output(s) per row but its config.json "
+                f"names {width} label(s) (id2label); use the folder as adabert wrote it"
+            )
+        if not np.isfinite(logits).all():
+            raise PredictError(
+                f"{self.folder}: the model gave NaN or infinite outputs; nothing was written. The folder is "
+                "damaged or its model diverged: export or train it again"
+            )
+        return logits
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -58,15 +76,37 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
     except (OSError, ValueError) as err:
         raise PredictError(f"{path}: cannot be read as JSON ({err})") from None
-    return value if isinstance(value, dict) else {}
+    if not isinstance(value, dict):
+        raise PredictError(f"{path}: expected a JSON object, found {type(value).__name__}")
+    return value
 
 
-def _pytorch_runner(folder: Path) -> Any:
+def read_task_file(folder: Path) -> tuple[TaskSpec | None, int | None]:
+    """The task and maximum length of a model folder's ``adabert_task.json`` (None, None without one),
+    refused in one line when the file is not what adabert writes there."""
+    path = folder / TASK_FILE
+    info = _read_json(path)
+    if not info:
+        return None, None
+    task, length = info.get("task"), info.get("max_length")
+    if not isinstance(task, dict) or not (length is None or (type(length) is int and length >= 2)):
+        raise PredictError(
+            f'{path}: expected {{"task": {{...}}, "max_length": N}} as adabert writes it, found '
+            f"task {json.dumps(task)[:40]}, max_length {json.dumps(length)[:20]}; delete it and pass "
+            "--text-columns, or export the model again"
+        )
+    try:
+        return TaskSpec.from_dict(task), length
+    except (TaskDataError, TypeError, ValueError) as err:
+        raise PredictError(f"{path}: not a task definition ({err})") from None
+
+
+def _pytorch_runner(folder: Path, task: TaskSpec | None) -> Any:
     import torch
 
     from adabert.evaluate import accepted_inputs, load_classifier
 
-    model = load_classifier(folder)
+    model = load_classifier(folder, task)
 
     def run(batch: Mapping[str, np.ndarray]) -> np.ndarray:
         tensors = {k: torch.from_numpy(v) for k, v in batch.items()}
@@ -100,37 +140,59 @@ def load_predictor(folder: str | Path, max_length: int | None = None) -> Predict
             f"{folder}: not a model folder (no config.json); expected a student, compressed "
             "model, teacher or export folder"
         )
+    task, task_length = read_task_file(folder)
     export = _read_json(folder / EXPORT_FILE)
     if export:
+        config = read_model_config(folder)
+        if not isinstance(config.get("id2label", {}), dict):
+            raise PredictError(f"{folder}/config.json: id2label must be a JSON object of label names")
         run, kind = _export_runner(folder, export)
-        config = _read_json(folder / "config.json")
     else:
-        run, model_config = _pytorch_runner(folder)
+        run, model_config = _pytorch_runner(folder, task)
         kind, config = "pytorch", model_config.to_dict()
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    except (OSError, ValueError) as err:
-        raise PredictError(f"{folder}: no tokenizer to read text with ({err})") from None
-    task_info = _read_json(folder / TASK_FILE)
-    task = task_info.get("task") or {}
+    except MemoryError:
+        raise
+    except Exception as err:  # the tokenizers library raises plain Exceptions on a damaged tokenizer.json
+        reason = " ".join(str(err).split())[:200]
+        raise PredictError(f"{folder}: no tokenizer to read text with ({reason})") from None
+    _check_tokenizer(tokenizer, config, folder)
     regression = config.get("problem_type") == "regression" or config.get("num_labels") == 1
     id2label = config.get("id2label") or {}
     labels = (
         None if regression else [str(id2label.get(str(i), id2label.get(i, i))) for i in range(len(id2label))]
     )
     positions = config.get("max_position_embeddings") or 512
-    length = (
-        max_length or task_info.get("max_length") or min(positions, tokenizer.model_max_length or positions)
-    )
+    length = max_length or task_length or min(positions, tokenizer.model_max_length or positions)
     return Predictor(
         folder,
         kind,
         tokenizer,
         labels,
         int(min(length, positions)),
-        list(task.get("text_columns") or []) or None,
+        list(task.text_columns) if task is not None else None,
         run,
+        task,
     )
+
+
+def _check_tokenizer(tokenizer: Any, config: Mapping[str, Any], folder: Path) -> None:
+    """Refuse a tokenizer rebuilt from what is left of damaged files: transformers then builds one from
+    the special tokens alone (every word unknown) or without a padding token, and it would run."""
+    problem = None
+    vocab = config.get("vocab_size")
+    if len(tokenizer) <= len(set(tokenizer.all_special_tokens)):
+        problem = f"has no vocabulary beyond its {len(tokenizer)} special tokens (tokenizer.json missing?)"
+    elif isinstance(vocab, int) and len(tokenizer) > vocab:
+        problem = f"has {len(tokenizer)} tokens, more than the model's {vocab} (vocab_size)"
+    elif tokenizer.pad_token is None:
+        problem = "has no padding token (tokenizer_config.json missing or damaged?)"
+    if problem:
+        raise PredictError(
+            f"{folder}: its tokenizer {problem}; copy the tokenizer files back from the model's store, or "
+            "export the model again"
+        )
 
 
 def _text_columns(predictor: Predictor, columns: list[str], given: str | None, path: Path) -> list[str]:
@@ -202,25 +264,23 @@ def _write(path: Path, fmt: str, columns: list[str], rows: list[dict[str, Any]])
 
 
 def _score(
-    predictor: Predictor,
-    rows: list[tuple[int | None, dict[str, Any]]],
-    logits: np.ndarray,
-    task: Mapping[str, Any] | None,
+    rows: list[tuple[int | None, dict[str, Any]]], logits: np.ndarray, spec: TaskSpec | None
 ) -> dict[str, float] | None:
     """The task's metrics when the input carries the task's label column (e.g. a labelled test file)."""
-    from adabert.tasks import TaskSpec, compute_metrics, predictions_from_logits
+    from adabert.tasks import compute_metrics, predictions_from_logits
 
-    column = (task or {}).get("label_column")
-    if not task or not column or any(column not in row for _, row in rows):
+    if spec is None or any(spec.label_column not in row for _, row in rows):
         return None
-    spec = TaskSpec.from_dict(task)
+    column = spec.label_column
     try:
         if spec.is_regression:
             refs = [float(row[column]) for _, row in rows]
         else:
             refs = [spec.labels.index(str(row[column]).strip()) for _, row in rows]
-    except (ValueError, TypeError):
-        return None  # labels the task does not know: predictions only
+    except (ValueError, TypeError):  # labels the task does not know: predictions only, and why
+        known = "numbers" if spec.is_regression else ", ".join(spec.labels or ())
+        log.warning("no metrics: column %r holds values other than the task's labels (%s)", column, known)
+        return None
     return compute_metrics(spec, predictions_from_logits(spec, logits), refs)
 
 
@@ -251,7 +311,7 @@ def score_test_file(model: str | Path, store_dir: str | Path, batch_size: int = 
         rows, _text_columns(predictor, columns, ",".join(task["text_columns"]), Path(path)), Path(path)
     )
     logits, _ = _run(predictor, texts, batch_size)
-    metrics = _score(predictor, rows, logits, task)
+    metrics = _score(rows, logits, TaskSpec.from_dict(task))
     return None if metrics is None else {"file": str(path), "rows": len(rows), **metrics}
 
 
@@ -278,6 +338,9 @@ def predict_file(
     out_fmt = file_format(output_path)
     if input_path.resolve() == output_path.resolve():
         raise PredictError(f"--output {output_path} is the input file; write the predictions elsewhere")
+    from adabert.io import ensure_writable
+
+    ensure_writable(output_path.parent)  # an unwritable folder stops the command before the predictions
     predictor = load_predictor(model, max_length)
     columns, rows = read_table(input_path, fmt)
     used = _text_columns(predictor, columns, text_columns, input_path)
@@ -298,7 +361,6 @@ def predict_file(
             )
         out_rows.append(result)
     _write(output_path, out_fmt, columns + added, out_rows)
-    task = _read_json(Path(model) / TASK_FILE).get("task")
     summary: dict[str, Any] = {
         "rows": len(rows),
         "model": str(model),
@@ -308,7 +370,7 @@ def predict_file(
         "examples_per_s": round(len(rows) / seconds, 1) if seconds > 0 else None,
         "text_columns": used,
     }
-    metrics = _score(predictor, rows, logits, task)
+    metrics = _score(rows, logits, predictor.task)
     if metrics is not None:
         summary["metrics"] = metrics
     return summary

@@ -47,7 +47,18 @@ def onnx_session(path: str | Path, threads: int | None = None) -> Any:
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only: the quantized graphs' shape-inference notes are noise
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime's own classes (InvalidProtobuf, Fail, ...): a file it cannot use
+        if isinstance(err, OSError) and err.errno is not None:
+            raise
+        reason = _first_line(err)
+        raise ExportError(f"{path}: not a usable ONNX model ({reason}); export the model again") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text[:200] + ("..." if len(text) > 200 else "")
 
 
 def _numpy(value: Any) -> np.ndarray:
@@ -72,9 +83,18 @@ def load_torchscript(path: str | Path, device: Any = "cpu") -> tuple[Any, list[s
     from adabert.deploy.export import quiet_tracing
 
     extra = {NAMES_FILE: ""}
-    with quiet_tracing():
-        module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
-    return module, (json.loads(extra[NAMES_FILE]) if extra[NAMES_FILE] else None)
+    try:
+        with quiet_tracing():
+            module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+        names = json.loads(extra[NAMES_FILE]) if extra[NAMES_FILE] else None
+    except (RuntimeError, ValueError) as err:  # not a TorchScript archive (e.g. a torch.save file), or torn
+        raise ExportError(
+            f"{path}: not a TorchScript model saved by adabert export ({_first_line(err)}); export the model "
+            "again"
+        ) from None
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise ExportError(f"{path}: its {NAMES_FILE} is not a list of input names; export the model again")
+    return module, names
 
 
 def run_torchscript(

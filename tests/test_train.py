@@ -1,0 +1,63 @@
+"""The student folder holds only what deploys: the resume state lives in ``<output_dir>.resume/``,
+``--resume`` with more epochs continues from it (and from the student folder, where older versions
+kept it), and sizes count the model's own weights."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+from adabert.config import TrainConfig
+from adabert.evaluate import format_bytes, model_file_size
+from adabert.search import run_search
+from adabert.train import STATE, state_path, train_student
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_search import search_config  # noqa: E402
+
+DEPLOYS = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md",
+           "model_card.json", "adabert_task.json", "cell.png", "metrics.json",
+           "train_config.json"}  # fmt: skip
+
+
+def _train(genotype: Path, store: Path, out: Path, epochs: int, resume: bool = False) -> dict:
+    return train_student(
+        TrainConfig(
+            genotype=str(genotype),
+            store=str(store),
+            output_dir=str(out),
+            epochs=epochs,
+            batch_size=8,
+            resume=resume,
+        )
+    )
+
+
+def test_the_resume_state_lives_beside_the_student_and_more_epochs_resume(tiny_store, tmp_path):
+    run_search(search_config(tiny_store, tmp_path / "search", epochs=1))
+    genotype, student = tmp_path / "search" / "genotype.json", tmp_path / "student"
+    _train(genotype, tiny_store, student, 1)
+    assert {p.name for p in student.iterdir()} <= DEPLOYS
+    assert state_path(student) == tmp_path / "student.resume" / STATE and state_path(student).is_file()
+
+    first = load_file(student / "model.safetensors")
+    resumed = _train(genotype, tiny_store, student, 2, resume=True)  # more epochs than it was started with
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+    second = load_file(student / "model.safetensors")
+    assert any((first[k] != second[k]).any() for k in first)  # it trained on from the state
+
+    # the layout of older versions: the state inside the student folder resumes, then moves out
+    shutil.move(state_path(student), student / STATE)
+    shutil.rmtree(tmp_path / "student.resume")
+    assert model_file_size(student) == (student / "model.safetensors").stat().st_size  # not the state
+    again = _train(genotype, tiny_store, student, 3, resume=True)
+    assert [h["epoch"] for h in again["history"]] == [1, 2, 3]
+    assert not (student / STATE).exists() and state_path(student).is_file()
+
+
+def test_sizes_are_labelled_in_the_units_they_are_computed_in():
+    assert format_bytes(17 * 2**20) == "17.00 MiB" and format_bytes(1536) == "1.50 KiB"
+    assert format_bytes(3 * 2**30) == "3.00 GiB" and format_bytes(512) == "512 B"
