@@ -90,8 +90,9 @@ class AdaBertStudentForSequenceClassification(PreTrainedModel):
     def remove_pruned_hidden_dims(self) -> dict[str, int] | None:
         """Remove, exactly, the hidden dimensions pruned to zero in every ``HIDDEN_TENSORS`` slice.
 
-        Only when no cell op has parameters (they would mix dimensions back in): a pruned dimension
-        is then zero in every cell output, so the head's columns for it are dead too. The LayerNorm
+        Only when no cell op has parameters (they would mix dimensions back in) and the head does not
+        normalise the cells (a zero dimension is not zero once normalised): a pruned dimension is then
+        zero in every cell output, so the head's columns for it are dead too. The LayerNorm
         keeps counting the removed dimensions (``norm_width``). Returns the widths, or None.
         """
         tables = (self.embeddings.word, self.embeddings.position)
@@ -99,6 +100,7 @@ class AdaBertStudentForSequenceClassification(PreTrainedModel):
             any(p.numel() for cell in self.cells for p in cell.ops.parameters())
             or not all(type(t) is nn.Embedding for t in tables)
             or not (isinstance(self.head, ClassifierHead) and self.head.pool is masked_mean)
+            or self.head.norm
         ):
             return None
         state = self.state_dict()

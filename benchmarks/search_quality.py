@@ -336,6 +336,9 @@ def run_benchmark(args: argparse.Namespace) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     train_rows, pair = task_size(args.task, args.data_dir, run_dir)
     setting = setting_for(args.task, train_rows, pair, "quick" if args.reuse else "benchmark")
+    if args.student_examples:  # a shorter student recipe for every variant alike, recorded in the setting
+        setting["train"] = {k: v for k, v in setting["train"].items() if k != "epochs"}
+        setting["train"]["examples"] = args.student_examples
     run = Runner(run_dir, args.threads)
     if args.reuse:  # the teacher and store of a quick pipeline run
         store_dir = Path(args.reuse) / "store"
@@ -715,6 +718,10 @@ def main() -> None:
     parser.add_argument("--baseline-seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the training stages")
     parser.add_argument("--ablations", action="store_true", help="also the student-side ablations")
+    parser.add_argument(
+        "--student-examples", type=int, metavar="N",
+        help="train every student on about N examples instead of the setting's recipe",
+    )  # fmt: skip
     parser.add_argument(
         "--remedies", action="store_true", help="also the supernet remedies, one toggled at a time (seed 0)"
     )

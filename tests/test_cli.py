@@ -39,9 +39,9 @@ def test_top_level_help_shows_the_pipeline(capsys):
 def test_config_file_and_flags_combine(tmp_path):
     path = tmp_path / "search.json"
     path.write_text(json.dumps({"epochs": 7, "gamma": 0.5, "beta": 1}))
-    ns = build_parser().parse_args(["search", "--config", str(path), "--epochs", "3", "--no-use-augmented"])
+    ns = build_parser().parse_args(["search", "--config", str(path), "--epochs", "4", "--no-use-augmented"])
     cfg = cfgmod.from_args(cfgmod.SearchConfig, ns, cfgmod.load_config(cfgmod.SearchConfig, path))
-    assert (cfg.epochs, cfg.gamma, cfg.beta, cfg.use_augmented) == (3, 0.5, 1.0, False)
+    assert (cfg.epochs, cfg.gamma, cfg.beta, cfg.use_augmented) == (4, 0.5, 1.0, False)
     saved = tmp_path / "saved.json"
     cfgmod.save_config(cfg, saved)
     assert cfgmod.load_config(cfgmod.SearchConfig, saved) == cfg

@@ -416,7 +416,7 @@ def _pooling_student(seed: int = 0):
         "word": torch.randn(60, 24, generator=generator),
         "position": torch.randn(40, 24, generator=generator),
     }
-    return build_student(genotype, 2, tables, pair=True).eval()
+    return build_student(genotype, 2, tables, pair=True, cell_norm=False).eval()
 
 
 def test_pruned_hidden_dimensions_are_removed_exactly_and_reload(tmp_path):
@@ -685,12 +685,13 @@ def test_compress_end_to_end_teacher_and_student(tiny_store, tmp_path):
     assert reloaded.config.compression["modules"][word]["type"] == "factorized_embedding"
     assert report["size"]["compressed"]["total"] < 0.7 * report["size"]["original"]["total"]
 
-    # half the hidden dimensions of a student with parameter-free cells: a narrower student
+    # half the hidden dimensions of a student with parameter-free cells whose head does not normalise
+    # the cells: a narrower student
     from adabert.genotype import Edge, Genotype
 
     edges = tuple(Edge(*e) for e in POOLING_CELL)
     pooling = Genotype("adabert_cnn", 1, edges, hidden_size=16)
-    student = build_student(pooling, 2, tables, False, **student_config_kwargs(store))
+    student = build_student(pooling, 2, tables, False, **{**student_config_kwargs(store), "cell_norm": False})
     save_pretrained_atomic(tmp_path / "pooling", student, store.tokenizer())
     out = tmp_path / "student_narrow"
     settings = _settings(tiny_store, out, model=str(tmp_path / "pooling"), methods="block", group="col")

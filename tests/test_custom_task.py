@@ -309,7 +309,7 @@ def test_real_reviews_csv_with_the_default_teacher(tmp_path, capsys):
     stages = {
         "finetune": {"epochs": 1, "max_length": 64},
         "probe": {"epochs": 1},
-        "search": {"epochs": 1, "batch_size": 32},
+        "search": {"epochs": 1, "uniform_warmup_epochs": 0, "batch_size": 32},
         "train": {"epochs": 1, "batch_size": 32},
         "evaluate": {"batch_sizes": [1, 8], "seq_len": 64, "repeats": 3, "warmup": 1},
     }

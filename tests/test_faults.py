@@ -45,6 +45,7 @@ def _cli(store: Path, out: Path, *extra: str) -> list[str]:
         "arch_lr",
         "cost_seq_len",
         "uniform_warmup_epochs",
+        "weight_phase",
         "tau_start",
         "seed",
     ):
@@ -86,7 +87,7 @@ def test_search_killed_mid_epoch_resumes_to_the_uninterrupted_result(tiny_store,
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     deadline = time.monotonic() + 300
-    while b"search epoch 2/3" not in seen:  # the progress bar of epoch 2: epoch 1 is checkpointed
+    while b"search epoch 2 (search phase)" not in seen:  # the bar of epoch 2: epoch 1 is checkpointed
         assert proc.poll() is None, seen.decode(errors="replace")[-3000:]
         assert time.monotonic() < deadline, "the search never reached epoch 2"
         time.sleep(0.01)

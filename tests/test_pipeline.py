@@ -348,12 +348,13 @@ def test_a_folder_the_pipeline_did_not_write_is_never_replaced(tmp_path, monkeyp
 
 # ------------------------------------------------------------------------------------------ settings
 def test_budgets_and_stage_settings_resolve(inputs, tmp_path):
-    stages = {s.name: s for s in plan(PipelineConfig(run_dir=str(tmp_path), search={"epochs": 3}))}
+    stages = {s.name: s for s in plan(PipelineConfig(run_dir=str(tmp_path), search={"epochs": 5}))}
     teacher, store, search = (stages[n].config for n in ("teacher", "store", "search"))
     assert (teacher["train_limit"], teacher["max_length"], teacher["epochs"]) == (8000, 64, 2)
     assert store["max_length"] is None  # follows the teacher's
     assert store["train_limit"] == 100000  # the teacher labels more rows than it learned from
-    assert (search["epochs"], search["train_limit"]) == (3, 4000)  # a stage setting beats the budget
+    assert (search["epochs"], search["train_limit"]) == (5, 4000)  # a stage setting beats the budget
+    assert store["augment_to"] == 20000 and search["augment_copies"] == 2  # small tasks get rows
     assert stages["student"].config["supernet"] == str(tmp_path / "search")
     assert not stages["compress"].enabled
 

@@ -29,6 +29,8 @@ def search_config(store: Path, out: Path, **overrides) -> SearchConfig:
         tau_start=1.0,
         seed=0,
     )
+    if overrides.get("epochs", 2) < 2 and "uniform_warmup_epochs" not in overrides:
+        overrides["uniform_warmup_epochs"] = 0  # one epoch: the search phase alone
     return SearchConfig(**{**settings, **overrides})
 
 

@@ -78,7 +78,7 @@ class WeightPhaseRule:
 
     min_epochs: int
     max_epochs: int
-    margin: float = 0.1
+    margin: float = 0.05
     min_improvement: float = 0.01
     fixed: bool = False
 

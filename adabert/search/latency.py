@@ -270,7 +270,7 @@ def latency_table(
             return table
         except (ValueError, KeyError, TypeError):
             log.warning("%s is damaged; measuring the latency table again", path)
-    from transformers import AutoModelForSequenceClassification
+    from adabert.model_folder import load_classifier
 
     log.info(
         "measuring the latency table of %s (%d ops, batches %s, %d thread(s))",
@@ -279,7 +279,7 @@ def latency_table(
         batches,
         threads,
     )
-    teacher = AutoModelForSequenceClassification.from_pretrained(str(teacher_dir)).eval()
+    teacher = load_classifier(teacher_dir).eval()  # refused, in one line, if its weights do not fit
     table = measure_table(space, hidden, seq_len, teacher, embedding, num_labels, batches, threads, head=head)
     atomic_write_json(path, table.to_dict())
     return table
