@@ -239,6 +239,22 @@ def stamp_architecture(folder: str | Path, config: Any) -> None:
     if digest is None or not path.is_file():
         return
     save_file(load_file(path), path, metadata={**(_metadata(path) or {}), STAMP: digest})
+    _sort_metadata(path)
+
+
+def _sort_metadata(path: Path) -> None:
+    """Rewrite the header's metadata with its keys sorted: safetensors writes them in an order that
+    varies between processes, and the same weights should be the same bytes (a resumed run is
+    checked byte for byte against an uninterrupted one). The header keeps its length and padding."""
+    with open(path, "r+b") as handle:
+        size = int.from_bytes(handle.read(8), "little")
+        raw = handle.read(size)
+        header = json.loads(raw)
+        header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+        text = json.dumps(header, separators=(",", ":")).encode()
+        if len(text) <= size:
+            handle.seek(8)
+            handle.write(text + b" " * (size - len(text)))
 
 
 def _metadata(path: Path) -> dict[str, str] | None:
