@@ -188,8 +188,10 @@ def test_full_run_writes_every_stage_the_report_and_a_checked_onnx_model(finishe
         "search/depth_distribution.png",
         "store/probe_metrics.png",
         "export/model.onnx",
+        "the trivial predictor's is",  # the supernet judged on held-out rows, in the report
     ):
         assert text in md, text
+    assert "the trivial predictor's is" in (run / "student" / "README.md").read_text()  # and the card
     html = (run / "report.html").read_text()
     images = html.split('src="data:image/png;base64,')[1:]
     assert len(images) == 6 and 'src="figures' not in html and 'src="search' not in html
