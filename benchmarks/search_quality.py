@@ -548,22 +548,15 @@ def heldout_entry(supernet: dict[str, Any]) -> dict[str, Any]:
 
 def dev_predictions(student: Path, store: Any) -> tuple[Any, Any]:
     """The student's predicted labels (or scores) on the store's dev rows, and the gold labels."""
-    import numpy as np
-    import torch
-
     from adabert import data
     from adabert.evaluate import load_classifier
     from adabert.tasks import predictions_from_logits
+    from adabert.train import predict_logits
 
-    model = load_classifier(student).eval()
     rows = data.load_split(store, store.dev_split)
-    logits, labels = [], []
-    with torch.inference_mode():
-        for batch in data.loader(rows, 128, False, pad_token_id=rows.pad_token_id):
-            inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
-            logits.append(model(**inputs).logits.float().numpy())
-            labels.append(batch["labels"].numpy())
-    return predictions_from_logits(store.task, np.concatenate(logits)), np.concatenate(labels)
+    loader = data.loader(rows, 128, False, pad_token_id=rows.pad_token_id)
+    logits, labels = predict_logits(load_classifier(student), loader)
+    return predictions_from_logits(store.task, logits), labels
 
 
 def paired_bootstrap(store: Any, a: list[Path], b: list[Path], draws: int = 2000, seed: int = 0) -> dict:
@@ -574,9 +567,9 @@ def paired_bootstrap(store: Any, a: list[Path], b: list[Path], draws: int = 2000
     from adabert.tasks import compute_metrics
 
     task = store.task
+    labels = dev_predictions(a[0], store)[1]  # the same dev rows, in the same order, for every student
     preds_a = [dev_predictions(p, store)[0] for p in a]
     preds_b = [dev_predictions(p, store)[0] for p in b]
-    labels = dev_predictions(a[0], store)[1]
 
     def diff(rows: Any) -> float:
         def mean(preds: list[Any]) -> float:

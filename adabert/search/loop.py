@@ -499,10 +499,7 @@ def restore(s: Search, state: dict[str, Any], cfg: SearchConfig, path: Path, cos
             "machine, torch or op code); the search continues with the new costs",
             path,
         )
-    missing, unexpected = s.net.load_state_dict(state["model"], strict=False)
-    frozen = {name for name, p in s.net.named_parameters() if not p.requires_grad}
-    if unexpected or set(missing) - frozen:
-        raise UserError(f"{path}: the checkpoint does not fit this supernet ({(missing, unexpected)})")
+    load_weights(s.net, state["model"], path)
     s.w_opt.load_state_dict(state["w_opt"])  # moved to the parameters' device
     s.a_opt.load_state_dict(state["a_opt"])
     for name, scaler in (("w_scaler", s.w_scaler), ("a_scaler", s.a_scaler)):
@@ -513,6 +510,15 @@ def restore(s: Search, state: dict[str, Any], cfg: SearchConfig, path: Path, cos
     s.step, s.history = state["step"], state["history"]
     log.info("resuming from %s after epoch %d", path, state["epoch"])
     return state["epoch"]
+
+
+def load_weights(net: Supernet, weights: dict[str, torch.Tensor], path: Path) -> None:
+    """A checkpoint's weights into ``net``, refused unless every trained tensor fits (the frozen
+    tables are not saved)."""
+    missing, unexpected = net.load_state_dict(weights, strict=False)
+    frozen = {name for name, p in net.named_parameters() if not p.requires_grad}
+    if unexpected or set(missing) - frozen:
+        raise UserError(f"{path}: the checkpoint does not fit this supernet ({(missing, unexpected)})")
 
 
 # ------------------------------------------------------------------------------------------ the search

@@ -23,8 +23,7 @@ def supernet_scores(search_dir: str | Path, genotypes: list[Genotype]) -> list[d
     from adabert import data
     from adabert.checkpoint import load_state
     from adabert.config import SearchConfig, load_config
-    from adabert.errors import UserError
-    from adabert.search.loop import CHECKPOINT, CHECKPOINT_KIND, build_supernet, split_rows
+    from adabert.search.loop import CHECKPOINT, CHECKPOINT_KIND, build_supernet, load_weights, split_rows
     from adabert.search.selection import score
     from adabert.store import KnowledgeStore
 
@@ -32,11 +31,7 @@ def supernet_scores(search_dir: str | Path, genotypes: list[Genotype]) -> list[d
     cfg = load_config(SearchConfig, search_dir / "config.json")
     store = KnowledgeStore.open(cfg.store)
     net = build_supernet(cfg, store)
-    state = load_state(search_dir / CHECKPOINT, CHECKPOINT_KIND)["model"]
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    frozen = {name for name, p in net.named_parameters() if not p.requires_grad}
-    if unexpected or set(missing) - frozen:
-        raise UserError(f"{search_dir}: the checkpoint does not fit its supernet ({missing}, {unexpected})")
+    load_weights(net, load_state(search_dir / CHECKPOINT, CHECKPOINT_KIND)["model"], search_dir / CHECKPOINT)
     torch.manual_seed(cfg.seed)
     judge_rows = split_rows(cfg, store)[2]
     loader = data.loader(judge_rows, cfg.batch_size * 2, False, pad_token_id=judge_rows.pad_token_id)
