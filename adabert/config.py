@@ -355,7 +355,8 @@ class SearchConfig(Computes):
         "best_epoch", "genotype selection: last (argmax), best_epoch (best held-out loss), contribution "
         "(measured per edge, DARTS-PT)", choices=("last", "best_epoch", "contribution"))
     selection_rows: int = _f(
-        2000, "at most this many judge rows (see --judge-fraction), which also score contributions", ge=1)
+        1000, "at most this many judge rows (see --judge-fraction), which also score contributions; "
+        "each epoch scores them on --judge-paths paths", ge=1)
     embeddings: str = _f(
         "distilled", "token table: distilled (the store's distilled table) or input (the teacher's input "
         "table through a learned projection)", choices=("distilled", "input"))
@@ -371,8 +372,11 @@ class SearchConfig(Computes):
         "probes on each level's probe head), logits (the teacher's logits on the classifier head, as "
         "the student trains) or both (their mean): the head learns from hard labels alone with probes",
         choices=("probes", "logits", "both"))
+    # the architecture logits are a few hundred numbers, the shared weights millions: a quarter of the
+    # rows moves the logits as well as half, and the weights see 50% more rows (a supernet trained on
+    # too few rows overfits them and never predicts held-out rows well)
     arch_fraction: float = _f(
-        0.5, "fraction of training rows held out for architecture steps", gt=0.0, lt=1.0
+        0.25, "fraction of training rows held out for architecture steps", gt=0.0, lt=1.0
     )
     cost_seq_len: int = _f(
         128, "reference sequence length of the op costs and the latency table", ge=1, le=65536

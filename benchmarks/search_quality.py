@@ -26,6 +26,7 @@ everything).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -593,16 +594,11 @@ def ranking_check(run: Runner, store: Path, setting: dict[str, Any], search_dir:
     """Kendall's tau between the seed-0 supernet's held-out score of ``--ranking`` cells drawn from the
     space and their dev metric when trained alone from scratch (the train recipe at ``ranking_share`` of
     its examples or epochs: a proxy, as one-shot ranking studies use)."""
-    from adabert.genotype import Genotype, random_genotype
-    from adabert.search.ranking import ranking_record, supernet_scores
-    from search_spaces import get_space
+    from adabert.genotype import Genotype
+    from adabert.search.ranking import ranking_cells, ranking_record, supernet_scores
 
     searched = Genotype.load(search_dir / "genotype.json")
-    space = get_space(searched.space)
-    cells = [
-        random_genotype(space, 500 + i, hidden_size=searched.hidden_size, embedding=searched.embedding)
-        for i in range(args.ranking)
-    ]
+    cells = ranking_cells(searched.space, args.ranking, 500, searched.hidden_size, searched.embedding)
     inside = supernet_scores(search_dir, cells)
     recipe = dict(setting["train"])
     share = setting["ranking_share"]
@@ -612,7 +608,8 @@ def ranking_check(run: Runner, store: Path, setting: dict[str, Any], search_dir:
         recipe["epochs"] = max(1, round(recipe.get("epochs", 3) * share))
     alone = []
     for i, cell in enumerate(cells):
-        path = run.run_dir / "ranking" / f"cell{i}.json"
+        digest = hashlib.sha256(json.dumps(cell.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+        path = run.run_dir / "ranking" / f"cell{i}_{digest}.json"  # a new draw is a new stage
         path.parent.mkdir(parents=True, exist_ok=True)
         cell.save(path)
         out = train(run, f"ranking_cell{i}", path, store, {**setting, "train": recipe}, args.seeds[0])

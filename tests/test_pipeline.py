@@ -355,7 +355,7 @@ def test_budgets_and_stage_settings_resolve(inputs, tmp_path):
     assert (teacher["train_limit"], teacher["max_length"], teacher["epochs"]) == (8000, 64, 2)
     assert store["max_length"] is None  # follows the teacher's
     assert store["train_limit"] == 100000  # the teacher labels more rows than it learned from
-    assert (search["epochs"], search["train_limit"]) == (5, 4000)  # a stage setting beats the budget
+    assert (search["epochs"], search["train_limit"]) == (5, 12000)  # a stage setting beats the budget
     assert store["augment_to"] == 20000 and search["augment_copies"] == 2  # small tasks get rows
     assert stages["student"].config["supernet"] == str(tmp_path / "search")
     assert not stages["compress"].enabled

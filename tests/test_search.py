@@ -231,10 +231,10 @@ def test_uniform_warmup_trains_every_op_before_the_architecture_moves(tiny_store
     assert [r["phase"] for r in log] == ["uniform warm-up", "uniform warm-up", "search"]
     # the logits do not move during the warm-up, then they do
     assert log[0]["op_probabilities"] == log[1]["op_probabilities"] != log[2]["op_probabilities"]
-    # one sampled op per edge and step is counted (48 rows: 10 judge, 19 architecture, 19 weight rows;
-    # batch 4: 5 steps per epoch)
+    # one sampled op per edge and step is counted (48 rows: 10 judge, 10 architecture, 28 weight rows;
+    # batch 4: 7 steps per epoch)
     counts = torch.tensor(log[0]["op_counts"]) + torch.tensor(log[1]["op_counts"])
-    assert counts.shape == (9, 10) and counts.sum(1).tolist() == [10] * 9
+    assert counts.shape == (9, 10) and counts.sum(1).tolist() == [14] * 9
     assert log[0]["beta"] == 0.0 and log[0]["efficiency"] == 0.0
 
 

@@ -72,14 +72,16 @@ class WeightPhaseRule:
     """When the weight phase (uniform sampling, no architecture steps) may end.
 
     ``min_epochs``: never before; ``max_epochs``: always by then; in between it ends once the held-out
-    loss is at most ``(1 - margin) x`` the trivial loss and improved by less than ``min_improvement``
-    (relative) on the epoch before. ``fixed``: exactly ``min_epochs``, whatever the evidence.
+    loss is at most ``(1 - margin) x`` the trivial loss and none of the last ``patience`` epochs
+    improved by ``min_improvement`` (relative) on the best before them: one noisy epoch of a supernet
+    still learning does not end it. ``fixed``: exactly ``min_epochs``, whatever the evidence.
     """
 
     min_epochs: int
     max_epochs: int
     margin: float = 0.05
     min_improvement: float = 0.01
+    patience: int = 2
     fixed: bool = False
 
 
@@ -92,7 +94,8 @@ def weight_phase_verdict(losses: list[float], trivial: float, rule: WeightPhaseR
         return False, ""
     if rule.fixed:
         return True, f"fixed weight phase of {epochs} epoch(s); {ratio}"
-    if learned and epochs >= 2 and last > min(losses[:-1]) * (1 - rule.min_improvement):
+    recent, before = losses[-rule.patience :], losses[: -rule.patience]
+    if learned and before and min(recent) > min(before) * (1 - rule.min_improvement):
         return True, f"learned and stopped improving after {epochs} epoch(s): {ratio}"
     if epochs >= rule.max_epochs:
         state = "learned" if learned else "NOT learned: the supernet is no better than the trivial predictor"

@@ -12,7 +12,34 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from adabert.genotype import Genotype
+from adabert.genotype import Genotype, random_genotype
+
+
+def ranking_cells(space: Any, count: int, seed: int, hidden_size: int, embedding: dict) -> list[Genotype]:
+    """``count`` cells of the space, stratified by their share of parametric ops: cell ``i`` draws each
+    edge's op from the parametric ops with probability ``i / (count - 1)``, else from the parameter-free
+    ones (depth and inputs as ``random_genotype`` draws them). Uniform draws are mostly convolutions
+    (6 of the 9 non-zero ops of the default space), whose alone-trained scores differ by less than the
+    dev set's noise, so no ranking among them can be measured; the strata spread the cells from
+    pools-only to convolutions-only."""
+    import random
+
+    from search_spaces import get_space
+
+    space = get_space(space) if isinstance(space, str) else space
+    ops = [op for op in space.ops if op != space.zero_op]
+    parametric = [op for op in ops if any(True for _ in space.build_op(op, 8).parameters())]
+    free = [op for op in ops if op not in parametric] or parametric
+    parametric = parametric or free
+    rng = random.Random(seed)
+    cells = []
+    for i in range(count):
+        share = i / max(1, count - 1)
+        cell = random_genotype(space, rng, hidden_size=hidden_size, embedding=embedding).to_dict()
+        for edge in cell["edges"]:
+            edge["op"] = rng.choice(parametric if rng.random() < share else free)
+        cells.append(Genotype.from_dict(cell))
+    return cells
 
 
 def supernet_scores(search_dir: str | Path, genotypes: list[Genotype]) -> list[dict[str, float]]:
