@@ -8,7 +8,7 @@
 # evaluation and export come on top), and the student's and the teacher's dev metrics.
 # Settings from the environment:
 #   GLUE (../shared/data/glue, else ./shared/data/glue), RUN (runs/paper-TASK), DEVICE (cuda),
-#   PRECISION (fp32: search and student; bf16 / fp16 change the arithmetic, see README "GPU"),
+#   PRECISION (fp32: search and student; bf16 / fp16 change the arithmetic, see docs/gpu.md),
 #   AUGMENT (0: teacher-labelled augmented copies per training row, probe.augment_factor),
 #   EXTRA (more pipeline flags, e.g. "--compress --set compress.device=cuda"), BUDGET (paper; another
 #   budget with tiny EXTRA settings and DEVICE=cpu checks the script on a CPU).
