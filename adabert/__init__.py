@@ -44,7 +44,7 @@ def register_auto_classes() -> None:
 
     from adabert.configs import register_configs
 
-    register_configs()
+    register_configs(on_create=register_models_when_ready)
     for name in _MODEL_MODULES:
         importlib.import_module(name)
     _registered.update(configs=True, models=True)
@@ -75,7 +75,7 @@ def register_models_when_ready(just_run: str | None = None) -> None:
         if not _registered["configs"] and _loaded(_CONFIG_AUTO, just_run):
             from adabert.configs import register_configs
 
-            register_configs()
+            register_configs(on_create=register_models_when_ready)
             _registered["configs"] = True
         if _loaded(_MODEL_AUTO, just_run) and not _transformers_loading(just_run):
             register_auto_classes()

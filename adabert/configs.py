@@ -4,12 +4,14 @@ They live here, not beside their models (``adabert.student``, ``adabert.compress
 registering a config with ``AutoConfig`` must work while transformers is still importing its modeling
 code (``transformers.pipelines`` loads ``configuration_auto`` from inside ``modeling_utils``): this
 module needs only ``transformers.configuration_utils``, which ``configuration_auto`` itself imported.
-A config that is created also registers its model class (:func:`adabert.register_auto_classes`), so
+A config that is created also registers its model class (the ``on_create`` callback that ``adabert``
+passes to :func:`register_configs`: :func:`adabert.register_models_when_ready`), so
 ``AutoModel*.from_pretrained``, which builds the config before it looks the model class up, finds it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from transformers.configuration_utils import PretrainedConfig
@@ -23,10 +25,13 @@ MIRRORED_KEYS = ("vocab_size", "max_position_embeddings", "type_vocab_size", "hi
 LABEL_KEYS = ("id2label", "label2id", "problem_type", "pad_token_id")
 
 
-def _register_models() -> None:
-    import adabert
+_on_create: list[Callable[[], None]] = []
+"""Called whenever one of these configs is created (see :func:`register_configs`)."""
 
-    adabert.register_models_when_ready()
+
+def _register_models() -> None:
+    for callback in _on_create:
+        callback()
 
 
 class AdaBertStudentConfig(PretrainedConfig):
@@ -128,8 +133,12 @@ class AdaBertCompressedConfig(PretrainedConfig):
 CONFIGS = (AdaBertStudentConfig, AdaBertCompressedConfig)
 
 
-def register_configs() -> None:
-    """Register the configs with AutoConfig (idempotent)."""
+def register_configs(on_create: Callable[[], None] | None = None) -> None:
+    """Register the configs with AutoConfig (idempotent). ``on_create`` is called whenever one of them is
+    created from then on: the package passes the registration of its model classes, which this module
+    cannot import (the package imports this module)."""
+    if on_create is not None and on_create not in _on_create:
+        _on_create.append(on_create)
     from transformers.models.auto.configuration_auto import AutoConfig
 
     for config in CONFIGS:

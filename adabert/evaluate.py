@@ -317,7 +317,7 @@ def _time_interleaved(
     return time_calls(calls, repeats, warmup, {n: model_device(m) for n, m in models.items()})
 
 
-class _EvalMode:
+class EvalMode:
     """Put models in eval mode and fix torch's thread count for a measurement; restore both afterwards."""
 
     def __init__(self, models: Iterable[nn.Module], threads: int | None) -> None:
@@ -355,7 +355,7 @@ def measure_latency(
     """
     if repeats < 1:
         raise ValueError("repeats must be at least 1")
-    with _EvalMode([model], threads) as used_threads:
+    with EvalMode([model], threads) as used_threads:
         times = _time_interleaved({"model": model}, batch_size, seq_len, repeats, warmup, pair)
     return _latency_stats(times["model"], batch_size, seq_len, used_threads)
 
@@ -379,7 +379,7 @@ def compare_latency(
     if repeats < 1:
         raise ValueError("repeats must be at least 1")
     result: dict[str, dict[str, dict[str, float]]] = {name: {} for name in models}
-    with _EvalMode(models.values(), threads) as used_threads:
+    with EvalMode(models.values(), threads) as used_threads:
         for bs in batch_sizes:
             times = _time_interleaved(models, bs, seq_len, repeats, warmup, pair)
             for name in models:
@@ -467,12 +467,12 @@ def predict(
 
 
 # -------------------------------------------------------------------------------------------------- report
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """Plain JSON types for numpy scalars/arrays, tensors and paths found anywhere in a report."""
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, np.generic):
@@ -633,7 +633,7 @@ def render_report(report: Mapping[str, Any]) -> str:
         lines += _cell_ops_section(report["cell_ops"], report.get("seq_len", "?"))
     for key, value in report.items():
         if key not in known and isinstance(value, (Mapping, list)):
-            lines += [f"## {key}", "", "```json", json.dumps(_jsonable(value), indent=2), "```", ""]
+            lines += [f"## {key}", "", "```json", json.dumps(jsonable(value), indent=2), "```", ""]
     return "\n".join(lines)
 
 
@@ -641,7 +641,7 @@ def write_report(report: Mapping[str, Any], output_dir: str | Path) -> tuple[Pat
     """Write ``report.json`` (the numbers) and ``report.md`` (tables for people) atomically."""
     output_dir = Path(output_dir)
     json_path, md_path = output_dir / "report.json", output_dir / "report.md"
-    plain = _jsonable(report)
+    plain = jsonable(report)
     atomic_write_json(json_path, plain)
     atomic_write_text(md_path, render_report(plain))
     return json_path, md_path

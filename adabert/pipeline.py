@@ -141,11 +141,11 @@ def data_fingerprint(task_name: str, data_dir: str | None) -> dict[str, str] | N
     if data_dir is None:
         return None
     from adabert.store import sha256_files
-    from adabert.tasks import _resolve_path, get_task
+    from adabert.tasks import get_task, resolve_path
 
     task = get_task(task_name)
     return {
-        split: sha256_files([_resolve_path(task, split, data_dir)])
+        split: sha256_files([resolve_path(task, split, data_dir)])
         for split in ("train", *task.dev_splits)
         if split in task.files
     }

@@ -351,7 +351,7 @@ def check_task_files(spec: TaskSpec, data_dir: str | Path | None = None) -> dict
     train_labels: set[str] | None = None
     train_path: Path | None = None
     for split in sorted(spec.files, key=lambda s: s != "train"):
-        path = _resolve_path(spec, split, data_dir)
+        path = resolve_path(spec, split, data_dir)
         records = _read_records(path, spec.text_columns, spec.label_column, fmt=spec.format)
         if not spec.is_regression:
             _check_label_kinds(path, records, spec.label_column)
@@ -591,7 +591,9 @@ def _read_records(path: Path, columns: tuple[str, ...], label_column: str, heade
     return records
 
 
-def _resolve_path(spec: TaskSpec, split: str, data_dir: str | Path | None) -> Path:
+def resolve_path(spec: TaskSpec, split: str, data_dir: str | Path | None) -> Path:
+    """The file of one split of a task: ``data_dir/<GLUE dir>/<file>`` for a GLUE task, the task's own
+    file (relative to ``data_dir`` when given) for a custom one; a TaskDataError when it is missing."""
     if spec.glue_dir is None:
         path = Path(spec.files[split])
         if data_dir is not None and not path.is_absolute():
@@ -666,7 +668,7 @@ def load_split(task: str | TaskSpec, split: str, data_dir: str | Path | None = N
                             f"{', '.join(spec.files)}", where)
     if data_dir is None and spec.glue_dir is not None:
         return _load_hub(spec, split, limit, seed)
-    path = _resolve_path(spec, split, data_dir)
+    path = resolve_path(spec, split, data_dir)
     fmt = "tsv" if spec.glue_dir is not None else spec.format
     records = _read_records(path, spec.text_columns, spec.label_column, spec.header, spec.column_indices,
                             spec.num_fields, fmt)

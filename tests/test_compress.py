@@ -38,7 +38,7 @@ from adabert.compress import (
     wrap,
 )
 from adabert.compress.factorize import energy_kept
-from adabert.compress.pipeline import Distiller, run_block, run_magnitude
+from adabert.compress.run import Distiller, run_block, run_magnitude
 from adabert.config import STAGE_CONFIGS, CompressConfig, from_dict
 from adabert.data import StoreSplit, TokenRows
 from adabert.distill import hidden_state_kd

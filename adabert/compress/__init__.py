@@ -107,7 +107,7 @@ _STAGE = ("METHOD_RUNNERS", "METHODS", "Distiller", "compress", "parse_methods")
 
 def __getattr__(name: str) -> Any:
     if name in _STAGE:
-        from adabert.compress import pipeline
+        from adabert.compress import run
 
-        return getattr(pipeline, name)
+        return getattr(run, name)
     raise AttributeError(f"module 'adabert.compress' has no attribute {name!r}")

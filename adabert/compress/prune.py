@@ -11,7 +11,7 @@ Three layers, each usable alone (as in Torch-Pruning):
    ``sparsity_stats`` (density and the bytes a sparse copy would take), ``GroupLasso`` (the
    regulariser over many layers), and the physical shrinking ``shrink_ffn`` / ``shrink_rank`` /
    ``shrink_model``, which rebuild layers without the rows and columns that ended up all zero.
-3. The training loops live in ``adabert.compress.pipeline``.
+3. The training loops live in ``adabert.compress.run``.
 
 Weights are viewed as matrices: ``Linear [out, in]`` as is, ``Conv1d [out, in, k]`` as
 ``[out, in·k]`` (a column is one input channel at one tap). Masks are boolean, ``True`` = kept.

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from adabert.deploy import EXPORT_FILE, TASK_FILE
-from adabert.deploy.runtime import NAMES_FILE, ExportError, file_kind, run_file
+from adabert.deploy.runtime import NAMES_FILE, ExportError, file_kind, quiet_tracing, run_file
 from adabert.evaluate import MODEL_INPUTS, accepted_inputs, dummy_batch, extract_logits, model_device
 from adabert.io import atomic_path
 
@@ -62,19 +60,6 @@ def _verify_batch(model: nn.Module, seq_len: int, pair: bool) -> dict[str, Tenso
     if length > 2:
         batch["attention_mask"][-1, length // 2 :] = 0
     return batch
-
-
-@contextmanager
-def quiet_tracing() -> Iterator[None]:
-    """Silence tracing/legacy-exporter noise: the parity check, not these warnings, guards correctness."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
-        warnings.filterwarnings("ignore", message=".*Exporting aten::index operator.*")
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.jit")
-        warnings.filterwarnings("ignore", category=FutureWarning, message=".*is_gradient_checkpointing.*")
-        yield
 
 
 def export_onnx(

@@ -7,7 +7,9 @@ int8 comparison, latency timing and ``adabert predict``.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,21 @@ TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts")
 
 class ExportError(UserError, RuntimeError):
     """An export that could not be written, or whose outputs differ from the model it came from."""
+
+
+@contextmanager
+def quiet_tracing() -> Iterator[None]:
+    """Silence tracing/legacy-exporter noise: the parity check, not these warnings, guards correctness."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
+        warnings.filterwarnings("ignore", message=".*Exporting aten::index operator.*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.jit")
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*is_gradient_checkpointing.*")
+        yield
 
 
 def file_kind(path: Path) -> str:
@@ -79,8 +96,6 @@ def run_onnx(session: Any, inputs: Mapping[str, Any], name: str = "model.onnx") 
 def load_torchscript(path: str | Path, device: Any = "cpu") -> tuple[Any, list[str] | None]:
     """A traced module and the input names saved with it (None for a file without them)."""
     import torch
-
-    from adabert.deploy.export import quiet_tracing
 
     extra = {NAMES_FILE: ""}
     try:

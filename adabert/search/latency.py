@@ -153,7 +153,7 @@ def measure_table(
     head: str = "paper",
 ) -> LatencyTable:
     """Time every op, two identity students (with ``head``) and the teacher, interleaved, per batch."""
-    from adabert.evaluate import _EvalMode, accepted_inputs, dummy_batch, time_calls
+    from adabert.evaluate import EvalMode, accepted_inputs, dummy_batch, time_calls
     from adabert.student import AdaBertStudentConfig, AdaBertStudentForSequenceClassification
 
     with torch.random.fork_rng(devices=[]):
@@ -177,7 +177,7 @@ def measure_table(
     result: dict[str, dict[str, float]] = {"ops": {}, "base": {}, "cell": {}, "teacher": {}}
     for name in space.ops:
         result["ops"][name] = {}
-    with _EvalMode([*ops.values(), *students.values(), teacher], threads) as used:
+    with EvalMode([*ops.values(), *students.values(), teacher], threads) as used:
         for batch in batches:
             x = torch.randn(batch, hidden, seq_len, generator=torch.Generator().manual_seed(1))
             mask = torch.ones(batch, 1, seq_len)

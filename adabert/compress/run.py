@@ -52,11 +52,11 @@ from adabert.config import COMPRESS_METHODS, CompressConfig, save_config, to_dic
 from adabert.distill import hidden_state_kd, logits_kd, task_loss
 from adabert.errors import UserError
 from adabert.evaluate import (
-    _jsonable,
     compare_latency,
     count_parameters,
     evaluate_predictions,
     flops_per_example,
+    jsonable,
     load_classifier,
     model_file_size,
     render_report,
@@ -533,7 +533,7 @@ def compress(cfg: CompressConfig) -> dict[str, Any]:
     write_report(report, out)
     # the generic renderer would dump the per-layer stats as one long JSON block: use tables instead
     summary = {k: v for k, v in report.items() if k != "compression"}
-    markdown = render_report(_jsonable(summary)) + "\n" + compression_markdown(report)
+    markdown = render_report(jsonable(summary)) + "\n" + compression_markdown(report)
     atomic_write_text(out / "report.md", markdown)
     log.info("report written to %s", out / "report.md")
     return report
