@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -175,3 +176,50 @@ def test_no_two_modules_share_a_file_name():
         if count > 1
     }
     assert not shared, f"modules sharing a file name: {shared}"
+
+
+def code_map() -> list[tuple[str, str]]:
+    """(path, rest of the line) of each line of the README's map of the code."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Map of the code") :]
+    block = re.search(r"^```\n(.*?)^```", section, flags=re.S | re.M).group(1)
+    return [tuple(line.split(maxsplit=1)) for line in block.splitlines() if line.strip()]
+
+
+def top_level_names(path: Path) -> set[str]:
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {t.id for t in targets if isinstance(t, ast.Name)}
+    return names
+
+
+def test_the_readmes_code_map_names_every_module_and_what_is_there():
+    """Each package and top module of adabert/ has a line; each `file.py: name, ...` it names exists."""
+    entries = code_map()
+    paths = [path for path, _ in entries]
+    expected = {
+        str(p.relative_to(ROOT)) + ("/" if p.is_dir() else "")
+        for p in (ROOT / PACKAGE).iterdir()
+        if (p.suffix == ".py" and p.name != "__init__.py") or (p / "__init__.py").is_file()
+    }
+    assert expected <= set(paths), f"not in the README's map: {sorted(expected - set(paths))}"
+    assert all((ROOT / path).exists() for path in paths), [p for p in paths if not (ROOT / p).exists()]
+    problems = []
+    for path, rest in entries:
+        refs = re.findall(r"([\w/]+\.py): (\w+(?:, \w+)*)", rest)
+        if path.endswith(".py"):
+            refs.append((path, rest.rsplit(": ", 1)[-1]))
+        for file, names in refs:
+            where = next(
+                (ROOT / base / file for base in (path, PACKAGE, "") if (ROOT / base / file).is_file()), None
+            )
+            if where is None:
+                problems.append(f"{path}: no file {file}")
+                continue
+            defined = top_level_names(where)
+            problems += [f"{path}: {file} has no {name}" for name in names.split(", ") if name not in defined]
+    assert not problems, "\n".join(problems)
