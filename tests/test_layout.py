@@ -183,7 +183,9 @@ def code_map() -> list[tuple[str, str]]:
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("## Map of the code") :]
     block = re.search(r"^```\n(.*?)^```", section, flags=re.S | re.M).group(1)
-    return [tuple(line.split(maxsplit=1)) for line in block.splitlines() if line.strip()]
+    entries = [tuple(line.split(maxsplit=1)) for line in block.splitlines() if line.strip()]
+    assert all(len(entry) == 2 for entry in entries), [e for e in entries if len(e) != 2]  # path, what it is
+    return entries
 
 
 def top_level_names(path: Path) -> set[str]:
