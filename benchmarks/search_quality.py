@@ -467,7 +467,7 @@ def run_benchmark(args: argparse.Namespace) -> None:
     }
     if ranking is not None:
         search_result["ranking"] = ranking
-    if args.remedies:
+    if args.remedies is not None:
         search_result["remedies"] = remedy_ablation(run, store_dir, setting, args)
     if blind:
         search_result["order_blind_reference"] = [main_metric(path)[1]["accuracy"] for path in blind.values()]
@@ -617,32 +617,51 @@ def ranking_check(run: Runner, store: Path, setting: dict[str, Any], search_dir:
     return {**ranking_record(cells, inside, alone), "train": recipe}
 
 
-def remedies() -> dict[str, dict[str, Any]]:
-    """The supernet-training settings, each flipped from its default (the first row: the defaults)."""
+def remedies() -> dict[str, dict[str, dict[str, Any]]]:
+    """What makes the supernet learn, each undone (or added) against the defaults, by name: the search
+    settings, and the student's where the variant changes its rows too. ``default`` comes first."""
     from adabert.config import SearchConfig
 
     d = SearchConfig()
     flipped = {
         "shared_head": not d.shared_head,
+        "superkernel": not d.superkernel,
+        "cell_norm": not d.cell_norm,
+        "kd_target": "probes" if d.kd_target != "probes" else "both",
         "train_embeddings": not d.train_embeddings,
         "sandwich": 0 if d.sandwich else 4,
         "weight_phase": "fixed" if d.weight_phase == "learned" else "learned",
     }
-    return {"default": {}, **{f"{k}={v}": {k: v} for k, v in flipped.items()}}
+    out = {"default": {"search": {}}, **{f"{k}={v}": {"search": {k: v}} for k, v in flipped.items()}}
+    # the split before the weight steps got three quarters of the non-judge rows, on 4,000 rows
+    out["rows=4000,arch_fraction=0.5"] = {"search": {"train_limit": 4000, "arch_fraction": 0.5}}
+    # small tasks topped up with teacher-labelled copies: search and student on the original rows only
+    out["augment_copies=0"] = {"search": {"augment_copies": 0}, "train": {"augment_copies": 0}}
+    return out
 
 
 def remedy_ablation(run: Runner, store: Path, setting: dict[str, Any], args: Any) -> dict[str, Any]:
-    """Each remedy flipped against the defaults, searched with the first seed: the supernet's held-out
-    evidence, the search's wall time and the searched student's dev metric."""
+    """Each remedy (``--remedies``: all, or the named ones) against the defaults, searched with the
+    first seed: the supernet's held-out evidence, the search's wall time and the student's metric."""
     seed = args.seeds[0]
+    chosen = remedies()
+    unknown = [n for n in args.remedies if not any(k.split("=")[0] == n for k in chosen)]
+    if unknown:
+        raise SystemExit(f"--remedies: unknown {unknown}; choose from {[k.split('=')[0] for k in chosen]}")
     out: dict[str, Any] = {}
-    for name, extra in remedies().items():
-        label = f"remedy_{name.replace('=', '_')}_s{seed}"
-        folder = search(run, store, setting, seed, extra, label if extra else None)
+    for name, extra in chosen.items():
+        if name != "default" and args.remedies and name.split("=")[0] not in args.remedies:
+            continue
+        if extra.get("train", {}).get("augment_copies") == 0 and not has_augmented(store):
+            continue  # the store holds no copies to take away
+        label = f"remedy_{name.replace('=', '_').replace(',', '_')}_s{seed}"
+        folder = search(run, store, setting, seed, extra["search"], label if extra["search"] else None)
         student = run.run_dir / "students" / f"searched_s{seed}"
-        if extra:
+        if extra["search"]:
             init = folder if setting["init"] == "supernet" else None
-            student = train(run, label, folder / "genotype.json", store, setting, seed, supernet=init)
+            student = train(
+                run, label, folder / "genotype.json", store, setting, seed, extra.get("train"), supernet=init
+            )
         supernet = json.loads((folder / "selection.json").read_text()).get("supernet", {})
         out[name] = {
             "settings": extra,
@@ -652,6 +671,10 @@ def remedy_ablation(run: Runner, store: Path, setting: dict[str, Any], args: Any
             "student": main_metric(student)[0],
         }
     return out
+
+
+def has_augmented(store: Path) -> bool:
+    return (store / "train_aug.labels.npy").exists()
 
 
 def ablations(
@@ -713,8 +736,11 @@ def main() -> None:
         help="train every student on about N examples instead of the setting's recipe",
     )  # fmt: skip
     parser.add_argument(
-        "--remedies", action="store_true", help="also the supernet remedies, one toggled at a time (seed 0)"
-    )
+        "--remedies", nargs="*", metavar="NAME",
+        help="also the supernet remedies, one undone at a time against the defaults (seed 0): all, or "
+        "the NAMEs (shared_head superkernel cell_norm kd_target train_embeddings sandwich weight_phase "
+        "rows augment_copies: the search and student without the store's augmented rows)",
+    )  # fmt: skip
     parser.add_argument(
         "--ranking", type=int, default=8, metavar="N",
         help="ranking fidelity: N cells drawn from the space, scored inside the seed-0 supernet and "
