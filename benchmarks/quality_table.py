@@ -143,8 +143,41 @@ def _student_rows(result: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _cross_task_rows(cross: dict[str, Any]) -> list[str]:
+    """Rows: the task a cell was searched on; columns: the task it was trained on (from scratch)."""
+    tasks = cross["tasks"]
+    seeds = ", ".join(map(str, cross.get("seeds", [])))
+    rows = [f"| cells searched on \\ trained on | {' | '.join(tasks)} |", "|---" * (len(tasks) + 1) + "|"]
+    for source in cross["cells_from"]:
+        cells = [_mean(cross["metric"][f"{source}->{on}"]) for on in tasks]
+        rows.append(f"| {source} | {' | '.join(cells)} |")
+    rows.append(f"| random, same budget | {' | '.join(_mean(cross['random'][on]) for on in tasks)} |")
+    verdict = []
+    for on in tasks:
+        w = cross["wins"][on]
+        margins = ", ".join(
+            f"vs {o} {m['difference']:+.4f} (SE {m['standard_error']:.4f})" for o, m in w["margins"].items()
+        )
+        verdict.append(f"| {on} | {margins} | {'yes' if w['beats_random'] else 'no'} | "
+                       f"{'**yes**' if w['wins'] else 'no'} |")  # fmt: skip
+    return [
+        "### Cross-task: cells searched on one task, trained from scratch on each "
+        f"(`results/cross_task.json`, seeds {seeds})",
+        "",
+        *rows,
+        "",
+        "| task | own cell minus the other tasks' cells (paired by seed) | beats random | own cell wins |",
+        "|---|---|---|---|",
+        *verdict,
+        "",
+    ]
+
+
 def render() -> str:
     out: list[str] = []
+    cross = RESULTS / "cross_task.json"
+    if cross.is_file():
+        out += _cross_task_rows(json.loads(cross.read_text()))
     for path in sorted(RESULTS.glob("search_quality_*.json")):
         search = json.loads(path.read_text())
         task = search["task"]
