@@ -286,6 +286,10 @@ class SearchConfig(Computes):
     epochs: int = _f(10, "search epochs (passes over the weight rows)", ge=1)
     batch_size: int = _f(64, "batch size", ge=1)
     w_lr: float = _f(2e-3, "Adam learning rate of the network weights", gt=0.0)
+    w_lr_min: float = _f(
+        2e-4, "the weights' learning rate at the end of the search phase: --w-lr through the weight phase, "
+        "then a cosine down to this, or to --w-lr if lower (DARTS); at a constant rate the held-out loss "
+        "wanders", ge=0.0)
     w_weight_decay: float = _f(3e-4, "weight decay of the network weights", ge=0.0)
     # Adam moves each logit by at most ~lr per step: the paper's 1e-4 suits its ~100k-step searches;
     # a search of a few thousand steps needs ~3e-3 for the logits to leave their N(0, 0.01) start.

@@ -10,7 +10,7 @@ from adabert.checkpoint import DivergenceError, load_state
 from adabert.config import EvalConfig, SearchConfig, TrainConfig
 from adabert.genotype import Genotype
 from adabert.search import run_search
-from adabert.search.remedies import temperature
+from adabert.search.remedies import cosine, temperature
 
 
 def search_config(store: Path, out: Path, **overrides) -> SearchConfig:
@@ -126,6 +126,16 @@ def test_diverging_search_stops_with_a_clear_message(tiny_store, tmp_path, monke
         run_search(search_config(tiny_store, out, epochs=2, uniform_warmup_epochs=0, resume=True))
     assert (out / "checkpoint.safetensors").read_bytes() == before
     assert load_state(out / "checkpoint.safetensors", "search")["epoch"] == 1
+
+
+def test_weight_learning_rate_is_constant_then_cosine_annealed_over_the_search_phase(tiny_store, tmp_path):
+    assert cosine(1.0, 0.1, 5, 10, 20) == 1.0  # the weight phase
+    assert cosine(1.0, 0.1, 15, 10, 20) == pytest.approx(0.55)
+    assert cosine(1.0, 0.1, 20, 10, 20) == pytest.approx(0.1) == cosine(1.0, 0.1, 30, 10, 20)
+    run_search(search_config(tiny_store, tmp_path / "s", epochs=3, uniform_warmup_epochs=1, w_lr_min=1e-4))
+    log = [json.loads(line) for line in (tmp_path / "s" / "search_log.jsonl").read_text().splitlines()]
+    rates = [r["w_lr"] for r in log]
+    assert rates[0] == pytest.approx(3e-3) and rates[0] > rates[1] > rates[2] >= 1e-4
 
 
 def test_temperature_anneals_from_start_to_end():

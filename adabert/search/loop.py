@@ -299,6 +299,8 @@ def weight_step(
 ) -> dict[str, float]:
     """Train the sampled sub-network's weights on a batch of the weight rows."""
     first = s.step if s.search_start is None else s.search_start
+    for group in s.w_opt.param_groups:
+        group["lr"] = remedies.cosine(cfg.w_lr, min(cfg.w_lr, cfg.w_lr_min), s.step, first, s.total_steps)
     skip = remedies.decayed(cfg.aux_skip, s.step, first, s.total_steps)
     drop = remedies.decayed(cfg.free_op_dropout, s.step, first, s.total_steps)
     if cfg.sandwich:
@@ -414,6 +416,7 @@ def run_epoch(
     return {
         **{k: v / n for k, v in sums.items()},
         "tau": tau,
+        "w_lr": s.w_opt.param_groups[0]["lr"],
         "beta": 0.0 if warm else max(beta, 0.0),
         "phase": WARM_UP if warm else "search",
         "op_counts": counts.tolist(),

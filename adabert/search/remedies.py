@@ -12,12 +12,17 @@ and win; an efficiency term adds a constant push the same way. The search uses, 
 * an auxiliary skip around each cell whose weight decays to zero (DARTS-), so the candidate
   identity ops need not carry the gradient alone;
 * the beta-DARTS regulariser, ``lambda x mean_e logsumexp(alpha_e)`` on the edge logits, which keeps
-  the logits of all ops on one scale (:func:`beta_regulariser`).
+  the logits of all ops on one scale (:func:`beta_regulariser`);
+* the weights' learning rate annealed over the search phase (DARTS's cosine schedule,
+  :func:`cosine`): at a constant rate the supernet's held-out loss wanders by a few percent from
+  epoch to epoch, and the architecture steps follow that noise.
 
 The decaying ones follow :func:`decayed` over the architecture phase (after the warm-up).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -34,6 +39,14 @@ def decayed(initial: float, step: int, first: int, total: int) -> float:
     if initial == 0 or step <= first:
         return initial
     return initial * max(0.0, 1.0 - (step - first) / max(1, total - first))
+
+
+def cosine(start: float, end: float, step: int, first: int, total: int) -> float:
+    """``start`` until step ``first``, then a cosine from ``start`` to ``end`` at step ``total``."""
+    if step <= first:
+        return start
+    progress = min(1.0, (step - first) / max(1, total - first))
+    return end + 0.5 * (start - end) * (1 + math.cos(math.pi * progress))
 
 
 def beta_regulariser(edge_logits: torch.Tensor) -> torch.Tensor:
