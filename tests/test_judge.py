@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import tiny_sentence
 from test_search import search_config
 
@@ -17,6 +18,7 @@ from adabert.search.judge import (
     BLIND,
     WeightPhaseRule,
     blind_search,
+    judge_paths,
     majority_accuracy,
     summary,
     trivial_loss,
@@ -147,3 +149,22 @@ def test_ranking_fidelity_scores_cells_inside_the_searched_supernet(tiny_store, 
     losses = [{"loss": v} for v in (0.4, 0.3, 0.2, 0.1)]  # a lower loss ranks a cell higher
     record = ranking_record(cells, losses, [0.6, 0.7, 0.8, 0.9])
     assert record["kendall_tau"] == pytest.approx(1.0) and len(record["cells"]) == 4
+
+
+def test_judge_paths_share_their_quantiles_across_phases():
+    from test_supernet import tiny_supernet
+
+    net = tiny_supernet()
+    uniform = judge_paths(net, 200, 7, uniform=True)
+    ops = torch.tensor([[net.zero_index if o is None else o for o in p.ops] for p in uniform])
+    per_op = torch.stack([(ops == o).sum() for o in range(len(net.space.ops))]).float()
+    assert per_op.min() > 0.6 * per_op.mean()  # every op alike
+    assert all(p.depth_gate is None and all(c is None or c[1] is None for c in p.edges) for p in uniform)
+    # near-uniform logits, as when the search phase begins: the same paths as the weight phase judged
+    net.edge_logits.data.normal_(0, 1e-3)
+    assert [(p.ops, p.depth) for p in judge_paths(net, 200, 7, uniform=False)][:20] == [
+        (p.ops, p.depth) for p in uniform
+    ][:20]
+    net.edge_logits.data[:, 2] = 20.0  # a sharp distribution: its op everywhere
+    net.depth_logits.data[0] = 20.0
+    assert all(set(p.ops) == {2} and p.depth == 1 for p in judge_paths(net, 20, 7, uniform=False))

@@ -49,16 +49,15 @@ def majority_accuracy(train_labels: np.ndarray, labels: np.ndarray) -> float:
 
 def judge_paths(net: Supernet, count: int, seed: int, uniform: bool) -> list[Sample]:
     """``count`` sub-networks, the same ones for the same seed and logits: uniform draws (every op and
-    depth alike) or draws from the architecture distribution (one op per edge by its softmax)."""
+    depth alike) or draws from the architecture distribution (one op per edge by its softmax). Both
+    are taken at the same quantiles for a seed (common random numbers): the first search epochs judge
+    the paths the weight phase judged, so a change of the loss is the supernet's, not the draw's."""
     generator = torch.Generator().manual_seed(seed)
-    if uniform:
-        return [net.uniform_sample(generator) for _ in range(count)]
-    return [_ungated(net.sample(1.0, generator)) for _ in range(count)]
-
-
-def _ungated(sample: Sample) -> Sample:
-    """The same ops and depth without the straight-through gates (scoring needs no gradient)."""
-    return Sample([None if c is None else (c[0], None) for c in sample.edges], sample.depth)
+    draws = [
+        (torch.rand(len(net.space.edges), generator=generator), float(torch.rand(1, generator=generator)))
+        for _ in range(count)
+    ]
+    return [net.quantile_sample(edges, depth, uniform) for edges, depth in draws]
 
 
 def supernet_score(net: Supernet, paths: list[Sample], loader: Any, task: Any) -> dict[str, float]:

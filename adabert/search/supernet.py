@@ -195,6 +195,21 @@ class Supernet(nn.Module):
         depth = int(torch.randint(self.max_cells, (1,), generator=generator)) + 1
         return self._sample(edges.tolist(), depth)
 
+    def quantile_sample(self, edge_quantiles: torch.Tensor, depth_quantile: float, uniform: bool) -> Sample:
+        """The sub-network at the given quantiles (in [0, 1)) of each edge's op distribution and of the
+        depth distribution: uniform ones, or the logits' softmax; ungated. The same quantiles give the
+        same path while the distribution stays near uniform and move it only as the distribution
+        sharpens, so sub-networks judged epoch after epoch are compared on common random numbers."""
+        with torch.no_grad():
+            ops, depths = self.edge_logits.detach().cpu(), self.depth_logits.detach().cpu()
+            if uniform:
+                ops, depths = torch.zeros_like(ops), torch.zeros_like(depths)
+            op_cdf, depth_cdf = ops.softmax(-1).cumsum(-1), depths.softmax(-1).cumsum(-1)
+            edges = torch.searchsorted(op_cdf, edge_quantiles.reshape(-1, 1).to(op_cdf.dtype), right=True)
+            depth = torch.searchsorted(depth_cdf, torch.tensor([float(depth_quantile)]), right=True)
+        edge_index = edges.squeeze(-1).clamp(max=ops.shape[-1] - 1).tolist()
+        return self._sample(edge_index, int(depth.clamp(max=self.max_cells - 1)) + 1)
+
     def extreme_sample(self, largest: bool) -> Sample:
         """The sandwich rule's bounds (BigNAS): the deepest stack with each edge's op of the most
         parameters, or one cell of the op of the fewest (the zero op never: it would empty the cell)."""
