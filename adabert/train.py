@@ -49,6 +49,7 @@ from adabert.distill import hierarchical_kd, logits_kd, task_loss
 from adabert.errors import UserError
 from adabert.genotype import Genotype
 from adabert.io import atomic_write_json, save_pretrained_atomic
+from adabert.model_folder import check_finished
 from adabert.modules import ProbeHeads, head_kind, masked_mean
 from adabert.progress import progress as progress_bar
 from adabert.search import CHECKPOINT, CHECKPOINT_KIND, student_tables
@@ -113,6 +114,7 @@ def load_supernet_checkpoint(path: str) -> dict[str, Any]:
             else ""
         )
         raise FileNotFoundError(f"{file}: no search checkpoint{legacy}; run 'adabert search' first")
+    check_finished(file.parent)
     state = load_state(file, CHECKPOINT_KIND)
     if not isinstance(state.get("model"), dict):
         raise CheckpointError(f"{file}: not a search checkpoint (no model weights); pass a search directory")
@@ -226,6 +228,7 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
     store = KnowledgeStore.open(cfg.store)
     if not Path(cfg.genotype).is_file():
         raise FileNotFoundError(f"{cfg.genotype}: no genotype file (run 'adabert search' first)")
+    check_finished(Path(cfg.genotype).parent)  # a genotype an unfinished search left: not the chosen one
     genotype = Genotype.load(cfg.genotype)
     check_genotype_fits(genotype, store, cfg.genotype)
     check_positions_fit(store, store.manifest["teacher"]["config"]["max_position_embeddings"])

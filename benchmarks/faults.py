@@ -554,6 +554,26 @@ def resume_other_genotype(work: Work) -> Result:
     return one_line_error(Result(done.returncode), done.stderr, "genotype")
 
 
+@case("train on an unfinished search (genotype.json and checkpoint, no selection.json)")
+def train_unfinished_search(work: Work) -> Result:
+    """What a diverged, killed or full-disk search leaves: epoch 1's genotype and checkpoint, for
+    --resume, and no selection.json (the search's last file). train refuses both, naming the search."""
+    reference = work.reference()
+    search = work.root / "unfinished-search" / "search"
+    shutil.copytree(reference / "search", search)
+    (search / "selection.json").unlink()
+    (search / "stage.json").unlink()
+    result = Result(None)
+    for extra in ((), ("--supernet", str(search))):
+        out = search.parent / "student"
+        done = cli("train", "--genotype", str(search / "genotype.json"), "--store", str(reference / "store"),
+                   "--output-dir", str(out), "--epochs", "1", "--batch-size", "8", *extra)  # fmt: skip
+        result.code = done.returncode
+        one_line_error(result, done.stderr, str(search), "adabert search that wrote it did not finish")
+        result.expect(not out.exists(), "a student folder was written")
+    return result
+
+
 # ------------------------------------------------------------------------------------------ model folders
 def _edit_json(path: Path, edit: Callable[[dict], object]) -> None:
     value = json.loads(path.read_text())

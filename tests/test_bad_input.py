@@ -310,6 +310,7 @@ def test_train_and_search_refuse_mismatched_inputs_up_front(tiny_store, tmp_path
         "search",
         "",
     )
+    (foreign / "selection.json").write_text("{}")  # a finished search's
     genotype_file = str(tmp_path / "rand" / "genotype.json")
     with pytest.raises(ValueError, match="3 output label.*task sst2 has 2.*drop --supernet"):
         train_student(TrainConfig(genotype=genotype_file, supernet=str(foreign), **base))

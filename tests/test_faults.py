@@ -139,6 +139,32 @@ def test_diverging_training_stops_with_a_clear_message(tiny_store, tmp_path, mon
         load_classifier(student)
 
 
+def test_train_refuses_what_an_unfinished_search_left(tiny_store, tmp_path, monkeypatch, capsys):
+    import adabert.search.loop as search_module
+    from adabert.cli import main
+
+    out = tmp_path / "search"
+    run_search(search_config(tiny_store, out, epochs=1))
+    assert (out / "selection.json").is_file()  # written last: the search finished
+    monkeypatch.setattr(search_module, "task_loss", lambda logits, *_: logits.sum() * float("nan"))
+    with pytest.raises(DivergenceError):
+        run_search(search_config(tiny_store, out, epochs=2, uniform_warmup_epochs=0, resume=True))
+    monkeypatch.undo()
+    # epoch 1's genotype and checkpoint are left, for --resume; train uses neither
+    assert (out / "genotype.json").is_file() and not (out / "selection.json").exists()
+    train = ["train", "--store", str(tiny_store), "--epochs", "1", "--batch-size", "8"]
+    for extra in ([], ["--supernet", str(out)]):
+        capsys.readouterr()
+        genotype = ["--genotype", str(out / "genotype.json")]
+        assert main([*train, *genotype, *extra, "--output-dir", str(tmp_path / "student")]) == 2
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.startswith("adabert: error:")]
+        assert len(lines) == 1 and "Traceback" not in err
+        assert f"{out}: the adabert search that wrote it did not finish" in lines[0]
+        assert "run adabert search (with --resume to continue it) again" in lines[0]
+    assert not (tmp_path / "student" / "model.safetensors").exists()
+
+
 # ------------------------------------------------------------------------------------------ teacher
 def _leftovers(root: Path) -> list[Path]:
     return [p for p in root.rglob(".*") if p.name.endswith((".tmp", ".old")) or p.name.startswith(".save.")]

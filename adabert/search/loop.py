@@ -534,6 +534,7 @@ def run_search(cfg: SearchConfig) -> Genotype:
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(out, OUTPUTS)
+        (out / SELECTION).unlink(missing_ok=True)  # written last: the folder is unfinished until then
         save_config(cfg, out / "config.json")
     if cfg.random_architecture:
         return _random_architecture(cfg, store, space, hidden, out, ctx)
@@ -611,10 +612,10 @@ def run_search(cfg: SearchConfig) -> Genotype:
         log.warning("%s: %s", out, judge.BLIND)
     if ctx.is_main:
         _write_genotype(genotype, out)
-        atomic_write_json(
+        plot_search(s.history, space.ops, out)
+        atomic_write_json(  # last: it marks the search finished (model_folder.check_finished)
             out / SELECTION, {**evidence, "genotype": genotype.to_dict(), "costs": cost.describe()}
         )
-        plot_search(s.history, space.ops, out)
         log.info("selected (%s) genotype:\n%s", cfg.select, genotype)
     distributed.barrier()
     return genotype
@@ -728,6 +729,7 @@ def _random_architecture(
     genotype = random_genotype(space, cfg.seed, hidden_size=hidden, embedding=genotype_embedding(store))
     if ctx.is_main:
         _write_genotype(genotype, out)
+        atomic_write_json(out / SELECTION, {"select": "random", "genotype": genotype.to_dict()})
         log.info("random architecture from %s:\n%s", space.name, genotype)
     distributed.barrier()
     return genotype
