@@ -87,7 +87,7 @@ def check_finished(folder: str | Path) -> None:
         if (folder / first).is_file() and not (folder / last).is_file():
             raise ModelFolderError(
                 f"{folder}: the {command.split(' (')[0]} that wrote it did not finish ({first} without "
-                f"{last}): {outputs} not the one its settings ask for; run {command} again"
+                f"{last}): {outputs} not what its settings ask for; run {command} again"
             )
 
 

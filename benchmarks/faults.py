@@ -268,6 +268,18 @@ _option_case(
 _option_case(
     "option --set search.epochs=0", ("pipeline", "--set", "search.epochs=0"), "'epochs' must be >= 1"
 )
+_option_case(
+    "option --uniform-warmup-epochs 3 --epochs 3",
+    ("search", "--uniform-warmup-epochs", "3", "--epochs", "3"), "leaves no search phase",
+)  # fmt: skip
+_option_case(
+    "option --target-params with --target-latency-ms",
+    ("search", "--target-params", "1000", "--target-latency-ms", "5"), "a budget takes one target",
+)  # fmt: skip
+_option_case(
+    "option --efficiency paper --target-params 1000",
+    ("search", "--efficiency", "paper", "--target-params", "1000"), "--efficiency paper has none",
+)  # fmt: skip
 
 
 @case("teacher --lr 1e30 (loss becomes NaN)")
@@ -572,6 +584,108 @@ def train_unfinished_search(work: Work) -> Result:
         one_line_error(result, done.stderr, str(search), "adabert search that wrote it did not finish")
         result.expect(not out.exists(), "a student folder was written")
     return result
+
+
+DIVERGE = textwrap.dedent(
+    """
+    import sys
+    import adabert.search.loop as search, adabert.train as train
+    search.task_loss = train.task_loss = lambda logits, *_: logits.sum() * float("nan")
+    from adabert.cli import main
+    sys.exit(main(sys.argv[1:]))
+    """
+)  # the adabert command, whose every loss becomes NaN: a divergence on the first step it runs
+
+
+def _advice_case(name: str, stage: str, lowered: tuple[str, ...], *advice: str) -> None:
+    """A finished ``stage`` (search or student, copied from the reference run) continued for one more
+    epoch with --resume, and diverging: exit 2 with advice naming the rates and --resume. Following it
+    (the same command with lower rates) continues from the last epoch and records the change."""
+
+    def run(work: Work) -> Result:
+        reference = work.reference()
+        folder = work.root / "advice" / stage
+        shutil.copytree(reference / stage, folder)
+        store = ["--store", str(reference / "store"), "--output-dir", str(folder), "--resume"]
+        if stage == "search":
+            args = ["search", "--config", str(folder / "config.json"), *store]
+            args += ["--epochs", str(TINY["search"]["epochs"] + 1)]
+            record = folder / "selection.json"
+        else:
+            shutil.copytree(reference / "student.resume", folder.parent / "student.resume")
+            genotype = str(reference / "search" / "genotype.json")
+            args = ["train", "--config", str(folder / "train_config.json"), "--genotype", genotype, *store]
+            args += ["--epochs", str(TINY["train"]["epochs"] + 1)]
+            record = folder / "metrics.json"
+        diverged = cli(*args, code=DIVERGE)
+        result = one_line_error(Result(diverged.returncode), diverged.stderr, *advice, "--resume")
+        advised = result.note
+        done = cli(*args, *lowered)
+        result.code = done.returncode
+        result.expect(
+            done.returncode == 0, f"following the advice: exit {done.returncode}: {_tail(done.stderr)}"
+        )
+        if done.returncode == 0:
+            changes = json.loads(record.read_text()).get("lr_changes")
+            result.expect(bool(changes), f"{record.name} records no learning-rate change")
+            result.note = (
+                f"advised: ...{advised[advised.index('Lower') :]} Followed ({' '.join(lowered)}): exit 0, "
+            )
+            result.note += f"{record.name} lr_changes {json.dumps(changes)}"
+        return result
+
+    case(name)(run)
+
+
+_advice_case(
+    "search diverges on --resume; the advice (lower --w-lr/--arch-lr, --resume) followed", "search",
+    ("--w-lr", "1e-3", "--arch-lr", "1e-2"), "--w-lr", "--arch-lr",
+)  # fmt: skip
+_advice_case(
+    "train diverges on --resume; the advice (lower --lr, --resume) followed",
+    "student",
+    ("--lr", "1e-5"),
+    "--lr",
+)
+
+
+def _trivial_case(name: str, stage: str, *args: str) -> None:
+    """A stage run with an absurd learning rate: it finishes (exit 0), and says, in its log and in the
+    file it records its result in, that it is no better than the trivial predictor."""
+
+    def run(work: Work) -> Result:
+        reference = work.reference()
+        out = work.root / "trivial" / stage
+        store = ["--store", str(reference / "store"), "--output-dir", str(out)]
+        if stage == "search":
+            done = cli("search", "--config", str(reference / "search" / "config.json"), *store, *args)
+            verdict = (
+                json.loads((out / "selection.json").read_text())["supernet"] if done.returncode == 0 else {}
+            )
+            flagged = verdict.get("ended_blind") or verdict.get("blind")
+        else:
+            genotype = str(reference / "search" / "genotype.json")
+            done = cli("train", "--config", str(reference / "student" / "train_config.json"), "--genotype",
+                       genotype, *store, *args)  # fmt: skip
+            verdict = (
+                json.loads((out / "metrics.json").read_text())["trivial"] if done.returncode == 0 else {}
+            )
+            flagged = verdict.get("no_better")
+        result = Result(done.returncode).expect(
+            done.returncode == 0, f"exit {done.returncode}: {_tail(done.stderr)}"
+        )
+        warnings = [line for line in done.stderr.splitlines() if "trivial predictor" in line]
+        result.expect(bool(warnings), "no warning in the log")
+        result.expect(bool(flagged), "the result file does not record it")
+        if warnings:
+            result.note = "warned: " + warnings[0].split(": ", 1)[-1].replace(str(work.root), "$TMP")
+        return result
+
+    case(name)(run)
+
+
+_trivial_case("search --w-lr 1e6 ends no better than the trivial predictor", "search", "--w-lr", "1e6")
+_trivial_case("train --lr 1e4 ends no better than the trivial predictor", "student", "--lr", "1e4")
 
 
 # ------------------------------------------------------------------------------------------ model folders

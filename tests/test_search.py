@@ -191,7 +191,7 @@ def test_train_evaluate_export_from_a_searched_genotype(tiny_store, tmp_path):
         )
     )
     assert again["dev"] == result["dev"]
-    with pytest.raises(ValueError, match="cannot resume.*lr"):
+    with pytest.raises(ValueError, match="cannot resume.*weight_decay"):  # (--lr may change: recorded)
         train_student(
             TrainConfig(
                 genotype=str(search_dir / "genotype.json"),
@@ -202,7 +202,7 @@ def test_train_evaluate_export_from_a_searched_genotype(tiny_store, tmp_path):
                 probe_kd=0.5,
                 supernet=str(search_dir),
                 resume=True,
-                lr=0.5,
+                weight_decay=0.5,
             )
         )
     # resuming from another genotype (same settings, other file content) is refused

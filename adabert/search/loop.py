@@ -42,6 +42,7 @@ import torch
 from adabert import data, distributed, optim
 from adabert.checkpoint import (
     DivergenceError,
+    change_learning_rates,
     check_resumable,
     divergence_advice,
     gather_cuda_rng_states,
@@ -89,6 +90,7 @@ OUTPUTS = (
 )
 # Settings that may change between an interrupted run and its resumption.
 RESUMABLE_CHANGES = {"resume", "epochs", "num_workers", "output_dir", "store", "device", "precision"}
+RESUMABLE_CHANGES |= {"w_lr", "arch_lr"}  # the divergence advice: lower them and resume (recorded)
 TERMS = ("loss", "ce", "kd", "efficiency")
 
 
@@ -219,6 +221,7 @@ class Search:
     total_steps: int = 1  # planned steps, the weight phase's as run so far
     step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    lr_changes: list[dict[str, Any]] = field(default_factory=list)  # rates changed on --resume
 
     def tau(self, cfg: SearchConfig) -> float:
         """The Gumbel temperature, annealed over the search phase's steps."""
@@ -480,6 +483,7 @@ def save_checkpoint(s: Search, cfg: SearchConfig, path: Path, epoch: int, ctx: A
         "step": s.step,
         "history": s.history,
         "config": to_dict(cfg),
+        "lr_changes": s.lr_changes,
         **extra,
     }
     if cuda_rng_states is not None:
@@ -502,6 +506,10 @@ def restore(s: Search, state: dict[str, Any], cfg: SearchConfig, path: Path, cos
     load_weights(s.net, state["model"], path)
     s.w_opt.load_state_dict(state["w_opt"])  # moved to the parameters' device
     s.a_opt.load_state_dict(state["a_opt"])
+    rates = {"w_lr": (s.w_opt, None), "arch_lr": (s.a_opt, None)}
+    s.lr_changes = state.get("lr_changes", []) + change_learning_rates(
+        to_dict(cfg), state["config"], rates, state["epoch"], path
+    )
     for name, scaler in (("w_scaler", s.w_scaler), ("a_scaler", s.a_scaler)):
         if scaler is not None and state.get(name):
             scaler.load_state_dict(state[name])
@@ -534,7 +542,6 @@ def run_search(cfg: SearchConfig) -> Genotype:
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(out, OUTPUTS)
-        (out / SELECTION).unlink(missing_ok=True)  # written last: the folder is unfinished until then
         save_config(cfg, out / "config.json")
     if cfg.random_architecture:
         return _random_architecture(cfg, store, space, hidden, out, ctx)
@@ -566,6 +573,8 @@ def run_search(cfg: SearchConfig) -> Genotype:
     state = load_for_resume(path, cfg.resume, CHECKPOINT_KIND)
     start = restore(s, state, cfg, path, costs) if state is not None else 0
     del state
+    if ctx.is_main:  # written last: from here on the folder is unfinished until the search is done
+        (out / SELECTION).unlink(missing_ok=True)
     plan_steps(s, cfg)
     log.info(
         "search on %s (%s): %d weight rows, %d architecture rows, %d judge rows (trivial loss %.4f); "
@@ -588,7 +597,8 @@ def run_search(cfg: SearchConfig) -> Genotype:
         try:
             terms = run_epoch(s, epoch, s.search_start is None, cfg, weight_rows, arch_rows, regression, ctx)
         except DivergenceError as err:
-            advice = divergence_advice(path, epoch, "--w-lr / --arch-lr or --beta")
+            rates = f"--w-lr (now {cfg.w_lr:g}) or --arch-lr (now {cfg.arch_lr:g})"
+            advice = divergence_advice(path, epoch, rates)
             raise DivergenceError(f"{err}; {advice}") from None
         distributed.check_in_sync({"edge_logits": net.edge_logits, "depth_logits": net.depth_logits})
         genotype = derive(s, cfg, store, space, hidden)
@@ -608,8 +618,11 @@ def run_search(cfg: SearchConfig) -> Genotype:
         raise UserError(f"{out}: nothing to search (epochs={cfg.epochs})")
     genotype, evidence = select(cfg.select, net, s.history, heldout, store.task)
     evidence["supernet"] = supernet_evidence(s.history)
+    evidence["lr_changes"] = s.lr_changes
     if evidence["supernet"]["blind"]:
         log.warning("%s: %s", out, judge.BLIND)
+    elif evidence["supernet"].get("ended_blind"):
+        log.warning("%s: %s", out, judge.ENDED_BLIND)
     if ctx.is_main:
         _write_genotype(genotype, out)
         plot_search(s.history, space.ops, out)
@@ -683,6 +696,7 @@ def supernet_evidence(history: list[dict[str, Any]]) -> dict[str, Any]:
         "weight_phase_end": next((r["weight_phase_end"] for r in warm if r.get("weight_phase_end")), None),
         "search_losses": [r["supernet"]["loss"] for r in search],
         "blind": judge.blind_search(history),
+        "ended_blind": judge.blind_search(judged[-1:]),  # the last judged epoch's supernet
     }
     if "majority_accuracy" in judged[-1]["supernet"]:
         out["majority_accuracy"] = judged[-1]["supernet"]["majority_accuracy"]
