@@ -308,3 +308,27 @@ def remove_stale_temporaries(folder: str | Path, deep: bool = True) -> list[Path
         else:
             path.unlink(missing_ok=True)
     return found
+
+
+# ------------------------------------------------------------------------------------ recorded paths
+def record_path(target: str | Path, base: str | Path) -> str:
+    """``target`` as a file in folder ``base`` records it: relative to ``base``, so that a run directory
+    that is moved or copied, or used from another working directory, still finds it (pair it with
+    :func:`record_absolute` for a target that may stay where it is while the record moves)."""
+    return os.path.relpath(os.path.abspath(target), os.path.abspath(base))
+
+
+def record_absolute(target: str | Path) -> str:
+    return os.path.abspath(target)
+
+
+def resolve_recorded(value: str, base: str | Path, absolute: str | None = None) -> Path:
+    """The path a record in folder ``base`` names: ``value`` relative to ``base`` (how adabert records
+    paths now), else ``absolute`` (where it was when recorded), else ``value`` as older adabert wrote it
+    (absolute, or relative to the working directory of the command that wrote it); whichever exists
+    first. None existing: the first, which the caller's error then names."""
+    first = Path(base) / value if not os.path.isabs(value) else Path(value)
+    for candidate in (first, absolute, value):
+        if candidate and Path(candidate).exists():
+            return Path(candidate)
+    return first

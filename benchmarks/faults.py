@@ -112,12 +112,23 @@ def env() -> dict[str, str]:
 
 
 def cli(
-    *args: str, preexec: Callable[[], None] | None = None, code: str | None = None, timeout: float = 600
+    *args: str,
+    preexec: Callable[[], None] | None = None,
+    code: str | None = None,
+    timeout: float = 600,
+    cwd: Path = ROOT,
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
     """``python -m adabert.cli ARGS`` (or ``python -c CODE ARGS``, a wrapper that injects a fault)."""
     command = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", "adabert.cli", *args]
     return subprocess.run(
-        command, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout, preexec_fn=preexec
+        command,
+        cwd=cwd,
+        env={**env(), **(extra_env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=preexec,
     )
 
 
@@ -686,6 +697,54 @@ def _trivial_case(name: str, stage: str, *args: str) -> None:
 
 _trivial_case("search --w-lr 1e6 ends no better than the trivial predictor", "search", "--w-lr", "1e6")
 _trivial_case("train --lr 1e4 ends no better than the trivial predictor", "student", "--lr", "1e4")
+
+
+@case("run directory moved, every later command from another folder")
+def moved_run(work: Work) -> Result:
+    """``adabert pipeline`` into ``runs/sst2`` relative to one folder, the folder ``runs`` moved away, then
+    each later command (a search in a new space, which times the store's teacher, among them) from a
+    third folder, with paths relative to it."""
+    root = work.root / "moved"
+    first, other = root / "work", root / "other"
+    first.mkdir(parents=True)
+    other.mkdir()
+    config = first / "pipeline.json"
+    settings = json.loads(work.config(root / "unused").read_text())
+    config.write_text(json.dumps({**settings, "run_dir": "runs/sst2"}))
+    built = cli("pipeline", "--config", str(config), cwd=first)
+    result = Result(built.returncode)
+    if built.returncode != 0:
+        return result.expect(False, f"the pipeline failed: {_tail(built.stderr)}")
+    shutil.move(str(first / "runs"), root / "moved-runs")
+    run, store = "../moved-runs/sst2", ["--store", "../moved-runs/sst2/store"]
+    student = ["--model", f"{run}/student"]
+    dev = str(work.glue / "SST-2" / "dev.tsv")
+    commands = {
+        "evaluate": ["evaluate", *student, *store, "--output-dir", "eval", "--skip-latency", "--seq-len",
+                     "16"],
+        "teacher probe": ["teacher", "probe", "--teacher", f"{run}/teacher", "--output-dir", "store2",
+                          "--epochs", "1"],
+        "search (new space)": ["search", *store, "--output-dir", "search", "--space", "attention_rnn",
+                               "--hidden-size", "16", "--max-cells", "2", "--epochs", "1",
+                               "--uniform-warmup-epochs", "0", "--batch-size", "8", "--cost-seq-len", "16"],
+        "train": ["train", "--genotype", f"{run}/search/genotype.json", *store, "--supernet",
+                  f"{run}/search", "--output-dir", "student", "--epochs", "1", "--batch-size", "8"],
+        "compress": ["compress", *student, *store, "--output-dir", "compressed", "--methods", "svd",
+                     "--kd-epochs", "0.5", "--batch-sizes", "1", "--seq-len", "16", "--repeats", "1"],
+        "export": ["export", *student, *store, "--output-dir", "export", "--seq-len", "16"],
+        "predict": ["predict", "--model", f"{run}/export", "--input", dev, "--output", "predictions.tsv"],
+        "report": ["report", run],
+    }  # fmt: skip
+    cache = {"ADABERT_CACHE": str(root / "cache")}  # no latency table yet: the search times the teacher
+    ran = []
+    for name, args in commands.items():
+        done = cli(*args, cwd=other, extra_env=cache)
+        result.expect(done.returncode == 0, f"{name}: exit {done.returncode}: {_tail(done.stderr)}")
+        result.expect("Traceback" not in done.stderr, f"{name}: a traceback")
+        ran.append(f"{name} {done.returncode}")
+    result.code = 0 if not result.problems else 1
+    result.note = "exit codes: " + ", ".join(ran)
+    return result
 
 
 # ------------------------------------------------------------------------------------------ model folders

@@ -245,7 +245,7 @@ def test_evaluate_refuses_a_teacher_or_tokenizer_other_than_the_stores(tiny_stor
 
     from adabert.evaluate import run_evaluation
 
-    teacher = Path(KnowledgeStore.open(tiny_store).manifest["teacher"]["path"])
+    teacher = KnowledgeStore.open(tiny_store).teacher_path
     settings_ = dict(model=str(teacher), store=str(tiny_store), skip_latency=True)
 
     other = tmp_path / "other_teacher"  # same tokenizer, other weights

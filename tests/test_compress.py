@@ -618,7 +618,9 @@ def _settings(store: Path, out: Path, **overrides) -> CompressConfig:
 
 
 def test_compress_end_to_end_teacher_and_student(tiny_store, tmp_path):
-    teacher_dir = json.loads((tiny_store / "manifest.json").read_text())["teacher"]["path"]
+    from adabert.store import KnowledgeStore
+
+    teacher_dir = str(KnowledgeStore.open(tiny_store).teacher_path)
     out = tmp_path / "bert_compressed"
     report = compress(_settings(tiny_store, out, model=teacher_dir, methods="svd,block"))
     for name in ("model.safetensors", "config.json", "tokenizer.json", "report.json", "report.md"):

@@ -294,7 +294,7 @@ def test_the_store_refuses_non_finite_logits(tiny_store, tmp_path):
     store = KnowledgeStore.open(tiny_store)
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    teacher = resolve_model(store.manifest["teacher"]["path"])
+    teacher = resolve_model(str(store.teacher_path))
     model = AutoModelForSequenceClassification.from_pretrained(teacher)
     rows, logits, probes = store.rows("dev"), np.array(store.teacher_logits("dev")), store.probe_logits("dev")
     logits[3, 1] = np.nan

@@ -333,7 +333,9 @@ def test_given_teacher_skips_fine_tuning(finished_run, tmp_path, monkeypatch, in
     assert all(statuses(run)[s] == "ran" for s in RAN)
     info = stage_info(run, "teacher")
     assert info["config"]["given_teacher"] == str(given) and len(info["config"]["weights_sha256"]) == 64
-    assert json.loads((run / "store" / "manifest.json").read_text())["teacher"]["path"] == str(given)
+    from adabert.store import KnowledgeStore
+
+    assert KnowledgeStore.open(run / "store").teacher_path.resolve() == given.resolve()
     assert stage_info(given.parent, "teacher")["config"]["model"] == str(inputs["model"])  # left untouched
 
 

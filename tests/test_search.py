@@ -306,7 +306,7 @@ def test_the_student_trains_on_every_row_plus_the_augmented_ones(tiny_store, tmp
     from adabert.teacher import probe
     from adabert.train import train_student
 
-    teacher = json.loads((tiny_store / "manifest.json").read_text())["teacher"]["path"]
+    teacher = str(KnowledgeStore.open(tiny_store).teacher_path)
     store = probe(ProbeConfig(teacher=teacher, output_dir=str(tmp_path / "aug"), epochs=1, augment_factor=3))
     assert store.manifest["splits"]["train_aug"]["rows"] == 3 * 48
     run_search(search_config(tmp_path / "aug", tmp_path / "rand", random_architecture=True))

@@ -461,7 +461,7 @@ def compress(cfg: CompressConfig) -> dict[str, Any]:
         )
     log.info("saved %s (reload max |diff| %.2e)", out, reload_diff)
 
-    teacher_dir = store.manifest["teacher"]["path"]
+    teacher_dir = store.teacher_path
     teacher_is_original = _same_path(teacher_dir, cfg.model)
     teacher = None
     if not teacher_is_original:

@@ -162,7 +162,7 @@ def load_latency_table(cfg: SearchConfig, store: KnowledgeStore, space: SearchSp
         space,
         hidden,
         seq_len,
-        teacher["path"],
+        str(store.teacher_path),
         teacher["sha256"],
         embedding,
         store.num_labels,
