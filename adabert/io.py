@@ -68,7 +68,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:  # an unwritable folder: named, not the temporary file it refused
+        raise _folder_error(err, _shown(path.parent)) from err
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, FILE_MODE)  # mkstemp makes owner-only files; outputs get the usual mode
@@ -79,12 +82,21 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.replace(tmp_path, path)
         except Exception as err:
             translated = as_os_error(err, path)
+            named = {translated.filename, translated.filename2} if isinstance(translated, OSError) else set()
+            if named & {tmp, str(path)} and translated.errno is not None:
+                # the file the user asked for, with its folder, not the temporary one beside it
+                translated = OSError(translated.errno, translated.strerror, _shown(path))
             if translated is err:
                 raise
             raise translated from err
         _fsync(path.parent)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _shown(path: Path) -> str:
+    """``path`` as an error names it: with its folder (absolute when it was given without one)."""
+    return str(path) if os.path.dirname(str(path)) not in ("", ".") else os.path.abspath(path)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
