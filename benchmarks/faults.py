@@ -21,6 +21,7 @@ import ctypes
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -280,6 +281,16 @@ _option_case(
     "option --set search.epochs=0", ("pipeline", "--set", "search.epochs=0"), "'epochs' must be >= 1"
 )
 _option_case(
+    "teacher finetune --device cuda:3 (no such GPU)",
+    ("teacher", "finetune", "--model", "{bert}", "--max-length", "32", "--output-dir", "{root}/t-cuda3",
+     "--device", "cuda:3"), "--device cuda:3",
+)  # fmt: skip
+_option_case(
+    "teacher probe --device cuda:3 (no such GPU)",
+    ("teacher", "probe", "--teacher", "{bert}", "--task", "sst2", "--output-dir", "{root}/s-cuda3",
+     "--device", "cuda:3"), "--device cuda:3",
+)  # fmt: skip
+_option_case(
     "option --uniform-warmup-epochs 3 --epochs 3",
     ("search", "--uniform-warmup-epochs", "3", "--epochs", "3"), "leaves no search phase",
 )  # fmt: skip
@@ -406,7 +417,14 @@ def changed_label(work: Work) -> Result:
         statuses = _statuses(run)
         rerun = [k for k, v in statuses.items() if v == "ran"]
         result.expect(set(rerun) == set(statuses) - {"compress"}, f"statuses after the change: {statuses}")
-        result.note = "re-ran " + ", ".join(rerun)
+        stages = json.loads((run / "pipeline.json").read_text())["stages"]
+        why = {k: v.get("why") for k, v in stages.items() if v.get("why")}
+        result.expect(
+            why.get("teacher") == "train.tsv changed", f"why the teacher re-ran: {why.get('teacher')}"
+        )
+        result.note = (
+            "re-ran " + ", ".join(rerun) + f"; teacher: {why.get('teacher')}, store: {why.get('store')}"
+        )
     return result
 
 
@@ -747,6 +765,147 @@ def moved_run(work: Work) -> Result:
     return result
 
 
+@case("README transformers example on a student, in a fresh process")
+def readme_example(work: Work) -> Result:
+    """The README's pipeline() example, its single-sentence part verbatim but for the model path, run by
+    a fresh interpreter outside the repository (there only ``import adabert`` registers the student)."""
+    block = next(b for b in re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+                 if "runs/sst2/student" in b)  # fmt: skip
+    lines = block.split("\n")
+    last = next(i for i, line in enumerate(lines) if line.startswith("classify("))
+    code = "\n".join(lines[:last]) + f"\nprint({lines[last].split('  #')[0]})\n"
+    code = code.replace("runs/sst2/student", str(work.reference() / "student"))
+    folder = work.root / "readme"
+    folder.mkdir()
+    done = subprocess.run([sys.executable, "-c", code], cwd=folder, env=env(), capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    result = Result(done.returncode).expect(
+        done.returncode == 0, f"exit {done.returncode}: {_tail(done.stderr)}"
+    )
+    printed = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+    result.expect(
+        "'label': 'positive'" in printed or "'label': 'negative'" in printed, f"printed {printed!r}"
+    )
+    result.note = f"printed {printed}"
+    return result
+
+
+@case("diverged finetune over a good teacher, then teacher probe")
+def diverged_over_teacher(work: Work) -> Result:
+    """A fine-tuning with --lr 1e30 into a copy of the reference run's finished teacher: it stops with
+    exit 2, and the probe then refuses the folder (whose old weights sit beside the new settings)."""
+    teacher = work.root / "diverged-over" / "teacher"
+    shutil.copytree(work.reference() / "teacher", teacher)
+    diverged = cli(*tiny_finetune_argv(work.bert, work.glue, teacher, "--epochs", "1", "--lr", "1e30"))
+    result = one_line_error(Result(diverged.returncode), diverged.stderr, "diverged")
+    store = teacher.parent / "store"
+    done = cli("teacher", "probe", "--teacher", str(teacher), "--output-dir", str(store))
+    result.code = done.returncode
+    one_line_error(result, done.stderr, str(teacher), "adabert teacher finetune that wrote it did not finish")
+    return result.expect(not store.exists(), "a store was written")
+
+
+@case("the student folder holds no optimizer state; sizes in KiB/MiB")
+def deployable_student(work: Work) -> Result:
+    reference = work.reference()
+    student = sorted(p.name for p in (reference / "student").iterdir())
+    result = Result(0).expect(not any("training_state" in n for n in student), f"student folder: {student}")
+    result.expect((reference / "student.resume" / "training_state.safetensors").is_file(), "no resume state")
+    report = (reference / "eval" / "report.md").read_text()
+    sizes = sorted(set(re.findall(r"\d+(?:\.\d+)? (?:KiB|MiB|GiB|MB|kB)", report)))
+    result.expect(bool(sizes) and not any(u.endswith(("MB", "kB")) for u in sizes), f"sizes: {sizes}")
+    result.note = f"student/: {', '.join(student)}; resume state in student.resume/; report sizes {sizes}"
+    return result
+
+
+@case("predict into a read-only folder")
+def predict_read_only(work: Work) -> Result:
+    parent = work.root / "predict-read-only"
+    parent.mkdir()
+    parent.chmod(0o555)
+    try:
+        done = cli("predict", "--model", str(work.reference() / "student"), "--input",
+                   str(work.glue / "SST-2" / "dev.tsv"), "--output", str(parent / "predictions.tsv"),
+                   preexec=without_root_override)  # fmt: skip
+    finally:
+        parent.chmod(0o755)
+    result = one_line_error(Result(done.returncode), done.stderr, str(parent), "Permission denied")
+    result.expect(".tmp" not in result.note, "the error names a temporary file")
+    return result.expect(
+        "predict " not in done.stderr.split("adabert: error:")[0], "rows were predicted first"
+    )
+
+
+@case("evaluate --output-dir . whose report.json may not be replaced (chattr +i)")
+def report_not_permitted(work: Work) -> Result:
+    folder = work.root / "immutable"
+    folder.mkdir()
+    (folder / "report.json").write_text("{}\n")
+    locked = subprocess.run(["chattr", "+i", str(folder / "report.json")], capture_output=True, text=True)
+    if locked.returncode != 0:
+        return Result(None, [f"chattr +i failed (needs ext2/3/4 and root): {_tail(locked.stderr)}"])
+    try:
+        reference = work.reference()
+        done = cli("evaluate", "--model", str(reference / "student"), "--store", str(reference / "store"),
+                   "--output-dir", ".", "--skip-latency", "--seq-len", "16", cwd=folder)  # fmt: skip
+    finally:
+        subprocess.run(["chattr", "-i", str(folder / "report.json")], check=False)
+    return one_line_error(
+        Result(done.returncode), done.stderr, f"{folder}/report.json", "Operation not permitted"
+    )
+
+
+def _input_case(name: str, write: Callable[[Path], Path], code: int, *needles: str) -> None:
+    """``predict`` on the reference student with an input file ``write`` makes: exit 2 with one line
+    naming each needle, or exit 0 with a warning naming each."""
+
+    def run(work: Work) -> Result:
+        folder = work.root / ("input-" + "".join(c if c.isalnum() else "-" for c in name).strip("-"))
+        folder.mkdir()
+        data = write(folder)
+        out = folder / "predictions.tsv"
+        done = cli("predict", "--model", str(work.reference() / "student"), "--input", str(data), "--output",
+                   str(out))  # fmt: skip
+        if code == 2:
+            result = one_line_error(Result(done.returncode), done.stderr, str(data), *needles)
+            return result.expect(not out.exists(), "predictions were written")
+        result = Result(done.returncode).expect(
+            done.returncode == 0, f"exit {done.returncode}: {_tail(done.stderr)}"
+        )
+        warnings = [line for line in done.stderr.splitlines() if all(n in line for n in needles)]
+        result.expect(bool(warnings), f"no warning naming {needles}: {_tail(done.stderr)}")
+        if warnings:
+            result.note = "warned: " + warnings[0].split(": ", 1)[-1].replace(str(work.root), "$TMP")
+        return result
+
+    case(name)(run)
+
+
+def _write(name: str, text: str) -> Callable[[Path], Path]:
+    def write(folder: Path) -> Path:
+        (folder / name).write_text(text)
+        return folder / name
+
+    return write
+
+
+def _a_folder(folder: Path) -> Path:
+    (folder / "rows.csv").mkdir()
+    return folder / "rows.csv"
+
+
+_input_case(
+    "predict: a CSV quote opened on line 3 and never closed",
+    _write("rows.csv", 'sentence,label\ngood film,1\n"bad film,0\nok film,1\nfine film,1\n'), 2,
+    "rows.csv:3:", "never closed",
+)  # fmt: skip
+_input_case("predict: a folder given as the input file", _a_folder, 2, "a folder, not a data file")
+_input_case(
+    "predict: a label the model does not know (metrics skipped, said)",
+    _write("rows.csv", "sentence,label\na good film .,1\na bad film .,maybe\n"), 0, "no metrics", "label",
+)  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------------ model folders
 def _edit_json(path: Path, edit: Callable[[dict], object]) -> None:
     value = json.loads(path.read_text())
@@ -899,6 +1058,11 @@ def main() -> int:
     parser.add_argument("--list", action="store_true", help="list the cases")
     parser.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (default: a temporary folder)")
     parser.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1), help="cases run at once")
+    parser.add_argument(
+        "--markdown",
+        metavar="FILE",
+        help="also write the results as RESULTS.md's markdown table (the work folder written as $TMP)",
+    )
     args = parser.parse_args()
     names = [n for n in CASES if not args.only or any(o in n for o in args.only)]
     if args.list:
@@ -914,6 +1078,7 @@ def main() -> int:
         with ThreadPoolExecutor(max(1, args.jobs)) as pool:  # each of these cases waits on subprocesses
             futures = {n: pool.submit(run_case, n, work) for n in names if n not in IN_PROCESS}
             failed = 0
+            rows = ["| case | exit | outcome | s |", "|---|---:|---|---:|"]
             for name in names:
                 result, seconds = results[name] if name in results else futures[name].result()
                 failed += bool(result.problems)
@@ -922,7 +1087,12 @@ def main() -> int:
                     outcome += f": {result.note}"
                 code = "-" if result.code is None else str(result.code)
                 print(f"{name:<{width}}  {code:>4}  {outcome}  ({seconds:.0f}s)", flush=True)
-        print(f"{len(names) - failed}/{len(names)} cases ok in {time.perf_counter() - t0:.0f}s", flush=True)
+                cells = [name, code, outcome.replace(str(root), "$TMP"), f"{seconds:.0f}"]
+                rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        summary = f"{len(names) - failed}/{len(names)} cases ok in {time.perf_counter() - t0:.0f}s"
+        print(summary, flush=True)
+        if args.markdown:
+            Path(args.markdown).write_text("\n".join([*rows, "", summary]) + "\n")
     return 1 if failed else 0
 
 
