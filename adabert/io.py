@@ -337,10 +337,11 @@ def record_absolute(target: str | Path) -> str:
 def resolve_recorded(value: str, base: str | Path, absolute: str | None = None) -> Path:
     """The path a record in folder ``base`` names: ``value`` relative to ``base`` (how adabert records
     paths now), else ``absolute`` (where it was when recorded), else ``value`` as older adabert wrote it
-    (absolute, or relative to the working directory of the command that wrote it); whichever exists
-    first. None existing: the first, which the caller's error then names."""
+    (absolute, or relative to the working directory of the command that wrote it, or a hub id);
+    whichever exists first. None existing: the first (``value`` as it stands for a record without
+    ``absolute``, which is older or names no local folder), which the caller's error then names."""
     first = Path(base) / value if not os.path.isabs(value) else Path(value)
     for candidate in (first, absolute, value):
         if candidate and Path(candidate).exists():
             return Path(candidate)
-    return first
+    return first if absolute else Path(value)

@@ -155,3 +155,24 @@ def test_an_older_store_that_recorded_its_teacher_relative_to_the_working_direct
     manifest["teacher"]["path"] = str(teacher)  # or absolute
     manifest_file.write_text(json.dumps(manifest))
     assert KnowledgeStore.open(tiny_store).teacher_path == teacher
+
+
+def test_recorded_paths_resolve_relative_to_their_file_then_where_they_were(tmp_path, monkeypatch):
+    from adabert.io import record_path, resolve_recorded
+
+    run = tmp_path / "run"
+    (run / "teacher").mkdir(parents=True)
+    (run / "store").mkdir()
+    assert record_path(run / "teacher", run / "store") == "../teacher"
+    assert resolve_recorded("../teacher", run / "store") == run / "store" / "../teacher"
+    elsewhere = tmp_path / "models" / "teacher"  # a given teacher outside the run: found where it was
+    elsewhere.mkdir(parents=True)
+    assert (
+        resolve_recorded(record_path(elsewhere, run / "store"), tmp_path / "moved", str(elsewhere))
+        == elsewhere
+    )
+    monkeypatch.chdir(run)
+    assert resolve_recorded("teacher", run / "store") == Path("teacher")  # older: the working directory's
+    assert resolve_recorded("owner/model", run / "store") == Path("owner/model")  # a hub id, as it stands
+    missing = resolve_recorded("../gone", run / "store", str(tmp_path / "gone"))
+    assert missing == run / "store" / "../gone"  # named in the caller's error
