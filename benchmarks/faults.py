@@ -595,6 +595,86 @@ def resume_other_genotype(work: Work) -> Result:
     return one_line_error(Result(done.returncode), done.stderr, "genotype")
 
 
+KILL_AFTER_FIRST_CHECKPOINT = textwrap.dedent(
+    """
+    import os, signal, sys
+    import adabert.search.loop as search, adabert.train as train
+    for module in (search, train):
+        def save_and_die(*args, _save=module.save_state, **kwargs):
+            _save(*args, **kwargs)
+            os.kill(os.getpid(), signal.SIGKILL)
+        module.save_state = save_and_die
+    from adabert.cli import main
+    sys.exit(main(sys.argv[1:]))
+    """
+)  # the adabert command, SIGKILLed right after its first epoch's checkpoint (as a kill or full disk would)
+
+
+def _killed_case(name: str, stage: str) -> None:
+    """A search or train of two epochs into a copy of the reference run's finished folder, killed after
+    epoch 1: what it leaves is refused by the next stage (train, evaluate), naming the stage to re-run."""
+
+    def run(work: Work) -> Result:
+        reference = work.reference()
+        folder = work.root / "killed-after-epoch-1" / stage
+        shutil.copytree(reference / stage, folder)
+        store = ["--store", str(reference / "store"), "--output-dir", str(folder)]
+        if stage == "search":
+            args = ["search", "--config", str(folder / "config.json"), *store, "--epochs", "2"]
+            after = [
+                "train",
+                "--genotype",
+                str(folder / "genotype.json"),
+                "--store",
+                str(reference / "store"),
+                "--output-dir",
+                str(folder.parent / "student"),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+            ]
+            needles = ("adabert search that wrote it did not finish", "--resume")
+        else:
+            genotype = str(reference / "search" / "genotype.json")
+            args = [
+                "train",
+                "--config",
+                str(folder / "train_config.json"),
+                "--genotype",
+                genotype,
+                *store,
+                "--epochs",
+                "2",
+            ]
+            after = [
+                "evaluate",
+                "--model",
+                str(folder),
+                "--store",
+                str(reference / "store"),
+                "--output-dir",
+                str(folder.parent / "eval"),
+                "--skip-latency",
+                "--seq-len",
+                "16",
+            ]
+            needles = ("adabert train that wrote it did not finish", "--resume")
+        killed = cli(*args, code=KILL_AFTER_FIRST_CHECKPOINT)
+        result = Result(killed.returncode)
+        if killed.returncode != -signal.SIGKILL:
+            return result.expect(False, f"not killed: exit {killed.returncode}: {_tail(killed.stderr)}")
+        done = cli(*after)
+        result.code = done.returncode
+        return one_line_error(result, done.stderr, str(folder), *needles)
+
+    case(name)(run)
+
+
+_killed_case("search killed after epoch 1 over a finished one, then train", "search")
+_killed_case("train killed after epoch 1 over a finished one, then evaluate", "student")
+
+
 @case("train on an unfinished search (genotype.json and checkpoint, no selection.json)")
 def train_unfinished_search(work: Work) -> Result:
     """What a diverged, killed or full-disk search leaves: epoch 1's genotype and checkpoint, for
