@@ -616,7 +616,7 @@ def _killed_case(name: str, stage: str) -> None:
 
     def run(work: Work) -> Result:
         reference = work.reference()
-        folder = work.root / "killed-after-epoch-1" / stage
+        folder = work.root / f"killed-{stage}-after-epoch-1" / stage  # one parent per case: they run at once
         shutil.copytree(reference / stage, folder)
         store = ["--store", str(reference / "store"), "--output-dir", str(folder)]
         if stage == "search":
