@@ -205,13 +205,45 @@ def load_for_resume(path: Path, resume: bool, kind: str) -> dict[str, Any] | Non
 
 
 def divergence_advice(checkpoint: Path, finished_epochs: int, settings: str) -> str:
-    """What is left on disk after a diverged step, and what to do next."""
+    """What is left on disk after a diverged step, and what to do next: ``settings`` are learning rates,
+    which ``--resume`` accepts changed (:func:`change_learning_rates`)."""
     if finished_epochs:
         return (
             f"the last good checkpoint ({checkpoint}, epoch {finished_epochs}) is intact. "
-            f"Lower {settings} and resume with --resume."
+            f"Lower {settings} and run the same command with --resume: the new rate applies from epoch "
+            f"{finished_epochs + 1}, the epochs before it are kept."
         )
     return f"no epoch finished, so no checkpoint was written. Lower {settings} and start again."
+
+
+def change_learning_rates(
+    current: dict[str, Any],
+    saved: dict[str, Any],
+    optimizers: dict[str, tuple[torch.optim.Optimizer, Any]],
+    epoch: int,
+    path: Path,
+) -> list[dict[str, Any]]:
+    """After a resumed run loaded its optimizers (and schedulers): give each the learning rate its
+    setting now asks for, when it changed since the checkpoint (``optimizers``: setting name -> the
+    optimizer and its scheduler or None). A schedule keeps its shape, scaled to the new peak. Returns
+    the changes, one ``{"epoch", "setting", "from", "to"}`` each (``epoch``: the first run with it)."""
+    changes = []
+    for key, (optimizer, scheduler) in optimizers.items():
+        old, new = saved.get(key), current[key]
+        if old is None or old == new:
+            continue
+        factor = new / old if old else None
+        for group in optimizer.param_groups:
+            group["lr"] = group["lr"] * factor if factor is not None else new
+            if "initial_lr" in group:
+                group["initial_lr"] = new
+        if scheduler is not None:
+            scheduler.base_lrs = [new for _ in scheduler.base_lrs]
+            scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+        flag = "--" + key.replace("_", "-")
+        log.warning("%s: resuming with %s %g (was %g) from epoch %d", path, flag, new, old, epoch + 1)
+        changes.append({"epoch": epoch + 1, "setting": key, "from": old, "to": new})
+    return changes
 
 
 def remove_stale_temporaries(directory: Path, names: tuple[str, ...]) -> None:

@@ -231,7 +231,7 @@ def _profile(ns: argparse.Namespace) -> None:
     space = get_space(ns.space)
     teacher = store.manifest["teacher"]
     seq_len = min(ns.seq_len, teacher["config"]["max_position_embeddings"])
-    table = latency_table(space, space.hidden_size, seq_len, teacher["path"], teacher["sha256"],
+    table = latency_table(space, space.hidden_size, seq_len, str(store.teacher_path), teacher["sha256"],
                           genotype_embedding(store), store.num_labels, (1, 32), ns.threads, ns.refresh,
                           head=head_kind("auto", store.task.is_pair))
     print(f"{space.name}: milliseconds per call at batch 1 and 32, length {seq_len}")

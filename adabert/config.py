@@ -415,6 +415,14 @@ class SearchConfig(Computes):
                 f"--max-warmup-epochs {self.max_warmup_epochs} is below --uniform-warmup-epochs "
                 f"{self.uniform_warmup_epochs}, the weight phase's minimum"
             )
+        targets = [f for f in ("target_params", "target_latency_ms") if getattr(self, f) is not None]
+        if len(targets) > 1:
+            raise ConfigError("--target-params and --target-latency-ms: a budget takes one target; drop one")
+        if targets and self.efficiency == "paper":
+            raise ConfigError(
+                f"--{targets[0].replace('_', '-')} is a budget target but --efficiency paper has none; "
+                "use --efficiency budget or drop the target"
+            )
 
 
 @dataclass

@@ -666,7 +666,7 @@ def run_evaluation(cfg: Any) -> dict[str, Any]:
             raise FileNotFoundError(f"{cfg.teacher}: no teacher directory (a save_pretrained output)")
         store.check_teacher(cfg.teacher)
     model = load_classifier(cfg.model, task)
-    teacher_dir = cfg.teacher or store.manifest["teacher"]["path"]
+    teacher_dir = cfg.teacher or store.teacher_path
     teacher = load_classifier(teacher_dir, task)
     reference = bert_base_reference(store.num_labels)
     tokenizer = store.tokenizer()

@@ -68,7 +68,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:  # an unwritable folder: named, not the temporary file it refused
+        raise _folder_error(err, _shown(path.parent)) from err
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, FILE_MODE)  # mkstemp makes owner-only files; outputs get the usual mode
@@ -79,12 +82,21 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.replace(tmp_path, path)
         except Exception as err:
             translated = as_os_error(err, path)
+            named = {translated.filename, translated.filename2} if isinstance(translated, OSError) else set()
+            if named & {tmp, str(path)} and translated.errno is not None:
+                # the file the user asked for, with its folder, not the temporary one beside it
+                translated = OSError(translated.errno, translated.strerror, _shown(path))
             if translated is err:
                 raise
             raise translated from err
         _fsync(path.parent)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _shown(path: Path) -> str:
+    """``path`` as an error names it: with its folder (absolute when it was given without one)."""
+    return str(path) if os.path.dirname(str(path)) not in ("", ".") else os.path.abspath(path)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -308,3 +320,28 @@ def remove_stale_temporaries(folder: str | Path, deep: bool = True) -> list[Path
         else:
             path.unlink(missing_ok=True)
     return found
+
+
+# ------------------------------------------------------------------------------------ recorded paths
+def record_path(target: str | Path, base: str | Path) -> str:
+    """``target`` as a file in folder ``base`` records it: relative to ``base``, so that a run directory
+    that is moved or copied, or used from another working directory, still finds it (pair it with
+    :func:`record_absolute` for a target that may stay where it is while the record moves)."""
+    return os.path.relpath(os.path.abspath(target), os.path.abspath(base))
+
+
+def record_absolute(target: str | Path) -> str:
+    return os.path.abspath(target)
+
+
+def resolve_recorded(value: str, base: str | Path, absolute: str | None = None) -> Path:
+    """The path a record in folder ``base`` names: ``value`` relative to ``base`` (how adabert records
+    paths now), else ``absolute`` (where it was when recorded), else ``value`` as older adabert wrote it
+    (absolute, or relative to the working directory of the command that wrote it, or a hub id);
+    whichever exists first. None existing: the first (``value`` as it stands for a record without
+    ``absolute``, which is older or names no local folder), which the caller's error then names."""
+    first = Path(base) / value if not os.path.isabs(value) else Path(value)
+    for candidate in (first, absolute, value):
+        if candidate and Path(candidate).exists():
+            return Path(candidate)
+    return first if absolute else Path(value)

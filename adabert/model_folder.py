@@ -59,22 +59,36 @@ def read_model_config(folder: str | Path) -> dict[str, Any]:
     return value
 
 
-UNFINISHED = (  # (what a stage writes first, what it writes last, the command to run again)
-    ("train_config.json", "metrics.json", "adabert train (with --resume to continue it)"),
-    ("finetune_config.json", "adabert_task.json", "adabert teacher finetune"),
+UNFINISHED = (  # (what a stage writes first, what it writes last, the command to run again, its outputs)
+    (
+        "train_config.json",
+        "metrics.json",
+        "adabert train (with --resume to continue it)",
+        "the model there is",
+    ),
+    ("finetune_config.json", "adabert_task.json", "adabert teacher finetune", "the model there is"),
+    ("compress_config.json", "report.json", "adabert compress", "the model there is"),
+    (
+        "checkpoint.safetensors",
+        "selection.json",
+        "adabert search (with --resume to continue it)",
+        "the genotype and supernet there are",
+    ),
 )
 
 
 def check_finished(folder: str | Path) -> None:
-    """Refuse a model folder whose stage started and never finished: a training stopped by a kill, a
-    full disk or a divergence leaves an earlier epoch's model (or an older run's) beside its new settings.
-    ``train`` and ``teacher finetune`` remove their last file when they start and write it when done."""
+    """Refuse a stage's folder (a model folder, a search folder) whose stage started and never finished:
+    a training or search stopped by a kill, a full disk or a divergence leaves an earlier epoch's model or
+    genotype (or an older run's) beside its new settings. ``train``, ``teacher finetune``, ``compress``
+    and ``search`` remove their last file when they start and write it when done; ``adabert pipeline``'s
+    ``stage.json`` is written after it, so a stage it marks finished passes here too."""
     folder = Path(folder)
-    for first, last, command in UNFINISHED:
+    for first, last, command, outputs in UNFINISHED:
         if (folder / first).is_file() and not (folder / last).is_file():
             raise ModelFolderError(
                 f"{folder}: the {command.split(' (')[0]} that wrote it did not finish ({first} without "
-                f"{last}): the model there is not the one its settings ask for; run {command} again"
+                f"{last}): {outputs} not what its settings ask for; run {command} again"
             )
 
 
@@ -121,11 +135,14 @@ def weight_problems(info: dict[str, Any]) -> list[str]:
     return problems
 
 
-def load_classifier(path: str | Path, task: TaskSpec | None = None) -> PreTrainedModel:
+def load_classifier(
+    path: str | Path, task: TaskSpec | None = None, *, writing: bool = False
+) -> PreTrainedModel:
     """A saved sequence classifier (teacher, student, compressed model) through the Auto classes, in
     eval mode, refused (:class:`ModelFolderError`) unless the stage that wrote it finished
-    (:func:`check_finished`) and its weights are exactly those its config builds and are finite; with
-    ``task``, also unless it fits the task (:func:`check_fits_task`)."""
+    (:func:`check_finished`; ``writing``: the stage writing it reloads what it saved, before it writes
+    its last file) and its weights are exactly those its config builds and are finite; with ``task``,
+    also unless it fits the task (:func:`check_fits_task`)."""
     from transformers import AutoModelForSequenceClassification
 
     from adabert import register_auto_classes
@@ -133,7 +150,8 @@ def load_classifier(path: str | Path, task: TaskSpec | None = None) -> PreTraine
     register_auto_classes()
     folder = Path(path)
     config = read_model_config(folder)
-    check_finished(folder)
+    if not writing:
+        check_finished(folder)
     try:
         with _quiet_transformers():
             model, info = AutoModelForSequenceClassification.from_pretrained(

@@ -551,6 +551,54 @@ def up_to_date(
     return done if done.get("hash") else None
 
 
+def rerun_reason(
+    cfg: PipelineConfig, folder: Path, stage: Stage, config_hash: str, upstream: dict[str, str]
+) -> str | None:
+    """Why a stage that finished in an earlier run runs again (None: it never finished here, or only
+    its outputs went missing, which :func:`up_to_date` says): which settings changed, which data file
+    (by its content), or which stage before it ran again."""
+    done = _read_json(folder / STAGE_FILE)
+    if done is None:
+        return None
+    before = done.get("upstream") if isinstance(done.get("upstream"), dict) else {}
+    if done.get("config_hash") == config_hash:
+        changed = sorted(k for k in {*upstream, *before} if upstream.get(k) != before.get(k))
+        return f"the stage(s) before it ran again ({', '.join(changed)})" if changed else None
+    old, new = done.get("identity"), json.loads(json.dumps(stage.identity, default=str))
+    if not isinstance(old, dict):  # a stage.json from before adabert recorded what it hashed
+        return "its settings or data changed"
+    reasons = []
+    for key in sorted({*old, *new}):
+        if old.get(key) == new.get(key):
+            continue
+        if key == "data_sha256" and isinstance(old.get(key), dict) and isinstance(new.get(key), dict):
+            splits = sorted(k for k in {*old[key], *new[key]} if old[key].get(k) != new[key].get(k))
+            reasons += [f"{_data_file_name(cfg, split)} changed" for split in splits]
+        elif key in ("model_sha256", "weights_sha256"):
+            reasons.append("the weights of its base model changed" if key == "model_sha256" else
+                           "the given teacher's weights changed")  # fmt: skip
+        else:
+            reasons += _differences(old.get(key), new.get(key), key)
+    return ", ".join(reasons) or "its settings changed"
+
+
+def _differences(old: Any, new: Any, name: str) -> list[str]:
+    """``name.key OLD -> NEW`` for each setting that differs, nested settings by their dotted name."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted({*old, *new}) if old.get(k) != new.get(k)
+                for d in _differences(old.get(k), new.get(k), f"{name}.{k}")]  # fmt: skip
+    return [f"{name} {json.dumps(old)} -> {json.dumps(new)}"]
+
+
+def _data_file_name(cfg: PipelineConfig, split: str) -> str:
+    try:
+        from adabert.tasks import get_task, resolve_path
+
+        return Path(resolve_path(get_task(cfg.task), split, cfg.data_dir)).name
+    except Exception:  # a task or file that no longer resolves: the split's name says enough
+        return f"the {split} data file"
+
+
 def _started(folder: Path) -> dict[str, Any] | None:
     """The settings and upstream an earlier run started this stage with, if one did."""
     entry = (_read_json(folder.parent / STARTED_FILE) or {}).get(folder.name)
@@ -592,6 +640,7 @@ def _run_stage(
         {
             "stage": stage.name,
             "config": stage.config,
+            "identity": stage.identity,  # what the hash is of: a later run says which of it changed
             "config_hash": config_hash,
             "upstream": upstream,
             "hash": own_hash,
@@ -672,6 +721,10 @@ def _run_locked(cfg: PipelineConfig, run_dir: Path) -> dict[str, Any]:
             progress.stage(stage.name, status="skipped", seconds=0.0, hash=done["hash"])
             continue
 
+        why = rerun_reason(cfg, folder, stage, config_hash, upstream)
+        if why:
+            log.info("%s: runs again: %s", label, why)
+            progress.stage(stage.name, why=why)
         t0 = time.perf_counter()
         try:
             # the stage folder's own lock too: a stage command writing into it meanwhile is refused

@@ -82,6 +82,7 @@ class RunFiles:
     selection: dict[str, Any] | None
     export: dict[str, Any] | None
     stages: dict[str, dict[str, Any]]
+    student: dict[str, Any] | None = None  # train's metrics.json
 
     @classmethod
     def read(cls, run_dir: Path) -> RunFiles:
@@ -100,6 +101,7 @@ class RunFiles:
             selection=_read_json(run_dir / "search" / "selection.json"),
             export=_read_json(run_dir / "export" / "export.json"),
             stages=stages,
+            student=_read_json(run_dir / "student" / "metrics.json"),
         )
 
     @property
@@ -562,6 +564,10 @@ def report_blocks(run_dir: str | Path) -> list[Block]:
         if pipe.get("finished"):
             intro += f" at {pipe['finished']}"
     blocks = [Block("h1", f"AdaBERT run: {run.task_name}"), Block("p", intro + ".")]
+    trivial = (run.student or {}).get("trivial")
+    if isinstance(trivial, dict) and trivial.get("no_better"):
+        warning = trivial.get("warning") or "the student is no better than the trivial predictor"
+        blocks.append(Block("p", f"**Warning: {warning}.**"))
     blocks += _summary(run, points, metric, batch)
     blocks += _quality_table(run, points)
     blocks += _speed_table(points)

@@ -48,7 +48,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from adabert.errors import UserError
-from adabert.io import as_os_error, seal_tree
+from adabert.io import as_os_error, record_absolute, record_path, resolve_recorded, seal_tree
 from adabert.tasks import TaskSpec
 
 logger = logging.getLogger(__name__)
@@ -139,6 +139,14 @@ def vocab_hash(tokenizer: Any) -> str:
 # ---------------------------------------------------------------------------------------------- reading
 
 
+def _teacher_record(teacher_dir: str | Path, store: Path) -> dict[str, str]:
+    """The manifest's teacher path, relative to the store folder (a moved run directory, or one used from
+    another working directory, finds its teacher beside the store), and where it was when recorded."""
+    if not Path(teacher_dir).is_dir():  # not a local folder: recorded as given
+        return {"path": str(teacher_dir)}
+    return {"path": record_path(teacher_dir, store), "abspath": record_absolute(teacher_dir)}
+
+
 def _rerun_hint(path: Path, teacher: str | None = None) -> str:
     return f"re-run `adabert teacher probe --teacher {teacher or 'TEACHER_DIR'} --output-dir {path}`"
 
@@ -180,7 +188,8 @@ class KnowledgeStore:
         return store
 
     def _validate(self) -> None:
-        hint = _rerun_hint(self.path, self.manifest["teacher"].get("path"))
+        recorded = self.manifest["teacher"].get("path")
+        hint = _rerun_hint(self.path, str(self.teacher_path) if recorded else None)
         if not (self.path / "tokenizer").is_dir():
             raise StoreError(f"{self.path}: tokenizer/ is missing; {hint}")
         emb = self.path / "embeddings.safetensors"
@@ -366,6 +375,13 @@ class KnowledgeStore:
             raise StoreError(f"{self.path}/embeddings.safetensors cannot be read ({err}); "
                              f"{_rerun_hint(self.path)}") from None
 
+    @property
+    def teacher_path(self) -> Path:
+        """The teacher the store was built from: recorded relative to the store folder (older stores:
+        as the probe command was given it, resolved against the working directory)."""
+        recorded = self.manifest["teacher"]
+        return resolve_recorded(str(recorded["path"]), self.path, recorded.get("abspath"))
+
     # -- consistency checks
 
     def check_teacher(self, teacher_dir: str | Path) -> None:
@@ -377,7 +393,7 @@ class KnowledgeStore:
         sha, kind = teacher_hash(teacher_dir)
         if kind != recorded.get("hash_kind", "files") or sha != recorded["sha256"]:
             raise StoreError(f"teacher {teacher_dir} differs from the one the store {self.path} was built "
-                             f"from ({recorded['path']}): weights sha256 {sha[:12]}… != "
+                             f"from ({self.teacher_path}): weights sha256 {sha[:12]}… != "
                              f"{recorded['sha256'][:12]}…; {hint}")
         vocab = vocab_hash(AutoTokenizer.from_pretrained(str(teacher_dir)))
         if vocab != self.manifest["tokenizer"]["vocab_sha256"]:
@@ -479,12 +495,12 @@ def write_store(
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "task": task.to_dict(),
-        "data_dir": None if data_dir is None else str(data_dir),
+        "data_dir": None if data_dir is None else record_absolute(data_dir),  # outside the run: where it is
         "max_length": int(max_length),
         "num_labels": num_labels,
         "num_layers": num_layers,
         "teacher": {
-            "path": str(teacher_dir),
+            **_teacher_record(teacher_dir, path),
             "sha256": sha,
             "hash_kind": hash_kind,
             "config": {

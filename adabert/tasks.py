@@ -447,11 +447,29 @@ def _tsv_rows(text: str) -> Iterator[tuple[int, list[str]]]:
         yield number, line.removesuffix("\r").split("\t")
 
 
-def _csv_rows(text: str) -> Iterator[tuple[int, list[str]]]:
-    reader = csv.reader(io.StringIO(text))
+def _csv_rows(text: str, path: Path | None = None) -> list[tuple[int, list[str]]]:
+    """The rows of a CSV text, each with the line it starts on. A quote that is never closed would take
+    every line after it into one field; it is refused at the line it opened on."""
+    start = [1]
+    try:
+        return list(_csv_scan(text, start, strict=True))
+    except csv.Error as err:
+        if "unexpected end of data" in str(err):
+            raise TaskDataError(
+                'a quoted field (starting with ") opens on this line and is never closed; close the quote '
+                "or remove it",
+                path,
+                start[0],
+            ) from None
+    return list(_csv_scan(text, [1], strict=False))  # a stray quote mid-field, read as it stands
+
+
+def _csv_scan(text: str, start: list[int], strict: bool) -> Iterator[tuple[int, list[str]]]:
+    reader = csv.reader(io.StringIO(text), strict=strict)
     for row in reader:
         if row:
-            yield reader.line_num, row
+            yield start[0], row
+        start[0] = reader.line_num + 1
 
 
 def _table_records(path: Path, rows: Iterable[tuple[int, list[str]]], columns: tuple[str, ...],
@@ -559,7 +577,7 @@ def read_table(path: str | Path, fmt: str | None = None) -> tuple[list[str], lis
             rows.append((line, item))
         names = list(columns)
     else:
-        lines = iter(_csv_rows(text) if kind == "csv" else _tsv_rows(text))
+        lines = iter(_csv_rows(text, path) if kind == "csv" else _tsv_rows(text))
         first = next(lines, None)
         if first is None:
             raise TaskDataError("file is empty; expected a header line and data rows", path, 1)
@@ -584,7 +602,7 @@ def _read_records(path: Path, columns: tuple[str, ...], label_column: str, heade
     if fmt == "json":
         records = _json_records(path, text, columns, label_column)
     else:
-        rows = _csv_rows(text) if fmt == "csv" else _tsv_rows(text)
+        rows = _csv_rows(text, path) if fmt == "csv" else _tsv_rows(text)
         records = _table_records(path, rows, columns, label_column, header, column_indices, num_fields)
     if not records:
         raise TaskDataError("no data rows: the split is empty", path, max(text.count("\n"), 1))

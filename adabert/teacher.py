@@ -42,7 +42,13 @@ from adabert.config import DEFAULT_TEACHER, FinetuneConfig, ProbeConfig, save_co
 from adabert.data import TokenRows
 from adabert.device import resolve_device
 from adabert.errors import DivergenceError, UserError
-from adabert.io import atomic_save, atomic_write_json, save_pretrained_atomic
+from adabert.io import (
+    atomic_save,
+    atomic_write_json,
+    record_absolute,
+    resolve_recorded,
+    save_pretrained_atomic,
+)
 from adabert.progress import progress as progress_bar
 from adabert.static_embeddings import distill_token_table, token_counts
 from adabert.store import AUGMENTED, KnowledgeStore, fingerprint, teacher_hash, write_store
@@ -302,7 +308,9 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         atomic_write_json(out_dir / METRICS_FILE, metrics)
 
     atomic_write_json(out_dir / TASK_FILE, {
-        "task": task.to_dict(), "data_dir": cfg.data_dir, "max_length": cfg.max_length,
+        # the data stays where it is when the run directory moves: recorded absolute
+        "task": task.to_dict(), "data_dir": None if cfg.data_dir is None else record_absolute(cfg.data_dir),
+        "max_length": cfg.max_length,
         "train_limit": cfg.train_limit, "dev_limit": cfg.dev_limit, "seed": cfg.seed,
     })
     metrics["wall_time_s"] = round(time.perf_counter() - t0, 2)
@@ -465,7 +473,9 @@ def probe(cfg: ProbeConfig) -> KnowledgeStore:
     else:
         raise TeacherError(f"{teacher_path} has no {TASK_FILE} (it was not fine-tuned by adabert): pass the "
                            "task (--task) and, for local data, --data-dir")
-    data_dir = cfg.data_dir if cfg.data_dir is not None else info.get("data_dir")
+    data_dir = cfg.data_dir
+    if data_dir is None and isinstance(info.get("data_dir"), str):  # older teachers: as finetune was given it
+        data_dir = str(resolve_recorded(info["data_dir"], teacher_path))
     max_length = cfg.max_length or info.get("max_length") or FinetuneConfig.max_length
     dev_limit = cfg.dev_limit if cfg.dev_limit is not None else info.get("dev_limit")
     data_seed = info.get("seed", cfg.seed)  # the teacher's seed picks the same dev subset it saw

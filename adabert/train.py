@@ -32,6 +32,7 @@ from adabert import data, distributed, optim
 from adabert.checkpoint import (
     CheckpointError,
     DivergenceError,
+    change_learning_rates,
     check_resumable,
     divergence_advice,
     gather_cuda_rng_states,
@@ -49,9 +50,11 @@ from adabert.distill import hierarchical_kd, logits_kd, task_loss
 from adabert.errors import UserError
 from adabert.genotype import Genotype
 from adabert.io import atomic_write_json, save_pretrained_atomic
+from adabert.model_folder import check_finished
 from adabert.modules import ProbeHeads, head_kind, masked_mean
 from adabert.progress import progress as progress_bar
 from adabert.search import CHECKPOINT, CHECKPOINT_KIND, student_tables
+from adabert.search.judge import majority_accuracy, trivial_loss
 from adabert.store import KnowledgeStore
 from adabert.student import build_student
 from adabert.tasks import compute_metrics, predictions_from_logits
@@ -64,6 +67,7 @@ STATE_DIR_SUFFIX = ".resume"
 # Settings that may change between an interrupted training run and its resumption.
 RESUMABLE_CHANGES = {
     "resume",
+    "lr",  # the divergence advice: lower it and resume (the change is recorded)
     "epochs",
     "examples",
     "output_dir",
@@ -113,6 +117,7 @@ def load_supernet_checkpoint(path: str) -> dict[str, Any]:
             else ""
         )
         raise FileNotFoundError(f"{file}: no search checkpoint{legacy}; run 'adabert search' first")
+    check_finished(file.parent)
     state = load_state(file, CHECKPOINT_KIND)
     if not isinstance(state.get("model"), dict):
         raise CheckpointError(f"{file}: not a search checkpoint (no model weights); pass a search directory")
@@ -226,6 +231,7 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
     store = KnowledgeStore.open(cfg.store)
     if not Path(cfg.genotype).is_file():
         raise FileNotFoundError(f"{cfg.genotype}: no genotype file (run 'adabert search' first)")
+    check_finished(Path(cfg.genotype).parent)  # a genotype an unfinished search left: not the chosen one
     genotype = Genotype.load(cfg.genotype)
     check_genotype_fits(genotype, store, cfg.genotype)
     check_positions_fit(store, store.manifest["teacher"]["config"]["max_position_embeddings"])
@@ -284,6 +290,7 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
     scaler = grad_scaler(device, cfg.precision)
     history: list[dict[str, Any]] = []
     start_epoch, best = 0, None
+    lr_changes: list[dict[str, Any]] = []  # --lr changed on --resume, where and how
     resume_from = state_file
     if not state_file.exists() and any(legacy_state.with_suffix(x).exists() for x in (".safetensors", ".pt")):
         resume_from = legacy_state  # an older layout (or a pickle .pt, which is named and never read)
@@ -300,6 +307,9 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
             probes.load_state_dict(state["probes"])
         optimizer.load_state_dict(state["optimizer"])  # moved to the parameters' device
         scheduler.load_state_dict(state["scheduler"])
+        lr_changes = state.get("lr_changes", []) + change_learning_rates(
+            to_dict(cfg), state["config"], {"lr": (optimizer, scheduler)}, state["epoch"], resume_from
+        )
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         restore_rng_state(state, cfg.seed, device)
@@ -375,7 +385,9 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
             if not math.isfinite(values["loss"]):
                 raise DivergenceError(
                     f"training loss became {values['loss']} at epoch {epoch + 1}; "
-                    + divergence_advice(resume_from if epoch == start_epoch else state_file, epoch, "--lr")
+                    + divergence_advice(
+                        resume_from if epoch == start_epoch else state_file, epoch, f"--lr (now {cfg.lr:g})"
+                    )
                 )
             if scaler is not None:  # fp16: the ranks summed scaled gradients; unscale before clipping
                 scaler.unscale_(optimizer)
@@ -399,6 +411,7 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
             "epoch": epoch + 1,
             **{k: v / n for k, v in sums.items()},
             "dev": metrics,
+            **dev_fit(logits, labels, regression),
             "seconds": time.perf_counter() - started,
         }
         history.append(record)
@@ -424,6 +437,7 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
                 "best": best,
                 "config": to_dict(cfg),
                 "genotype": genotype.to_dict(),
+                "lr_changes": lr_changes,
             }
             if cuda_rng_states is not None:
                 state["cuda_rng_per_rank"] = cuda_rng_states
@@ -453,6 +467,12 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
         "history": history,
         "seconds": time.perf_counter() - started_all,
     }
+    if lr_changes:
+        result["lr_changes"] = lr_changes
+    train_labels, dev_labels = train.labels[train.index], dev.labels[dev.index]
+    result["trivial"] = versus_trivial(best, train_labels, dev_labels, store.num_labels)
+    if result["trivial"]["no_better"]:
+        log.warning("%s: %s", out, result["trivial"]["warning"])
     searched = _read_selection(Path(cfg.genotype).parent / "selection.json")
     if searched is not None:  # how the search that chose this cell went, for the model card
         result["search_supernet"] = searched
@@ -460,6 +480,53 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
         atomic_write_json(out / "metrics.json", result)
     distributed.barrier()
     return result
+
+
+def dev_fit(logits: np.ndarray, labels: np.ndarray, regression: bool) -> dict[str, float]:
+    """The dev loss of ``logits`` (cross-entropy; regression: mean squared error) and, for
+    classification, their accuracy: what :func:`versus_trivial` weighs against the trivial predictor."""
+    if regression:
+        return {"dev_loss": float(np.mean((logits.reshape(-1).astype(np.float64) - labels) ** 2))}
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    log_probs = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    picked = log_probs[np.arange(len(labels)), labels.astype(np.int64)]
+    return {
+        "dev_loss": float(-np.mean(picked)),
+        "dev_accuracy": float(np.mean(logits.argmax(-1) == labels.astype(np.int64))),
+    }
+
+
+def versus_trivial(
+    kept: dict[str, Any], train_labels: np.ndarray, dev_labels: np.ndarray, num_labels: int
+) -> dict[str, Any]:
+    """The kept epoch's dev loss and accuracy against the trivial predictor's (the training label
+    prior; regression: the training mean), and whether the student is no better: for classification
+    its accuracy is at most the majority label's, for regression its squared error at least the label
+    variance. ``warning`` says so in one line."""
+    regression = "dev_accuracy" not in kept
+    loss = trivial_loss(train_labels, dev_labels, num_labels, regression)
+    out: dict[str, Any] = {"dev_loss": kept.get("dev_loss"), "trivial_loss": loss}
+    if kept.get("dev_loss") is None:  # an epoch recorded before adabert measured it
+        return {**out, "no_better": False}
+    if regression:
+        out["no_better"] = not kept["dev_loss"] < loss
+        what = f"dev mean squared error {kept['dev_loss']:.4g}, the label variance {loss:.4g}"
+    else:
+        out["majority_accuracy"] = majority = majority_accuracy(train_labels, dev_labels)
+        out["dev_accuracy"] = kept["dev_accuracy"]
+        out["no_better"] = not kept["dev_accuracy"] > majority
+        what = (
+            f"dev accuracy {kept['dev_accuracy']:.4f}, always the majority label {majority:.4f}; dev loss "
+            f"{kept['dev_loss']:.4g}, the label prior's {loss:.4g}"
+        )
+    if out["no_better"]:
+        out["warning"] = (
+            f"the student (epoch {kept['epoch']}) is no better than the trivial predictor ({what}); it "
+            "learned nothing usable: check the data and the store, or train again with other settings "
+            "(--lr, --epochs)"
+        )
+    return out
 
 
 def _read_selection(path: Path) -> dict[str, Any] | None:

@@ -21,6 +21,7 @@ import ctypes
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -112,12 +113,23 @@ def env() -> dict[str, str]:
 
 
 def cli(
-    *args: str, preexec: Callable[[], None] | None = None, code: str | None = None, timeout: float = 600
+    *args: str,
+    preexec: Callable[[], None] | None = None,
+    code: str | None = None,
+    timeout: float = 600,
+    cwd: Path = ROOT,
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
     """``python -m adabert.cli ARGS`` (or ``python -c CODE ARGS``, a wrapper that injects a fault)."""
     command = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", "adabert.cli", *args]
     return subprocess.run(
-        command, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout, preexec_fn=preexec
+        command,
+        cwd=cwd,
+        env={**env(), **(extra_env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=preexec,
     )
 
 
@@ -268,6 +280,28 @@ _option_case(
 _option_case(
     "option --set search.epochs=0", ("pipeline", "--set", "search.epochs=0"), "'epochs' must be >= 1"
 )
+_option_case(
+    "teacher finetune --device cuda:3 (no such GPU)",
+    ("teacher", "finetune", "--model", "{bert}", "--max-length", "32", "--output-dir", "{root}/t-cuda3",
+     "--device", "cuda:3"), "--device cuda:3",
+)  # fmt: skip
+_option_case(
+    "teacher probe --device cuda:3 (no such GPU)",
+    ("teacher", "probe", "--teacher", "{bert}", "--task", "sst2", "--output-dir", "{root}/s-cuda3",
+     "--device", "cuda:3"), "--device cuda:3",
+)  # fmt: skip
+_option_case(
+    "option --uniform-warmup-epochs 3 --epochs 3",
+    ("search", "--uniform-warmup-epochs", "3", "--epochs", "3"), "leaves no search phase",
+)  # fmt: skip
+_option_case(
+    "option --target-params with --target-latency-ms",
+    ("search", "--target-params", "1000", "--target-latency-ms", "5"), "a budget takes one target",
+)  # fmt: skip
+_option_case(
+    "option --efficiency paper --target-params 1000",
+    ("search", "--efficiency", "paper", "--target-params", "1000"), "--efficiency paper has none",
+)  # fmt: skip
 
 
 @case("teacher --lr 1e30 (loss becomes NaN)")
@@ -383,7 +417,14 @@ def changed_label(work: Work) -> Result:
         statuses = _statuses(run)
         rerun = [k for k, v in statuses.items() if v == "ran"]
         result.expect(set(rerun) == set(statuses) - {"compress"}, f"statuses after the change: {statuses}")
-        result.note = "re-ran " + ", ".join(rerun)
+        stages = json.loads((run / "pipeline.json").read_text())["stages"]
+        why = {k: v.get("why") for k, v in stages.items() if v.get("why")}
+        result.expect(
+            why.get("teacher") == "train.tsv changed", f"why the teacher re-ran: {why.get('teacher')}"
+        )
+        result.note = (
+            "re-ran " + ", ".join(rerun) + f"; teacher: {why.get('teacher')}, store: {why.get('store')}"
+        )
     return result
 
 
@@ -554,6 +595,397 @@ def resume_other_genotype(work: Work) -> Result:
     return one_line_error(Result(done.returncode), done.stderr, "genotype")
 
 
+KILL_AFTER_FIRST_CHECKPOINT = textwrap.dedent(
+    """
+    import os, signal, sys
+    import adabert.search.loop as search, adabert.train as train
+    for module in (search, train):
+        def save_and_die(*args, _save=module.save_state, **kwargs):
+            _save(*args, **kwargs)
+            os.kill(os.getpid(), signal.SIGKILL)
+        module.save_state = save_and_die
+    from adabert.cli import main
+    sys.exit(main(sys.argv[1:]))
+    """
+)  # the adabert command, SIGKILLed right after its first epoch's checkpoint (as a kill or full disk would)
+
+
+def _killed_case(name: str, stage: str) -> None:
+    """A search or train of two epochs into a copy of the reference run's finished folder, killed after
+    epoch 1: what it leaves is refused by the next stage (train, evaluate), naming the stage to re-run."""
+
+    def run(work: Work) -> Result:
+        reference = work.reference()
+        folder = work.root / f"killed-{stage}-after-epoch-1" / stage  # one parent per case: they run at once
+        shutil.copytree(reference / stage, folder)
+        store = ["--store", str(reference / "store"), "--output-dir", str(folder)]
+        if stage == "search":
+            args = ["search", "--config", str(folder / "config.json"), *store, "--epochs", "2"]
+            after = [
+                "train",
+                "--genotype",
+                str(folder / "genotype.json"),
+                "--store",
+                str(reference / "store"),
+                "--output-dir",
+                str(folder.parent / "student"),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+            ]
+            needles = ("adabert search that wrote it did not finish", "--resume")
+        else:
+            genotype = str(reference / "search" / "genotype.json")
+            args = [
+                "train",
+                "--config",
+                str(folder / "train_config.json"),
+                "--genotype",
+                genotype,
+                *store,
+                "--epochs",
+                "2",
+            ]
+            after = [
+                "evaluate",
+                "--model",
+                str(folder),
+                "--store",
+                str(reference / "store"),
+                "--output-dir",
+                str(folder.parent / "eval"),
+                "--skip-latency",
+                "--seq-len",
+                "16",
+            ]
+            needles = ("adabert train that wrote it did not finish", "--resume")
+        killed = cli(*args, code=KILL_AFTER_FIRST_CHECKPOINT)
+        result = Result(killed.returncode)
+        if killed.returncode != -signal.SIGKILL:
+            return result.expect(False, f"not killed: exit {killed.returncode}: {_tail(killed.stderr)}")
+        done = cli(*after)
+        result.code = done.returncode
+        return one_line_error(result, done.stderr, str(folder), *needles)
+
+    case(name)(run)
+
+
+_killed_case("search killed after epoch 1 over a finished one, then train", "search")
+_killed_case("train killed after epoch 1 over a finished one, then evaluate", "student")
+
+
+@case("train on an unfinished search (genotype.json and checkpoint, no selection.json)")
+def train_unfinished_search(work: Work) -> Result:
+    """What a diverged, killed or full-disk search leaves: epoch 1's genotype and checkpoint, for
+    --resume, and no selection.json (the search's last file). train refuses both, naming the search."""
+    reference = work.reference()
+    search = work.root / "unfinished-search" / "search"
+    shutil.copytree(reference / "search", search)
+    (search / "selection.json").unlink()
+    (search / "stage.json").unlink()
+    result = Result(None)
+    for extra in ((), ("--supernet", str(search))):
+        out = search.parent / "student"
+        done = cli("train", "--genotype", str(search / "genotype.json"), "--store", str(reference / "store"),
+                   "--output-dir", str(out), "--epochs", "1", "--batch-size", "8", *extra)  # fmt: skip
+        result.code = done.returncode
+        one_line_error(result, done.stderr, str(search), "adabert search that wrote it did not finish")
+        result.expect(not out.exists(), "a student folder was written")
+    return result
+
+
+DIVERGE = textwrap.dedent(
+    """
+    import sys
+    import adabert.search.loop as search, adabert.train as train
+    search.task_loss = train.task_loss = lambda logits, *_: logits.sum() * float("nan")
+    from adabert.cli import main
+    sys.exit(main(sys.argv[1:]))
+    """
+)  # the adabert command, whose every loss becomes NaN: a divergence on the first step it runs
+
+
+def _advice_case(name: str, stage: str, lowered: tuple[str, ...], *advice: str) -> None:
+    """A finished ``stage`` (search or student, copied from the reference run) continued for one more
+    epoch with --resume, and diverging: exit 2 with advice naming the rates and --resume. Following it
+    (the same command with lower rates) continues from the last epoch and records the change."""
+
+    def run(work: Work) -> Result:
+        reference = work.reference()
+        folder = work.root / "advice" / stage
+        shutil.copytree(reference / stage, folder)
+        store = ["--store", str(reference / "store"), "--output-dir", str(folder), "--resume"]
+        if stage == "search":
+            args = ["search", "--config", str(folder / "config.json"), *store]
+            args += ["--epochs", str(TINY["search"]["epochs"] + 1)]
+            record = folder / "selection.json"
+        else:
+            shutil.copytree(reference / "student.resume", folder.parent / "student.resume")
+            genotype = str(reference / "search" / "genotype.json")
+            args = ["train", "--config", str(folder / "train_config.json"), "--genotype", genotype, *store]
+            args += ["--epochs", str(TINY["train"]["epochs"] + 1)]
+            record = folder / "metrics.json"
+        diverged = cli(*args, code=DIVERGE)
+        result = one_line_error(Result(diverged.returncode), diverged.stderr, *advice, "--resume")
+        advised = result.note
+        done = cli(*args, *lowered)
+        result.code = done.returncode
+        result.expect(
+            done.returncode == 0, f"following the advice: exit {done.returncode}: {_tail(done.stderr)}"
+        )
+        if done.returncode == 0:
+            changes = json.loads(record.read_text()).get("lr_changes")
+            result.expect(bool(changes), f"{record.name} records no learning-rate change")
+            result.note = (
+                f"advised: ...{advised[advised.index('Lower') :]} Followed ({' '.join(lowered)}): exit 0, "
+            )
+            result.note += f"{record.name} lr_changes {json.dumps(changes)}"
+        return result
+
+    case(name)(run)
+
+
+_advice_case(
+    "search diverges on --resume; the advice (lower --w-lr/--arch-lr, --resume) followed", "search",
+    ("--w-lr", "1e-3", "--arch-lr", "1e-2"), "--w-lr", "--arch-lr",
+)  # fmt: skip
+_advice_case(
+    "train diverges on --resume; the advice (lower --lr, --resume) followed",
+    "student",
+    ("--lr", "1e-5"),
+    "--lr",
+)
+
+
+def _trivial_case(name: str, stage: str, *args: str) -> None:
+    """A stage run with an absurd learning rate: it finishes (exit 0), and says, in its log and in the
+    file it records its result in, that it is no better than the trivial predictor."""
+
+    def run(work: Work) -> Result:
+        reference = work.reference()
+        out = work.root / "trivial" / stage
+        store = ["--store", str(reference / "store"), "--output-dir", str(out)]
+        if stage == "search":
+            done = cli("search", "--config", str(reference / "search" / "config.json"), *store, *args)
+            verdict = (
+                json.loads((out / "selection.json").read_text())["supernet"] if done.returncode == 0 else {}
+            )
+            flagged = verdict.get("ended_blind") or verdict.get("blind")
+        else:
+            genotype = str(reference / "search" / "genotype.json")
+            done = cli("train", "--config", str(reference / "student" / "train_config.json"), "--genotype",
+                       genotype, *store, *args)  # fmt: skip
+            verdict = (
+                json.loads((out / "metrics.json").read_text())["trivial"] if done.returncode == 0 else {}
+            )
+            flagged = verdict.get("no_better")
+        result = Result(done.returncode).expect(
+            done.returncode == 0, f"exit {done.returncode}: {_tail(done.stderr)}"
+        )
+        warnings = [line for line in done.stderr.splitlines() if "trivial predictor" in line]
+        result.expect(bool(warnings), "no warning in the log")
+        result.expect(bool(flagged), "the result file does not record it")
+        if warnings:
+            result.note = "warned: " + warnings[0].split(": ", 1)[-1].replace(str(work.root), "$TMP")
+        return result
+
+    case(name)(run)
+
+
+_trivial_case("search --w-lr 1e6 ends no better than the trivial predictor", "search", "--w-lr", "1e6")
+_trivial_case("train --lr 1e4 ends no better than the trivial predictor", "student", "--lr", "1e4")
+
+
+@case("run directory moved, every later command from another folder")
+def moved_run(work: Work) -> Result:
+    """``adabert pipeline`` into ``runs/sst2`` relative to one folder, the folder ``runs`` moved away, then
+    each later command (a search in a new space, which times the store's teacher, among them) from a
+    third folder, with paths relative to it."""
+    root = work.root / "moved"
+    first, other = root / "work", root / "other"
+    first.mkdir(parents=True)
+    other.mkdir()
+    config = first / "pipeline.json"
+    settings = json.loads(work.config(root / "unused").read_text())
+    config.write_text(json.dumps({**settings, "run_dir": "runs/sst2"}))
+    built = cli("pipeline", "--config", str(config), cwd=first)
+    result = Result(built.returncode)
+    if built.returncode != 0:
+        return result.expect(False, f"the pipeline failed: {_tail(built.stderr)}")
+    shutil.move(str(first / "runs"), root / "moved-runs")
+    run, store = "../moved-runs/sst2", ["--store", "../moved-runs/sst2/store"]
+    student = ["--model", f"{run}/student"]
+    dev = str(work.glue / "SST-2" / "dev.tsv")
+    commands = {
+        "evaluate": ["evaluate", *student, *store, "--output-dir", "eval", "--skip-latency", "--seq-len",
+                     "16"],
+        "teacher probe": ["teacher", "probe", "--teacher", f"{run}/teacher", "--output-dir", "store2",
+                          "--epochs", "1"],
+        "search (new space)": ["search", *store, "--output-dir", "search", "--space", "attention_rnn",
+                               "--hidden-size", "16", "--max-cells", "2", "--epochs", "1",
+                               "--uniform-warmup-epochs", "0", "--batch-size", "8", "--cost-seq-len", "16"],
+        "train": ["train", "--genotype", f"{run}/search/genotype.json", *store, "--supernet",
+                  f"{run}/search", "--output-dir", "student", "--epochs", "1", "--batch-size", "8"],
+        "compress": ["compress", *student, *store, "--output-dir", "compressed", "--methods", "svd",
+                     "--kd-epochs", "0.5", "--batch-sizes", "1", "--seq-len", "16", "--repeats", "1"],
+        "export": ["export", *student, *store, "--output-dir", "export", "--seq-len", "16"],
+        "predict": ["predict", "--model", f"{run}/export", "--input", dev, "--output", "predictions.tsv"],
+        "report": ["report", run],
+    }  # fmt: skip
+    cache = {"ADABERT_CACHE": str(root / "cache")}  # no latency table yet: the search times the teacher
+    ran = []
+    for name, args in commands.items():
+        done = cli(*args, cwd=other, extra_env=cache)
+        result.expect(done.returncode == 0, f"{name}: exit {done.returncode}: {_tail(done.stderr)}")
+        result.expect("Traceback" not in done.stderr, f"{name}: a traceback")
+        ran.append(f"{name} {done.returncode}")
+    result.code = 0 if not result.problems else 1
+    result.note = "exit codes: " + ", ".join(ran)
+    return result
+
+
+@case("README transformers example on a student, in a fresh process")
+def readme_example(work: Work) -> Result:
+    """The README's pipeline() example, its single-sentence part verbatim but for the model path, run by
+    a fresh interpreter outside the repository (there only ``import adabert`` registers the student)."""
+    block = next(b for b in re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+                 if "runs/sst2/student" in b)  # fmt: skip
+    lines = block.split("\n")
+    last = next(i for i, line in enumerate(lines) if line.startswith("classify("))
+    code = "\n".join(lines[:last]) + f"\nprint({lines[last].split('  #')[0]})\n"
+    code = code.replace("runs/sst2/student", str(work.reference() / "student"))
+    folder = work.root / "readme"
+    folder.mkdir()
+    done = subprocess.run([sys.executable, "-c", code], cwd=folder, env=env(), capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    result = Result(done.returncode).expect(
+        done.returncode == 0, f"exit {done.returncode}: {_tail(done.stderr)}"
+    )
+    printed = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+    result.expect(
+        "'label': 'positive'" in printed or "'label': 'negative'" in printed, f"printed {printed!r}"
+    )
+    result.note = f"printed {printed}"
+    return result
+
+
+@case("diverged finetune over a good teacher, then teacher probe")
+def diverged_over_teacher(work: Work) -> Result:
+    """A fine-tuning with --lr 1e30 into a copy of the reference run's finished teacher: it stops with
+    exit 2, and the probe then refuses the folder (whose old weights sit beside the new settings)."""
+    teacher = work.root / "diverged-over" / "teacher"
+    shutil.copytree(work.reference() / "teacher", teacher)
+    diverged = cli(*tiny_finetune_argv(work.bert, work.glue, teacher, "--epochs", "1", "--lr", "1e30"))
+    result = one_line_error(Result(diverged.returncode), diverged.stderr, "diverged")
+    store = teacher.parent / "store"
+    done = cli("teacher", "probe", "--teacher", str(teacher), "--output-dir", str(store))
+    result.code = done.returncode
+    one_line_error(result, done.stderr, str(teacher), "adabert teacher finetune that wrote it did not finish")
+    return result.expect(not store.exists(), "a store was written")
+
+
+@case("the student folder holds no optimizer state; sizes in KiB/MiB")
+def deployable_student(work: Work) -> Result:
+    reference = work.reference()
+    student = sorted(p.name for p in (reference / "student").iterdir())
+    result = Result(0).expect(not any("training_state" in n for n in student), f"student folder: {student}")
+    result.expect((reference / "student.resume" / "training_state.safetensors").is_file(), "no resume state")
+    report = (reference / "eval" / "report.md").read_text()
+    sizes = sorted(set(re.findall(r"\d+(?:\.\d+)? (?:KiB|MiB|GiB|MB|kB)", report)))
+    result.expect(bool(sizes) and not any(u.endswith(("MB", "kB")) for u in sizes), f"sizes: {sizes}")
+    result.note = f"student/: {', '.join(student)}; resume state in student.resume/; report sizes {sizes}"
+    return result
+
+
+@case("predict into a read-only folder")
+def predict_read_only(work: Work) -> Result:
+    parent = work.root / "predict-read-only"
+    parent.mkdir()
+    parent.chmod(0o555)
+    try:
+        done = cli("predict", "--model", str(work.reference() / "student"), "--input",
+                   str(work.glue / "SST-2" / "dev.tsv"), "--output", str(parent / "predictions.tsv"),
+                   preexec=without_root_override)  # fmt: skip
+    finally:
+        parent.chmod(0o755)
+    result = one_line_error(Result(done.returncode), done.stderr, str(parent), "Permission denied")
+    result.expect(".tmp" not in result.note, "the error names a temporary file")
+    return result.expect(
+        "predict " not in done.stderr.split("adabert: error:")[0], "rows were predicted first"
+    )
+
+
+@case("evaluate --output-dir . whose report.json may not be replaced (chattr +i)")
+def report_not_permitted(work: Work) -> Result:
+    folder = work.root / "immutable"
+    folder.mkdir()
+    (folder / "report.json").write_text("{}\n")
+    locked = subprocess.run(["chattr", "+i", str(folder / "report.json")], capture_output=True, text=True)
+    if locked.returncode != 0:
+        return Result(None, [f"chattr +i failed (needs ext2/3/4 and root): {_tail(locked.stderr)}"])
+    try:
+        reference = work.reference()
+        done = cli("evaluate", "--model", str(reference / "student"), "--store", str(reference / "store"),
+                   "--output-dir", ".", "--skip-latency", "--seq-len", "16", cwd=folder)  # fmt: skip
+    finally:
+        subprocess.run(["chattr", "-i", str(folder / "report.json")], check=False)
+    return one_line_error(
+        Result(done.returncode), done.stderr, f"{folder}/report.json", "Operation not permitted"
+    )
+
+
+def _input_case(name: str, write: Callable[[Path], Path], code: int, *needles: str) -> None:
+    """``predict`` on the reference student with an input file ``write`` makes: exit 2 with one line
+    naming each needle, or exit 0 with a warning naming each."""
+
+    def run(work: Work) -> Result:
+        folder = work.root / ("input-" + "".join(c if c.isalnum() else "-" for c in name).strip("-"))
+        folder.mkdir()
+        data = write(folder)
+        out = folder / "predictions.tsv"
+        done = cli("predict", "--model", str(work.reference() / "student"), "--input", str(data), "--output",
+                   str(out))  # fmt: skip
+        if code == 2:
+            result = one_line_error(Result(done.returncode), done.stderr, str(data), *needles)
+            return result.expect(not out.exists(), "predictions were written")
+        result = Result(done.returncode).expect(
+            done.returncode == 0, f"exit {done.returncode}: {_tail(done.stderr)}"
+        )
+        warnings = [line for line in done.stderr.splitlines() if all(n in line for n in needles)]
+        result.expect(bool(warnings), f"no warning naming {needles}: {_tail(done.stderr)}")
+        if warnings:
+            result.note = "warned: " + warnings[0].split(": ", 1)[-1].replace(str(work.root), "$TMP")
+        return result
+
+    case(name)(run)
+
+
+def _write(name: str, text: str) -> Callable[[Path], Path]:
+    def write(folder: Path) -> Path:
+        (folder / name).write_text(text)
+        return folder / name
+
+    return write
+
+
+def _a_folder(folder: Path) -> Path:
+    (folder / "rows.csv").mkdir()
+    return folder / "rows.csv"
+
+
+_input_case(
+    "predict: a CSV quote opened on line 3 and never closed",
+    _write("rows.csv", 'sentence,label\ngood film,1\n"bad film,0\nok film,1\nfine film,1\n'), 2,
+    "rows.csv:3:", "never closed",
+)  # fmt: skip
+_input_case("predict: a folder given as the input file", _a_folder, 2, "a folder, not a data file")
+_input_case(
+    "predict: a label the model does not know (metrics skipped, said)",
+    _write("rows.csv", "sentence,label\na good film .,1\na bad film .,maybe\n"), 0, "no metrics", "label",
+)  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------------ model folders
 def _edit_json(path: Path, edit: Callable[[dict], object]) -> None:
     value = json.loads(path.read_text())
@@ -706,6 +1138,11 @@ def main() -> int:
     parser.add_argument("--list", action="store_true", help="list the cases")
     parser.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (default: a temporary folder)")
     parser.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1), help="cases run at once")
+    parser.add_argument(
+        "--markdown",
+        metavar="FILE",
+        help="also write the results as RESULTS.md's markdown table (the work folder written as $TMP)",
+    )
     args = parser.parse_args()
     names = [n for n in CASES if not args.only or any(o in n for o in args.only)]
     if args.list:
@@ -721,6 +1158,7 @@ def main() -> int:
         with ThreadPoolExecutor(max(1, args.jobs)) as pool:  # each of these cases waits on subprocesses
             futures = {n: pool.submit(run_case, n, work) for n in names if n not in IN_PROCESS}
             failed = 0
+            rows = ["| case | exit | outcome | s |", "|---|---:|---|---:|"]
             for name in names:
                 result, seconds = results[name] if name in results else futures[name].result()
                 failed += bool(result.problems)
@@ -729,7 +1167,12 @@ def main() -> int:
                     outcome += f": {result.note}"
                 code = "-" if result.code is None else str(result.code)
                 print(f"{name:<{width}}  {code:>4}  {outcome}  ({seconds:.0f}s)", flush=True)
-        print(f"{len(names) - failed}/{len(names)} cases ok in {time.perf_counter() - t0:.0f}s", flush=True)
+                cells = [name, code, outcome.replace(str(root), "$TMP"), f"{seconds:.0f}"]
+                rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        summary = f"{len(names) - failed}/{len(names)} cases ok in {time.perf_counter() - t0:.0f}s"
+        print(summary, flush=True)
+        if args.markdown:
+            Path(args.markdown).write_text("\n".join([*rows, "", summary]) + "\n")
     return 1 if failed else 0
 
 

@@ -245,7 +245,7 @@ def test_evaluate_refuses_a_teacher_or_tokenizer_other_than_the_stores(tiny_stor
 
     from adabert.evaluate import run_evaluation
 
-    teacher = Path(KnowledgeStore.open(tiny_store).manifest["teacher"]["path"])
+    teacher = KnowledgeStore.open(tiny_store).teacher_path
     settings_ = dict(model=str(teacher), store=str(tiny_store), skip_latency=True)
 
     other = tmp_path / "other_teacher"  # same tokenizer, other weights
@@ -310,6 +310,7 @@ def test_train_and_search_refuse_mismatched_inputs_up_front(tiny_store, tmp_path
         "search",
         "",
     )
+    (foreign / "selection.json").write_text("{}")  # a finished search's
     genotype_file = str(tmp_path / "rand" / "genotype.json")
     with pytest.raises(ValueError, match="3 output label.*task sst2 has 2.*drop --supernet"):
         train_student(TrainConfig(genotype=genotype_file, supernet=str(foreign), **base))

@@ -618,7 +618,9 @@ def _settings(store: Path, out: Path, **overrides) -> CompressConfig:
 
 
 def test_compress_end_to_end_teacher_and_student(tiny_store, tmp_path):
-    teacher_dir = json.loads((tiny_store / "manifest.json").read_text())["teacher"]["path"]
+    from adabert.store import KnowledgeStore
+
+    teacher_dir = str(KnowledgeStore.open(tiny_store).teacher_path)
     out = tmp_path / "bert_compressed"
     report = compress(_settings(tiny_store, out, model=teacher_dir, methods="svd,block"))
     for name in ("model.safetensors", "config.json", "tokenizer.json", "report.json", "report.md"):
@@ -701,3 +703,26 @@ def test_compress_end_to_end_teacher_and_student(tiny_store, tmp_path):
     reloaded = AutoModelForSequenceClassification.from_pretrained(out)
     assert reloaded.config.base["hidden_size"] == 8 and reloaded.config.base["norm_width"] == 16
     assert report["size"]["compressed"]["total"] < 0.55 * report["size"]["original"]["total"]
+
+
+def test_a_compression_that_failed_over_a_finished_one_leaves_no_model_to_use(
+    tiny_store, tmp_path, monkeypatch
+):
+    """The old compressed model beside the new run's settings is refused, naming the command to run."""
+    import adabert.compress.pipeline as compress_module
+    from adabert.model_folder import ModelFolderError, load_classifier
+    from adabert.store import KnowledgeStore
+
+    teacher_dir = str(KnowledgeStore.open(tiny_store).teacher_path)
+    out = tmp_path / "compressed"
+    compress(_settings(tiny_store, out, model=teacher_dir, methods="svd", kd_epochs=0.0, skip_latency=True))
+    load_classifier(out)  # finished: usable
+
+    def fails(model):
+        raise RuntimeError("stopped mid-way")
+
+    monkeypatch.setattr(compress_module, "wrap", fails)
+    with pytest.raises(RuntimeError, match="stopped mid-way"):
+        compress(_settings(tiny_store, out, model=teacher_dir, methods="svd", kd_epochs=0.0, rank_ratio=0.25))
+    with pytest.raises(ModelFolderError, match=r"the adabert compress that wrote it did not finish"):
+        load_classifier(out)

@@ -282,3 +282,45 @@ def test_a_refused_resume_is_a_user_error(tmp_path):
     with pytest.raises(CheckpointError, match="settings changed") as info:
         check_resumable({"epochs": 3, "seed": 2}, {"epochs": 3, "seed": 1}, tmp_path, set())
     assert is_user_error(info.value)
+
+
+def test_a_refused_write_names_the_folder_and_file_not_the_temporary_one(tmp_path, monkeypatch):
+    from adabert.io import atomic_write_json
+
+    out = tmp_path / "eval"
+
+    def refused(src, dst):  # as a file marked immutable, or a folder of another user with the sticky bit
+        raise PermissionError(errno.EPERM, "Operation not permitted", str(src), str(dst))
+
+    monkeypatch.setattr(os, "replace", refused)
+    with pytest.raises(PermissionError) as info:
+        atomic_write_json(out / "report.json", {})
+    assert describe(info.value).startswith(f"{out / 'report.json'}: Operation not permitted (choose a folder")
+    assert ".tmp" not in describe(info.value) and not list(out.iterdir())
+    monkeypatch.chdir(out)  # a file given without its folder is named with it
+    with pytest.raises(PermissionError) as info:
+        atomic_write_json("report.json", {})
+    assert describe(info.value).startswith(f"{out / 'report.json'}: Operation not permitted")
+    monkeypatch.undo()
+
+    def unwritable(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(out / ".report.json.x1y2.tmp"))
+
+    monkeypatch.setattr("tempfile.mkstemp", unwritable)
+    with pytest.raises(PermissionError) as info:
+        atomic_write_json(out / "report.json", {})
+    assert describe(info.value).startswith(f"{out}: Permission denied")
+
+
+def test_an_unterminated_csv_quote_is_reported_where_it_opens(tmp_path):
+    from adabert.tasks import TaskDataError, read_table
+
+    table = tmp_path / "rows.csv"
+    table.write_text('sentence,label\ngood film,1\n"bad film,0\nok film,1\nfine,1\n')
+    with pytest.raises(TaskDataError, match=r"rows\.csv:3: a quoted field .* is never closed"):
+        read_table(table)
+    table.write_text('sentence,label\n"a film\nover two lines",1\nok film,0\n')  # a closed quote spans lines
+    names, rows = read_table(table)
+    assert [line for line, _ in rows] == [2, 4] and rows[0][1]["sentence"] == "a film\nover two lines"
+    table.write_text('sentence,label\n"a" film,1\nok,"0"x\n')  # stray quotes mid-field: read as they stand
+    assert [row["sentence"] for _, row in read_table(table)[1]] == ["a film", "ok"]

@@ -139,6 +139,100 @@ def test_diverging_training_stops_with_a_clear_message(tiny_store, tmp_path, mon
         load_classifier(student)
 
 
+def test_train_refuses_what_an_unfinished_search_left(tiny_store, tmp_path, monkeypatch, capsys):
+    import adabert.search.loop as search_module
+    from adabert.cli import main
+
+    out = tmp_path / "search"
+    run_search(search_config(tiny_store, out, epochs=1))
+    assert (out / "selection.json").is_file()  # written last: the search finished
+    monkeypatch.setattr(search_module, "task_loss", lambda logits, *_: logits.sum() * float("nan"))
+    with pytest.raises(DivergenceError):
+        run_search(search_config(tiny_store, out, epochs=2, uniform_warmup_epochs=0, resume=True))
+    monkeypatch.undo()
+    # epoch 1's genotype and checkpoint are left, for --resume; train uses neither
+    assert (out / "genotype.json").is_file() and not (out / "selection.json").exists()
+    train = ["train", "--store", str(tiny_store), "--epochs", "1", "--batch-size", "8"]
+    for extra in ([], ["--supernet", str(out)]):
+        capsys.readouterr()
+        genotype = ["--genotype", str(out / "genotype.json")]
+        assert main([*train, *genotype, *extra, "--output-dir", str(tmp_path / "student")]) == 2
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.startswith("adabert: error:")]
+        assert len(lines) == 1 and "Traceback" not in err
+        assert f"{out}: the adabert search that wrote it did not finish" in lines[0]
+        assert "run adabert search (with --resume to continue it) again" in lines[0]
+    assert not (tmp_path / "student" / "model.safetensors").exists()
+
+
+def test_following_the_divergence_advice_resumes_a_search_with_lower_rates(tiny_store, tmp_path, monkeypatch):
+    import adabert.search.loop as search_module
+    from adabert.checkpoint import load_state
+
+    out = tmp_path / "search"
+    run_search(search_config(tiny_store, out, epochs=1))
+    monkeypatch.setattr(search_module, "task_loss", lambda logits, *_: logits.sum() * float("nan"))
+    with pytest.raises(DivergenceError) as diverged:
+        run_search(search_config(tiny_store, out, epochs=2, uniform_warmup_epochs=0, resume=True))
+    advice = str(diverged.value)
+    assert "Lower --w-lr (now 0.003) or --arch-lr (now 0.03) and run the same command with --resume" in advice
+    assert "applies from epoch 2" in advice and "--beta" not in advice
+    monkeypatch.undo()
+    # the advice, followed: lower rates, --resume; the epoch before is kept, the new rates apply after it
+    lowered = search_config(
+        tiny_store, out, epochs=2, uniform_warmup_epochs=0, resume=True, w_lr=1e-3, arch_lr=1e-2
+    )
+    run_search(lowered)
+    state = load_state(out / "checkpoint.safetensors", "search")
+    assert state["epoch"] == 2
+    assert [g["lr"] for g in state["w_opt"]["param_groups"]] == [1e-3]
+    assert [g["lr"] for g in state["a_opt"]["param_groups"]] == [1e-2]
+    changes = json.loads((out / "selection.json").read_text())["lr_changes"]
+    assert changes == [
+        {"epoch": 2, "setting": "w_lr", "from": 3e-3, "to": 1e-3},
+        {"epoch": 2, "setting": "arch_lr", "from": 3e-2, "to": 1e-2},
+    ]
+    assert len(_records(out / "search_log.jsonl")) == 2
+    # any other changed setting is still refused
+    from adabert.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match=r"settings changed \(beta"):
+        run_search(search_config(tiny_store, out, epochs=3, uniform_warmup_epochs=0, resume=True, w_lr=1e-3,
+                                 arch_lr=1e-2, beta=0.5))  # fmt: skip
+
+
+def test_following_the_divergence_advice_resumes_a_training_with_a_lower_rate(
+    tiny_store, tmp_path, monkeypatch
+):
+    import adabert.train as train_module
+    from adabert.checkpoint import load_state
+
+    search = tmp_path / "search"
+    run_search(search_config(tiny_store, search, random_architecture=True))
+    settings = dict(genotype=str(search / "genotype.json"), store=str(tiny_store),
+                    output_dir=str(tmp_path / "student"), epochs=1, batch_size=8, lr=1e-3)  # fmt: skip
+    train_module.train_student(TrainConfig(**settings))
+    monkeypatch.setattr(train_module, "task_loss", lambda logits, *_: logits.sum() * float("inf"))
+    with pytest.raises(
+        DivergenceError, match=r"Lower --lr \(now 0.001\) and run the same command with --resume"
+    ):
+        train_module.train_student(TrainConfig(**{**settings, "epochs": 2, "resume": True}))
+    monkeypatch.undo()
+    result = train_module.train_student(TrainConfig(**{**settings, "epochs": 2, "resume": True, "lr": 1e-4}))
+    assert result["lr_changes"] == [{"epoch": 2, "setting": "lr", "from": 1e-3, "to": 1e-4}]
+    assert [r["epoch"] for r in result["history"]] == [1, 2]
+    metrics = json.loads((tmp_path / "student" / "metrics.json").read_text())
+    assert metrics["lr_changes"] == result["lr_changes"]
+    state = load_state(train_module.state_path(tmp_path / "student"), "training")
+    assert state["scheduler"]["base_lrs"] == [1e-4]
+    assert state["optimizer"]["param_groups"][0]["initial_lr"] == 1e-4
+    from adabert.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match=r"settings changed \(gamma"):
+        train_module.train_student(TrainConfig(**{**settings, "epochs": 3, "resume": True, "lr": 1e-4,
+                                                  "gamma": 0.1}))  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------------ teacher
 def _leftovers(root: Path) -> list[Path]:
     return [p for p in root.rglob(".*") if p.name.endswith((".tmp", ".old")) or p.name.startswith(".save.")]
@@ -200,7 +294,7 @@ def test_the_store_refuses_non_finite_logits(tiny_store, tmp_path):
     store = KnowledgeStore.open(tiny_store)
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    teacher = resolve_model(store.manifest["teacher"]["path"])
+    teacher = resolve_model(str(store.teacher_path))
     model = AutoModelForSequenceClassification.from_pretrained(teacher)
     rows, logits, probes = store.rows("dev"), np.array(store.teacher_logits("dev")), store.probe_logits("dev")
     logits[3, 1] = np.nan

@@ -1,9 +1,10 @@
 """One strict loader: a model folder whose weights do not fit its config, or whose files are damaged, is
 refused in one line (exit status 2) by every command that reads a model; it never predicts garbage.
 
-The property test mutates a valid student folder (keys removed or retyped, genotype ops or ``pair``
-flipped, shapes changed, files truncated): ``predict`` and ``evaluate`` then either exit 2 with one
-``adabert: error:`` line, or exit 0 with the outputs of the untouched folder. Never a traceback, never
+The property tests mutate a valid student folder (keys removed or retyped, genotype ops or ``pair``
+flipped, shapes changed, files truncated): ``predict`` and ``evaluate``, and ``export`` and ``compress``,
+then either exit 2 with one ``adabert: error:`` line, or exit 0 with the outputs of the untouched folder
+(for export, what its ONNX model predicts; for compress, the tensors it writes). Never a traceback, never
 NaN.
 """
 
@@ -255,3 +256,78 @@ def test_a_pickle_in_place_of_the_weights_is_refused_and_never_run(student_on_st
     with pytest.raises(ModelFolderError, match=r"pytorch_model.bin is a pickle that holds more than plain"):
         load_classifier(folder)
     assert not (tmp_path / "payload-ran").exists()
+
+
+# ------------------------------------------------------------------------------------------ writers
+COMPRESS = [
+    "--methods",
+    "svd",
+    "--kd-epochs",
+    "0",
+    "--retrain-epochs",
+    "0",
+    "--skip-latency",
+    "--seq-len",
+    "16",
+]
+TRAINING_ONLY = {"hidden_dropout_prob"}  # compress trains with the dropout its model's config asks for
+
+
+def _written(
+    folder: Path, store: Path, rows: Path, work: Path
+) -> tuple[int, bytes | None, int, bytes | None]:
+    """(export's exit code, the predictions of the ONNX model it wrote, compress's exit code, the tensors it
+    wrote), in this process. (ONNX files name their nodes by a counter that runs on in a process, so the
+    exported model is compared by what it predicts.)"""
+    onnx = work / "onnx"
+    exported = main(["export", "--model", str(folder), "--store", str(store), "--output-dir", str(onnx),
+                     "--seq-len", "16"])  # fmt: skip
+    predicted = None
+    if exported == 0:
+        out = work / "onnx-predicted.tsv"
+        assert main(["predict", "--model", str(onnx), "--input", str(rows), "--output", str(out)]) == 0
+        predicted = out.read_bytes()
+    compressed = work / "compressed"
+    code = main(["compress", "--model", str(folder), "--store", str(store), "--output-dir", str(compressed),
+                 *COMPRESS])  # fmt: skip
+    return exported, predicted, code, _tensors(compressed / "model.safetensors") if code == 0 else None
+
+
+def _tensors(path: Path) -> bytes:
+    """The weights a safetensors file holds, as bytes (its metadata, which records the config's
+    architecture hash, apart: a config key that changes nothing still changes that hash)."""
+    from safetensors.torch import load_file
+
+    return b"".join(name.encode() + t.numpy().tobytes() for name, t in sorted(load_file(path).items()))
+
+
+@pytest.fixture(scope="module")
+def written_reference(student_on_store) -> tuple[int, bytes | None, int, bytes | None]:
+    student, store, rows = student_on_store
+    (student.parent / "written").mkdir()
+    outputs = _written(student, store, rows, student.parent / "written")
+    assert outputs[0] == outputs[2] == 0
+    return outputs
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mutation=mutations().filter(lambda m: m[1] not in TRAINING_ONLY))
+def test_every_mutation_of_a_student_is_one_line_or_changes_nothing_for_export_and_compress(
+    student_on_store, written_reference, mutation, capsys
+):
+    student, store, rows = student_on_store
+    capsys.readouterr()
+    with tempfile.TemporaryDirectory(dir=student.parent) as scratch:
+        work = Path(scratch)
+        folder = _copy(student, work)
+        _apply(folder, mutation)
+        exported, onnx, compressed, weights = _written(folder, store, rows, work)
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        errors = [line for line in err.splitlines() if line.startswith("adabert: error:")]
+        assert len(errors) == (exported == 2) + (compressed == 2), err
+        assert exported in (0, 2) and compressed in (0, 2), (mutation, err)
+        if exported == 0:
+            assert onnx == written_reference[1], ("export", mutation)
+        if compressed == 0:
+            assert weights == written_reference[3], ("compress", mutation)

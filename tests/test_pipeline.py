@@ -232,12 +232,17 @@ def test_changed_settings_rerun_the_affected_stage_and_everything_after(
     assert len((run / "search" / "search_log.jsonl").read_text().splitlines()) == 2
     assert stage_info(run, "student")["hash"] != old_student
     assert stage_info(run, "student")["upstream"]["search"] == stage_info(run, "search")["hash"]
+    why = {k: v.get("why") for k, v in json.loads((run / "pipeline.json").read_text())["stages"].items()}
+    assert why["search"] == "epochs 1 -> 2" and why["teacher"] is None  # each stage that re-runs says why
+    assert why["student"] == "the stage(s) before it ran again (search)"
 
     # an evaluation setting re-runs the evaluation only: the export does not depend on it
     forbid(monkeypatch, "search", "train", "export")
     run_pipeline(tiny_config(inputs, run, search={"epochs": 2}, evaluate={"repeats": 3}))
     assert statuses(run) == {**dict.fromkeys(RAN, "skipped"), "compress": "disabled", "eval": "ran"}
     assert stage_info(run, "eval")["config"]["student"]["repeats"] == 3
+    eval_why = json.loads((run / "pipeline.json").read_text())["stages"]["eval"]["why"]
+    assert eval_why == "evaluate.repeats 2 -> 3"
 
 
 def test_compression_stage_when_enabled(finished_run, tmp_path, monkeypatch, inputs):
@@ -333,7 +338,9 @@ def test_given_teacher_skips_fine_tuning(finished_run, tmp_path, monkeypatch, in
     assert all(statuses(run)[s] == "ran" for s in RAN)
     info = stage_info(run, "teacher")
     assert info["config"]["given_teacher"] == str(given) and len(info["config"]["weights_sha256"]) == 64
-    assert json.loads((run / "store" / "manifest.json").read_text())["teacher"]["path"] == str(given)
+    from adabert.store import KnowledgeStore
+
+    assert KnowledgeStore.open(run / "store").teacher_path.resolve() == given.resolve()
     assert stage_info(given.parent, "teacher")["config"]["model"] == str(inputs["model"])  # left untouched
 
 
@@ -475,6 +482,7 @@ def test_changed_data_reruns_the_teacher_and_the_store_moved_data_does_not(
     train.write_text("\n".join(lines) + "\n")
     with pytest.raises(AssertionError, match="stage finetune should have been skipped"):
         run_pipeline(tiny_config(inputs, run, data_dir=str(data)))
+    assert json.loads((run / "pipeline.json").read_text())["stages"]["teacher"]["why"] == "train.tsv changed"
     # with a given teacher, the store's identity holds the data's hash too
     given = str(finished_run / "teacher")
     before = {s.name: s for s in plan(tiny_config(inputs, tmp_path / "a", teacher=given))}["store"]

@@ -405,6 +405,8 @@ def compress(cfg: CompressConfig) -> dict[str, Any]:
     if _same_path(out, cfg.model):
         raise UserError(f"output_dir {out} is the model's own directory; write the result elsewhere")
     out.mkdir(parents=True, exist_ok=True)
+    for last in ("report.json", "report.md"):  # written last: until then the folder is unfinished
+        (out / last).unlink(missing_ok=True)
     save_config(cfg, out / "compress_config.json")
     torch.manual_seed(cfg.seed)
     from adabert.device import resolve_device
@@ -453,7 +455,7 @@ def compress(cfg: CompressConfig) -> dict[str, Any]:
 
     tokenizer = store.tokenizer()
     save_pretrained_atomic(out, model, tokenizer)
-    reloaded = load_classifier(out).to(device)
+    reloaded = load_classifier(out, writing=True).to(device)
     reload_diff = float((_logits(reloaded, probe) - _logits(model, probe)).abs().max())
     if reload_diff > EXACT_ATOL:
         raise RuntimeError(
@@ -461,7 +463,7 @@ def compress(cfg: CompressConfig) -> dict[str, Any]:
         )
     log.info("saved %s (reload max |diff| %.2e)", out, reload_diff)
 
-    teacher_dir = store.manifest["teacher"]["path"]
+    teacher_dir = store.teacher_path
     teacher_is_original = _same_path(teacher_dir, cfg.model)
     teacher = None
     if not teacher_is_original:

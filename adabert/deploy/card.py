@@ -82,6 +82,13 @@ def _from_store(store_dir: str | Path) -> dict[str, Any]:
     dev_split = next((s for s in task.get("files", {}) if s not in ("train", "test")), "dev")
     teacher = manifest.get("teacher") or {}
     teacher_path = teacher.get("path")
+    if teacher_path:  # recorded relative to the store folder (older stores: to the working directory)
+        import os
+
+        from adabert.io import resolve_recorded
+
+        found = resolve_recorded(str(teacher_path), store_dir, teacher.get("abspath"))
+        teacher_path = os.path.normpath(found)  # shown: runs/sst2/teacher, not runs/sst2/store/../teacher
     finetuned = _read_json(Path(teacher_path) / "finetune_config.json") if teacher_path else None
     facts: dict[str, Any] = {
         "task": task or None,

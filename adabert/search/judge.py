@@ -29,6 +29,11 @@ BLIND = (
     "the cell was chosen without task signal: the supernet never predicted held-out rows better "
     "than the trivial predictor"
 )
+ENDED_BLIND = (
+    "the search ended no better than the trivial predictor: its last epoch's supernet predicted held-out "
+    "rows no better than the label prior, so the final architecture steps had no task signal (lower "
+    "--w-lr / --arch-lr, or search longer)"
+)
 
 
 def trivial_loss(train_labels: np.ndarray, labels: np.ndarray, num_labels: int, regression: bool) -> float:
@@ -124,4 +129,6 @@ def summary(evidence: dict[str, Any]) -> str:
         parts.append(f" Weight phase: {evidence['weight_phase_end']}.")
     if evidence.get("blind"):
         parts.append(f" **Warning: {BLIND}.**")
+    elif evidence.get("ended_blind"):
+        parts.append(f" **Warning: {ENDED_BLIND}.**")
     return "".join(parts)

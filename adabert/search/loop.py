@@ -42,6 +42,7 @@ import torch
 from adabert import data, distributed, optim
 from adabert.checkpoint import (
     DivergenceError,
+    change_learning_rates,
     check_resumable,
     divergence_advice,
     gather_cuda_rng_states,
@@ -89,6 +90,7 @@ OUTPUTS = (
 )
 # Settings that may change between an interrupted run and its resumption.
 RESUMABLE_CHANGES = {"resume", "epochs", "num_workers", "output_dir", "store", "device", "precision"}
+RESUMABLE_CHANGES |= {"w_lr", "arch_lr"}  # the divergence advice: lower them and resume (recorded)
 TERMS = ("loss", "ce", "kd", "efficiency")
 
 
@@ -160,7 +162,7 @@ def load_latency_table(cfg: SearchConfig, store: KnowledgeStore, space: SearchSp
         space,
         hidden,
         seq_len,
-        teacher["path"],
+        str(store.teacher_path),
         teacher["sha256"],
         embedding,
         store.num_labels,
@@ -219,6 +221,7 @@ class Search:
     total_steps: int = 1  # planned steps, the weight phase's as run so far
     step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    lr_changes: list[dict[str, Any]] = field(default_factory=list)  # rates changed on --resume
 
     def tau(self, cfg: SearchConfig) -> float:
         """The Gumbel temperature, annealed over the search phase's steps."""
@@ -483,6 +486,7 @@ def save_checkpoint(s: Search, cfg: SearchConfig, path: Path, epoch: int, ctx: A
         "step": s.step,
         "history": s.history,
         "config": to_dict(cfg),
+        "lr_changes": s.lr_changes,
         **extra,
     }
     if cuda_rng_states is not None:
@@ -505,6 +509,10 @@ def restore(s: Search, state: dict[str, Any], cfg: SearchConfig, path: Path, cos
     load_weights(s.net, state["model"], path)
     s.w_opt.load_state_dict(state["w_opt"])  # moved to the parameters' device
     s.a_opt.load_state_dict(state["a_opt"])
+    rates = {"w_lr": (s.w_opt, None), "arch_lr": (s.a_opt, None)}
+    s.lr_changes = state.get("lr_changes", []) + change_learning_rates(
+        to_dict(cfg), state["config"], rates, state["epoch"], path
+    )
     for name, scaler in (("w_scaler", s.w_scaler), ("a_scaler", s.a_scaler)):
         if scaler is not None and state.get(name):
             scaler.load_state_dict(state[name])
@@ -568,6 +576,8 @@ def run_search(cfg: SearchConfig) -> Genotype:
     state = load_for_resume(path, cfg.resume, CHECKPOINT_KIND)
     start = restore(s, state, cfg, path, costs) if state is not None else 0
     del state
+    if ctx.is_main:  # written last: from here on the folder is unfinished until the search is done
+        (out / SELECTION).unlink(missing_ok=True)
     plan_steps(s, cfg)
     log.info(
         "search on %s (%s): %d weight rows, %d architecture rows, %d judge rows (trivial loss %.4f); "
@@ -590,7 +600,8 @@ def run_search(cfg: SearchConfig) -> Genotype:
         try:
             terms = run_epoch(s, epoch, s.search_start is None, cfg, weight_rows, arch_rows, regression, ctx)
         except DivergenceError as err:
-            advice = divergence_advice(path, epoch, "--w-lr / --arch-lr or --beta")
+            rates = f"--w-lr (now {cfg.w_lr:g}) or --arch-lr (now {cfg.arch_lr:g})"
+            advice = divergence_advice(path, epoch, rates)
             raise DivergenceError(f"{err}; {advice}") from None
         distributed.check_in_sync({"edge_logits": net.edge_logits, "depth_logits": net.depth_logits})
         genotype = derive(s, cfg, store, space, hidden)
@@ -610,14 +621,17 @@ def run_search(cfg: SearchConfig) -> Genotype:
         raise UserError(f"{out}: nothing to search (epochs={cfg.epochs})")
     genotype, evidence = select(cfg.select, net, s.history, heldout, store.task)
     evidence["supernet"] = supernet_evidence(s.history)
+    evidence["lr_changes"] = s.lr_changes
     if evidence["supernet"]["blind"]:
         log.warning("%s: %s", out, judge.BLIND)
+    elif evidence["supernet"].get("ended_blind"):
+        log.warning("%s: %s", out, judge.ENDED_BLIND)
     if ctx.is_main:
         _write_genotype(genotype, out)
-        atomic_write_json(
+        plot_search(s.history, space.ops, out)
+        atomic_write_json(  # last: it marks the search finished (model_folder.check_finished)
             out / SELECTION, {**evidence, "genotype": genotype.to_dict(), "costs": cost.describe()}
         )
-        plot_search(s.history, space.ops, out)
         log.info("selected (%s) genotype:\n%s", cfg.select, genotype)
     distributed.barrier()
     return genotype
@@ -685,6 +699,7 @@ def supernet_evidence(history: list[dict[str, Any]]) -> dict[str, Any]:
         "weight_phase_end": next((r["weight_phase_end"] for r in warm if r.get("weight_phase_end")), None),
         "search_losses": [r["supernet"]["loss"] for r in search],
         "blind": judge.blind_search(history),
+        "ended_blind": judge.blind_search(judged[-1:]),  # the last judged epoch's supernet
     }
     if "majority_accuracy" in judged[-1]["supernet"]:
         out["majority_accuracy"] = judged[-1]["supernet"]["majority_accuracy"]
@@ -731,6 +746,7 @@ def _random_architecture(
     genotype = random_genotype(space, cfg.seed, hidden_size=hidden, embedding=genotype_embedding(store))
     if ctx.is_main:
         _write_genotype(genotype, out)
+        atomic_write_json(out / SELECTION, {"select": "random", "genotype": genotype.to_dict()})
         log.info("random architecture from %s:\n%s", space.name, genotype)
     distributed.barrier()
     return genotype
