@@ -709,7 +709,7 @@ def test_a_compression_that_failed_over_a_finished_one_leaves_no_model_to_use(
     tiny_store, tmp_path, monkeypatch
 ):
     """The old compressed model beside the new run's settings is refused, naming the command to run."""
-    import adabert.compress.pipeline as compress_module
+    import adabert.compress.run as compress_module
     from adabert.model_folder import ModelFolderError, load_classifier
     from adabert.store import KnowledgeStore
 
