@@ -185,7 +185,8 @@ def test_following_the_divergence_advice_resumes_a_search_with_lower_rates(tiny_
     run_search(lowered)
     state = load_state(out / "checkpoint.safetensors", "search")
     assert state["epoch"] == 2
-    assert [g["lr"] for g in state["w_opt"]["param_groups"]] == [1e-3]
+    (w_lr,) = [g["lr"] for g in state["w_opt"]["param_groups"]]  # the search phase's cosine from 1e-3
+    assert 2e-4 <= w_lr < 1e-3
     assert [g["lr"] for g in state["a_opt"]["param_groups"]] == [1e-2]
     changes = json.loads((out / "selection.json").read_text())["lr_changes"]
     assert changes == [
