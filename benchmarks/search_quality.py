@@ -251,11 +251,10 @@ def search(
 
 
 def parametric_ops(genotype: Any) -> int:
-    from search_spaces import get_space
+    from adabert.search.ranking import parametric_ops as weighted
 
-    space = get_space(genotype.space)
-    built = {op: space.build_op(op, 8) for op in {e.op for e in genotype.edges}}
-    return sum(1 for e in genotype.edges if any(True for _ in built[e.op].parameters()))
+    ops = weighted(genotype.space)
+    return sum(1 for e in genotype.edges if e.op in ops)
 
 
 def latency_run(students: dict[str, Path], teacher: Path, setting: dict[str, Any], pair: bool) -> dict:

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import torch
+from test_compress import _settings
 from test_search import search_config
 
 FIXTURES = Path(__file__).parent / "fixtures" / "behaviour"
@@ -49,7 +50,7 @@ def test_seeded_search_train_and_compress_compute_what_they_did(tiny_store, tmp_
 
 def _search_train_compress(tiny_store: Path, tmp_path: Path) -> None:
     from adabert.compress import compress
-    from adabert.config import CompressConfig, TrainConfig
+    from adabert.config import TrainConfig
     from adabert.search import run_search
     from adabert.train import train_student
 
@@ -77,22 +78,6 @@ def _search_train_compress(tiny_store: Path, tmp_path: Path) -> None:
 
     compressed = tmp_path / "compressed"
     compress(
-        CompressConfig(
-            model=str(student),
-            store=str(tiny_store),
-            output_dir=str(compressed),
-            methods="svd,magnitude",
-            target_sparsity=0.5,
-            kd_epochs=1.0,
-            retrain_epochs=0.5,
-            batch_size=16,
-            prune_rounds=2,
-            batch_sizes=(1,),
-            seq_len=16,
-            repeats=1,
-            warmup=1,
-            device="cpu",
-            seed=0,
-        )
+        _settings(tiny_store, compressed, model=str(student), methods="svd,magnitude", target_sparsity=0.5)
     )
     _pin("compressed", _weights(compressed))

@@ -15,6 +15,14 @@ from typing import Any
 from adabert.genotype import Genotype, random_genotype
 
 
+def parametric_ops(space: Any) -> list[str]:
+    """The ops of ``space`` (a name or a space) that carry weights."""
+    from search_spaces import get_space
+
+    space = get_space(space) if isinstance(space, str) else space
+    return [op for op in space.ops if any(True for _ in space.build_op(op, 8).parameters())]
+
+
 def ranking_cells(space: Any, count: int, seed: int, hidden_size: int, embedding: dict) -> list[Genotype]:
     """``count`` cells of the space, stratified by their share of parametric ops: cell ``i`` draws each
     edge's op from the parametric ops with probability ``i / (count - 1)``, else from the parameter-free
@@ -28,7 +36,8 @@ def ranking_cells(space: Any, count: int, seed: int, hidden_size: int, embedding
 
     space = get_space(space) if isinstance(space, str) else space
     ops = [op for op in space.ops if op != space.zero_op]
-    parametric = [op for op in ops if any(True for _ in space.build_op(op, 8).parameters())]
+    weighted = set(parametric_ops(space))
+    parametric = [op for op in ops if op in weighted]
     free = [op for op in ops if op not in parametric] or parametric
     parametric = parametric or free
     rng = random.Random(seed)
