@@ -331,6 +331,11 @@ class SearchConfig(Computes):
         "the supernet, end the weight phase and select the epoch", gt=0.0, lt=1.0)
     judge_paths: int = _f(
         8, "sampled paths whose mean held-out loss judges the supernet each epoch", ge=1, le=256)
+    judge_average: float = _f(
+        0.5, "the supernet is judged (and the epoch selected) with an exponential moving average of its "
+        "weights over about this many epochs of steps (Polyak averaging): at a constant rate the current "
+        "weights' held-out loss wanders by several percent from epoch to epoch (0 = the current weights)",
+        ge=0.0, le=100.0)
     sandwich: int = _f(
         0, "paths per weight step under the sandwich rule with in-place distillation (BigNAS): the "
         "largest learns the task, the smallest and N - 2 sampled ones learn its predictions (0 = off: "

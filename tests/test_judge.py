@@ -16,6 +16,7 @@ from test_search import search_config
 
 from adabert.search.judge import (
     BLIND,
+    WeightAverage,
     WeightPhaseRule,
     blind_search,
     judge_paths,
@@ -124,6 +125,27 @@ def test_the_weight_phase_rule_on_a_learnable_task_and_on_coin_flips(tmp_path, t
         assert supernet["warmup_loss"] <= 0.95 * supernet["trivial_loss"]
         assert supernet["warmup_accuracy"] > supernet["majority_accuracy"] and not supernet["blind"]
         assert "Warning" not in text
+
+
+def test_weight_average_follows_the_steps_and_is_judged_then_put_back():
+    layer = torch.nn.Linear(3, 2)
+    params = list(layer.parameters())
+    average = WeightAverage(params, steps=4)  # decay 0.75
+    start = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p in params:
+            p.add_(1.0)
+    average.update()
+    assert all(torch.allclose(a, s + 0.25) for a, s in zip(average.average, start))
+    current = [p.detach().clone() for p in params]
+    with average.applied():
+        assert all(torch.allclose(p, a) for p, a in zip(params, average.average))
+    assert all(torch.equal(p, c) for p, c in zip(params, current))
+    again = WeightAverage(params, steps=4)
+    again.load_state_dict(average.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(again.average, average.average))
+    with pytest.raises(ValueError, match="does not fit"):
+        WeightAverage(list(torch.nn.Linear(3, 5).parameters()), 4).load_state_dict(average.state_dict())
 
 
 def test_blind_flag_sentence_says_the_cell_had_no_task_signal():

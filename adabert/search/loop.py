@@ -28,6 +28,7 @@ and the latency table stay on the host; held-out and dev scores are computed in 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -222,6 +223,11 @@ class Search:
     step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     lr_changes: list[dict[str, Any]] = field(default_factory=list)  # rates changed on --resume
+    average: judge.WeightAverage | None = None  # the weights judged (None: the current ones)
+
+    def judged(self) -> contextlib.AbstractContextManager:
+        """The weights the supernet is judged and the epoch selected with, for a ``with`` block."""
+        return contextlib.nullcontext() if self.average is None else self.average.applied()
 
     def tau(self, cfg: SearchConfig) -> float:
         """The Gumbel temperature, annealed over the search phase's steps."""
@@ -311,7 +317,10 @@ def weight_step(
     else:
         loss, terms = search_loss(s.net, batch, sample, cfg, regression, skip, drop)
     terms["efficiency"] = torch.zeros(())
-    return _apply(s.net.weight_parameters(), s.w_opt, loss, terms, share, cfg.grad_clip, where, s.w_scaler)
+    reduced = _apply(s.net.weight_parameters(), s.w_opt, loss, terms, share, cfg.grad_clip, where, s.w_scaler)
+    if s.average is not None:
+        s.average.update()
+    return reduced
 
 
 def sandwich_loss(
@@ -489,6 +498,8 @@ def save_checkpoint(s: Search, cfg: SearchConfig, path: Path, epoch: int, ctx: A
         "lr_changes": s.lr_changes,
         **extra,
     }
+    if s.average is not None:
+        state["weight_average"] = s.average.state_dict()
     if cuda_rng_states is not None:
         state["cuda_rng_per_rank"] = cuda_rng_states
     for name, scaler in (("w_scaler", s.w_scaler), ("a_scaler", s.a_scaler)):
@@ -509,6 +520,13 @@ def restore(s: Search, state: dict[str, Any], cfg: SearchConfig, path: Path, cos
     load_weights(s.net, state["model"], path)
     s.w_opt.load_state_dict(state["w_opt"])  # moved to the parameters' device
     s.a_opt.load_state_dict(state["a_opt"])
+    if s.average is not None and "weight_average" in state:
+        try:
+            s.average.load_state_dict(state["weight_average"])
+        except ValueError as err:
+            raise UserError(f"{path}: {err}") from None
+    elif s.average is not None:  # a checkpoint without one: the average starts at its weights
+        s.average.reset()
     rates = {"w_lr": (s.w_opt, None), "arch_lr": (s.a_opt, None)}
     s.lr_changes = state.get("lr_changes", []) + change_learning_rates(
         to_dict(cfg), state["config"], rates, state["epoch"], path
@@ -572,6 +590,8 @@ def run_search(cfg: SearchConfig) -> Genotype:
         a_scaler=grad_scaler(device, cfg.precision),
         steps_per_epoch=data.steps(len(weight_rows), cfg.batch_size),
     )
+    if cfg.judge_average > 0:
+        s.average = judge.WeightAverage(net.weight_parameters(), cfg.judge_average * s.steps_per_epoch)
     path = out / CHECKPOINT
     state = load_for_resume(path, cfg.resume, CHECKPOINT_KIND)
     start = restore(s, state, cfg, path, costs) if state is not None else 0
@@ -605,8 +625,9 @@ def run_search(cfg: SearchConfig) -> Genotype:
             raise DivergenceError(f"{err}; {advice}") from None
         distributed.check_in_sync({"edge_logits": net.edge_logits, "depth_logits": net.depth_logits})
         genotype = derive(s, cfg, store, space, hidden)
-        supernet = judge_supernet(s, cfg, heldout, store.task, baseline)
-        record = epoch_record(s, epoch, terms, genotype, heldout, dev, store.task, started, supernet)
+        with s.judged():
+            supernet = judge_supernet(s, cfg, heldout, store.task, baseline)
+            record = epoch_record(s, epoch, terms, genotype, heldout, dev, store.task, started, supernet)
         s.history.append(record)
         record.update(end_weight_phase(s, cfg))
         _log_epoch(s.history[-1])
@@ -619,7 +640,8 @@ def run_search(cfg: SearchConfig) -> Genotype:
 
     if not s.history:
         raise UserError(f"{out}: nothing to search (epochs={cfg.epochs})")
-    genotype, evidence = select(cfg.select, net, s.history, heldout, store.task)
+    with s.judged():
+        genotype, evidence = select(cfg.select, net, s.history, heldout, store.task)
     evidence["supernet"] = supernet_evidence(s.history)
     evidence["lr_changes"] = s.lr_changes
     if evidence["supernet"]["blind"]:

@@ -53,12 +53,15 @@ def ranking_cells(space: Any, count: int, seed: int, hidden_size: int, embedding
 
 def supernet_scores(search_dir: str | Path, genotypes: list[Genotype]) -> list[dict[str, float]]:
     """Held-out loss and metrics of each genotype's path inside the searched supernet of ``search_dir``
-    (its last checkpoint), on that search's judge rows."""
+    (its last checkpoint, with the weights the search judged it with), on that search's judge rows."""
+    import contextlib
+
     import torch
 
     from adabert import data
     from adabert.checkpoint import load_state
     from adabert.config import SearchConfig, load_config
+    from adabert.search.judge import WeightAverage
     from adabert.search.loop import CHECKPOINT, CHECKPOINT_KIND, build_supernet, load_weights, split_rows
     from adabert.search.selection import score
     from adabert.store import KnowledgeStore
@@ -67,11 +70,18 @@ def supernet_scores(search_dir: str | Path, genotypes: list[Genotype]) -> list[d
     cfg = load_config(SearchConfig, search_dir / "config.json")
     store = KnowledgeStore.open(cfg.store)
     net = build_supernet(cfg, store)
-    load_weights(net, load_state(search_dir / CHECKPOINT, CHECKPOINT_KIND)["model"], search_dir / CHECKPOINT)
+    state = load_state(search_dir / CHECKPOINT, CHECKPOINT_KIND)
+    load_weights(net, state["model"], search_dir / CHECKPOINT)
+    judged = contextlib.nullcontext()
+    if "weight_average" in state:  # the weights the search judged its supernet with
+        average = WeightAverage(net.weight_parameters(), 1)
+        average.load_state_dict(state["weight_average"])
+        judged = average.applied()
     torch.manual_seed(cfg.seed)
     judge_rows = split_rows(cfg, store)[2]
     loader = data.loader(judge_rows, cfg.batch_size * 2, False, pad_token_id=judge_rows.pad_token_id)
-    return [score(net, net.fixed_sample(g), loader, store.task) for g in genotypes]
+    with judged:
+        return [score(net, net.fixed_sample(g), loader, store.task) for g in genotypes]
 
 
 def kendall_tau(supernet: list[float], alone: list[float]) -> float:
