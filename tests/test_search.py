@@ -1,6 +1,7 @@
 """The search stage end to end on a tiny store: outputs, resumption, ablations, and the stages after it."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -398,3 +399,28 @@ def test_an_example_budget_sets_the_epochs_from_the_rows(tiny_store, tmp_path):
     two = train_student(TrainConfig(**common, output_dir=str(tmp_path / "b"), examples=rows + 1))
     assert (one["epochs"], len(one["history"])) == (1, 1)  # --examples overrides --epochs 5
     assert (two["epochs"], len(two["history"])) == (2, 2)
+
+
+def test_schedules_follow_the_phases_with_every_remedy_on(tiny_store, tmp_path):
+    """beta ramps by search epoch from 0 in the weight phase; temperature and the weights' rate anneal
+    over the search phase only; the sandwich rule, skip and dropout run beside them."""
+    out = tmp_path / "search"
+    cfg = search_config(
+        tiny_store,
+        out,
+        epochs=4,
+        efficiency="paper",  # beta 4
+        beta_warmup_epochs=2,
+        sandwich=4,
+        aux_skip=0.5,
+        free_op_dropout=0.2,
+        tau_start=2.0,
+        tau_end=0.5,
+    )
+    run_search(cfg)
+    log = [json.loads(line) for line in (out / "search_log.jsonl").read_text().splitlines()]
+    assert [r["beta"] for r in log] == [0.0, 2.0, 4.0, 4.0]
+    assert log[0]["w_lr"] == cfg.w_lr and log[0]["tau"] == cfg.tau_start
+    assert log[1]["w_lr"] > log[2]["w_lr"] > log[3]["w_lr"] >= cfg.w_lr_min
+    assert cfg.tau_start > log[1]["tau"] > log[3]["tau"] >= cfg.tau_end
+    assert all(math.isfinite(r["loss"]) for r in log)

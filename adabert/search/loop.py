@@ -229,12 +229,38 @@ class Search:
         """The weights the supernet is judged and the epoch selected with, for a ``with`` block."""
         return contextlib.nullcontext() if self.average is None else self.average.applied()
 
-    def tau(self, cfg: SearchConfig) -> float:
-        """The Gumbel temperature, annealed over the search phase's steps."""
-        first = self.step if self.search_start is None else self.search_start
-        return remedies.temperature(
-            cfg.tau_start, cfg.tau_end, cfg.tau_anneal_fraction, self.step - first, self.total_steps - first
-        )
+
+@dataclass(frozen=True)
+class StepSchedule:
+    """Every scheduled value of one step, computed once (:func:`step_schedule`)."""
+
+    tau: float  # the Gumbel temperature of the architecture samples
+    beta: float  # the efficiency term's weight (0 in the weight phase)
+    w_lr: float  # the weights' learning rate
+    skip: float  # the auxiliary skip's weight
+    free_dropout: float  # dropout on parameter-free ops' outputs
+
+
+def step_schedule(s: Search, cfg: SearchConfig) -> StepSchedule:
+    """The schedules at step ``s.step``: constant through the weight phase, then annealed over the
+    search phase's steps (temperature, learning rate, skip, dropout) or ramped by epoch (beta)."""
+    first = s.step if s.search_start is None else s.search_start
+    beta = 0.0
+    if s.search_start is not None:
+        beta = max(0.0, effective_beta(cfg))
+        if cfg.beta_warmup_epochs:
+            searched = (s.step - s.search_start) // s.steps_per_epoch
+            beta *= min(1.0, (searched + 1) / cfg.beta_warmup_epochs)
+    span = (s.step, first, s.total_steps)
+    return StepSchedule(
+        tau=remedies.temperature(
+            cfg.tau_start, cfg.tau_end, cfg.tau_anneal_fraction, s.step - first, s.total_steps - first
+        ),
+        beta=beta,
+        w_lr=remedies.cosine(cfg.w_lr, min(cfg.w_lr, cfg.w_lr_min), *span),
+        skip=remedies.decayed(cfg.aux_skip, *span),
+        free_dropout=remedies.decayed(cfg.free_op_dropout, *span),
+    )
 
 
 # ------------------------------------------------------------------------------------------ steps
@@ -304,18 +330,22 @@ def _apply(
 
 
 def weight_step(
-    s: Search, batch: dict, share: float, sample: Sample, cfg: SearchConfig, regression: bool, where: str
+    s: Search,
+    batch: dict,
+    share: float,
+    sample: Sample,
+    at: StepSchedule,
+    cfg: SearchConfig,
+    regression: bool,
+    where: str,
 ) -> dict[str, float]:
     """Train the sampled sub-network's weights on a batch of the weight rows."""
-    first = s.step if s.search_start is None else s.search_start
     for group in s.w_opt.param_groups:
-        group["lr"] = remedies.cosine(cfg.w_lr, min(cfg.w_lr, cfg.w_lr_min), s.step, first, s.total_steps)
-    skip = remedies.decayed(cfg.aux_skip, s.step, first, s.total_steps)
-    drop = remedies.decayed(cfg.free_op_dropout, s.step, first, s.total_steps)
+        group["lr"] = at.w_lr
     if cfg.sandwich:
-        loss, terms = sandwich_loss(s, batch, sample, cfg, regression, skip, drop)
+        loss, terms = sandwich_loss(s, batch, sample, at, cfg, regression)
     else:
-        loss, terms = search_loss(s.net, batch, sample, cfg, regression, skip, drop)
+        loss, terms = search_loss(s.net, batch, sample, cfg, regression, at.skip, at.free_dropout)
     terms["efficiency"] = torch.zeros(())
     reduced = _apply(s.net.weight_parameters(), s.w_opt, loss, terms, share, cfg.grad_clip, where, s.w_scaler)
     if s.average is not None:
@@ -324,19 +354,19 @@ def weight_step(
 
 
 def sandwich_loss(
-    s: Search, batch: dict, sample: Sample, cfg: SearchConfig, regression: bool, skip: float, drop: float
+    s: Search, batch: dict, sample: Sample, at: StepSchedule, cfg: SearchConfig, regression: bool
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The sandwich rule with in-place distillation (BigNAS, Yu et al. 2020): the largest path learns
     the task; the smallest, ``sample`` and ``cfg.sandwich - 3`` more paths drawn like it learn the
     largest's predictions. The largest path is trained at every step, so the shared weights and head
     learn the task early, and every other path is pulled towards one consistent function."""
-    net = s.net
+    net, skip, drop = s.net, at.skip, at.free_dropout
     loss, terms = search_loss(net, batch, net.extreme_sample(True), cfg, regression, skip, drop)
     targets = terms["logits"].detach()
     paths = [net.extreme_sample(False), sample]
     for _ in range(cfg.sandwich - 3):
         warm = sample.edge_onehot is None
-        paths.append(net.uniform_sample(s.sampler) if warm else net.sample(s.tau(cfg), s.sampler))
+        paths.append(net.uniform_sample(s.sampler) if warm else net.sample(at.tau, s.sampler))
     for path in paths:
         loss = loss + search_loss(net, batch, path, cfg, regression, skip, drop, targets)[0]
     return loss / (len(paths) + 1), terms
@@ -352,20 +382,13 @@ def effective_beta(cfg: SearchConfig) -> float:
 
 
 def arch_step(
-    s: Search,
-    batch: dict,
-    share: float,
-    tau: float,
-    beta: float,
-    cfg: SearchConfig,
-    regression: bool,
-    where: str,
+    s: Search, batch: dict, share: float, at: StepSchedule, cfg: SearchConfig, regression: bool, where: str
 ) -> dict[str, float]:
     """Move the architecture logits on a held-out batch: task loss + efficiency + regulariser."""
-    sample = s.net.sample(tau, s.sampler)
+    sample = s.net.sample(at.tau, s.sampler)
     loss, terms = search_loss(s.net, batch, sample, cfg, regression)
     terms["efficiency"] = s.cost.loss(sample)
-    loss = loss + beta * terms["efficiency"]
+    loss = loss + at.beta * terms["efficiency"]
     if cfg.beta_reg:
         loss = loss + cfg.beta_reg * remedies.beta_regulariser(s.net.edge_logits)
     return _apply(s.net.arch_parameters(), s.a_opt, loss, terms, share, cfg.grad_clip, where, s.a_scaler)
@@ -393,13 +416,9 @@ def run_epoch(
     }
     w_loader = data.loader(weight_rows, cfg.batch_size, True, cfg.seed * 100_003 + epoch, **shard)
     a_batches = _cycle(data.loader(arch_rows, cfg.batch_size, True, cfg.seed * 100_019 + epoch, **shard))
-    beta = effective_beta(cfg)
-    if cfg.beta_warmup_epochs and s.search_start is not None:
-        searched = (s.step - s.search_start) // s.steps_per_epoch
-        beta *= min(1.0, (searched + 1) / cfg.beta_warmup_epochs)
     sums = dict.fromkeys(TERMS, 0.0)
     counts = np.zeros(tuple(s.net.edge_logits.shape), dtype=np.int64)
-    tau = s.tau(cfg)
+    at = step_schedule(s, cfg)
     bar = progress_bar(
         data.with_shares(w_loader),
         total=len(w_loader),
@@ -409,27 +428,25 @@ def run_epoch(
     )
     for batch, share in bar:
         where = f"at epoch {epoch + 1}, step {s.step}"
-        tau = s.tau(cfg)
-        sample = s.net.uniform_sample(s.sampler) if warm else s.net.sample(tau, s.sampler)
+        at = step_schedule(s, cfg)
+        sample = s.net.uniform_sample(s.sampler) if warm else s.net.sample(at.tau, s.sampler)
         for e, op in enumerate(sample.ops):
             counts[e, s.net.zero_index if op is None else op] += 1
-        terms = weight_step(s, to_device(batch, s.device), share, sample, cfg, regression, where)
+        terms = weight_step(s, to_device(batch, s.device), share, sample, at, cfg, regression, where)
         if not warm:
             a_batch, a_share = next(a_batches)
             a_batch = to_device(a_batch, s.device)
-            terms["efficiency"] = arch_step(s, a_batch, a_share, tau, max(beta, 0.0), cfg, regression, where)[
-                "efficiency"
-            ]
+            terms["efficiency"] = arch_step(s, a_batch, a_share, at, cfg, regression, where)["efficiency"]
         for key, value in terms.items():
             sums[key] += value
         s.step += 1
-        bar.set_postfix(loss=f"{terms['loss']:.3f}", tau=f"{tau:.2f}")
+        bar.set_postfix(loss=f"{terms['loss']:.3f}", tau=f"{at.tau:.2f}")
     n = max(1, len(w_loader))
     return {
         **{k: v / n for k, v in sums.items()},
-        "tau": tau,
+        "tau": at.tau,
         "w_lr": s.w_opt.param_groups[0]["lr"],
-        "beta": 0.0 if warm else max(beta, 0.0),
+        "beta": at.beta,
         "phase": WARM_UP if warm else "search",
         "op_counts": counts.tolist(),
     }
