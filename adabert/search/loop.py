@@ -40,24 +40,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from adabert import data, distributed, optim
+from adabert import data, distributed, engine, optim
 from adabert.checkpoint import (
     DivergenceError,
-    change_learning_rates,
-    check_resumable,
     divergence_advice,
-    gather_cuda_rng_states,
-    gather_rng_states,
     load_for_resume,
     remove_stale_temporaries,
-    restore_rng_state,
-    save_state,
-    settings_hash,
 )
 from adabert.config import SearchConfig, save_config, to_dict
 from adabert.device import autocast, describe, grad_scaler, prepare, to_device
 from adabert.distill import hierarchical_kd, logits_kd, task_loss
 from adabert.draw import draw_genotype
+from adabert.engine import Stepper
 from adabert.errors import UserError
 from adabert.genotype import Genotype, derive_genotype, random_genotype
 from adabert.io import atomic_write_json, atomic_write_text
@@ -210,13 +204,11 @@ class Search:
     """What the loop carries from step to step."""
 
     net: Supernet
-    w_opt: torch.optim.Optimizer
-    a_opt: torch.optim.Optimizer
+    weights: Stepper  # the weight steps' optimizer (and fp16 scaler)
+    arch: Stepper  # the architecture steps'
     sampler: torch.Generator
     cost: BudgetCost | PaperCost
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    w_scaler: torch.amp.GradScaler | None = None  # fp16 only
-    a_scaler: torch.amp.GradScaler | None = None
     steps_per_epoch: int = 1
     search_start: int | None = None  # the step the search phase began at (None: in the weight phase)
     total_steps: int = 1  # planned steps, the weight phase's as run so far
@@ -297,38 +289,6 @@ def search_loss(
     return (1 - cfg.gamma) * ce + cfg.gamma * kd, {"ce": ce, "kd": kd, "logits": out.logits}
 
 
-def _apply(
-    params: list[torch.nn.Parameter],
-    optimizer: torch.optim.Optimizer,
-    loss: torch.Tensor,
-    terms: dict[str, torch.Tensor],
-    share: float,
-    clip: float,
-    where: str,
-    scaler: torch.amp.GradScaler | None = None,
-) -> dict[str, float]:
-    """Backward, sum the ranks' weighted gradients, refuse a non-finite loss, clip, step.
-
-    With an fp16 ``scaler`` the scaled gradients are summed (a sum commutes with the scale) and
-    unscaled before clipping; a step whose gradients overflowed is skipped, on every rank alike.
-    """
-    optimizer.zero_grad(set_to_none=True)
-    (loss if scaler is None else scaler.scale(loss)).backward()
-    values = torch.tensor([loss.item()] + [terms[k].item() for k in TERMS[1:]], dtype=torch.float64)
-    reduced = dict(zip(TERMS, distributed.reduce_gradients(params, share, values).tolist()))
-    if not math.isfinite(reduced["loss"]):
-        raise DivergenceError(f"search loss became {reduced['loss']} {where}")
-    if scaler is not None:
-        scaler.unscale_(optimizer)
-    torch.nn.utils.clip_grad_norm_(params, clip)
-    if scaler is None:
-        optimizer.step()
-    else:
-        scaler.step(optimizer)
-        scaler.update()
-    return reduced
-
-
 def weight_step(
     s: Search,
     batch: dict,
@@ -340,14 +300,14 @@ def weight_step(
     where: str,
 ) -> dict[str, float]:
     """Train the sampled sub-network's weights on a batch of the weight rows."""
-    for group in s.w_opt.param_groups:
+    for group in s.weights.optimizer.param_groups:
         group["lr"] = at.w_lr
     if cfg.sandwich:
         loss, terms = sandwich_loss(s, batch, sample, at, cfg, regression)
     else:
         loss, terms = search_loss(s.net, batch, sample, cfg, regression, at.skip, at.free_dropout)
     terms["efficiency"] = torch.zeros(())
-    reduced = _apply(s.net.weight_parameters(), s.w_opt, loss, terms, share, cfg.grad_clip, where, s.w_scaler)
+    reduced = s.weights(loss, {k: terms[k] for k in TERMS[1:]}, share, where)
     if s.average is not None:
         s.average.update()
     return reduced
@@ -391,7 +351,7 @@ def arch_step(
     loss = loss + at.beta * terms["efficiency"]
     if cfg.beta_reg:
         loss = loss + cfg.beta_reg * remedies.beta_regulariser(s.net.edge_logits)
-    return _apply(s.net.arch_parameters(), s.a_opt, loss, terms, share, cfg.grad_clip, where, s.a_scaler)
+    return s.arch(loss, {k: terms[k] for k in TERMS[1:]}, share, where)
 
 
 # ------------------------------------------------------------------------------------------ epoch
@@ -445,7 +405,7 @@ def run_epoch(
     return {
         **{k: v / n for k, v in sums.items()},
         "tau": at.tau,
-        "w_lr": s.w_opt.param_groups[0]["lr"],
+        "w_lr": s.weights.optimizer.param_groups[0]["lr"],
         "beta": at.beta,
         "phase": WARM_UP if warm else "search",
         "op_counts": counts.tolist(),
@@ -495,39 +455,27 @@ def epoch_record(
 
 def save_checkpoint(s: Search, cfg: SearchConfig, path: Path, epoch: int, ctx: Any, extra: dict) -> None:
     """Everything needed to continue after ``epoch``; tensors in safetensors, never a pickle."""
-    rng_states = gather_rng_states()
-    cuda_rng_states = gather_cuda_rng_states(s.device)
-    if not ctx.is_main:
-        return
     frozen = {name for name, p in s.net.named_parameters() if not p.requires_grad}
     state = {
         "model": {k: v for k, v in s.net.state_dict().items() if k not in frozen},
-        "w_opt": s.w_opt.state_dict(),
-        "a_opt": s.a_opt.state_dict(),
-        "rng": rng_states[0],
-        "rng_per_rank": rng_states,
+        **_parts(s),
+        "weight_average": s.average,
         "sample_rng": s.sampler.get_state(),
-        "world_size": ctx.world_size,
         "epoch": epoch + 1,
         "step": s.step,
         "history": s.history,
-        "config": to_dict(cfg),
         "lr_changes": s.lr_changes,
         **extra,
     }
-    if s.average is not None:
-        state["weight_average"] = s.average.state_dict()
-    if cuda_rng_states is not None:
-        state["cuda_rng_per_rank"] = cuda_rng_states
-    for name, scaler in (("w_scaler", s.w_scaler), ("a_scaler", s.a_scaler)):
-        if scaler is not None:
-            state[name] = scaler.state_dict()
-    save_state(path, state, CHECKPOINT_KIND, settings_hash(to_dict(cfg), RESUMABLE_CHANGES))
+    engine.save_loop(path, CHECKPOINT_KIND, state, to_dict(cfg), RESUMABLE_CHANGES, s.device, ctx)
 
 
 def restore(s: Search, state: dict[str, Any], cfg: SearchConfig, path: Path, costs: str) -> int:
     """Continue from a checkpoint: the same settings (and costs) or a clear refusal."""
-    check_resumable(to_dict(cfg), state["config"], path, RESUMABLE_CHANGES)
+    rates = {"w_lr": (s.weights.optimizer, None), "arch_lr": (s.arch.optimizer, None)}
+    s.lr_changes = engine.restore_loop(
+        state, path, to_dict(cfg), RESUMABLE_CHANGES, _parts(s), rates, cfg.seed, s.device
+    )
     if state.get("costs") != costs:
         log.warning(
             "%s: the efficiency costs changed since the checkpoint (another latency table: a new "
@@ -535,8 +483,6 @@ def restore(s: Search, state: dict[str, Any], cfg: SearchConfig, path: Path, cos
             path,
         )
     load_weights(s.net, state["model"], path)
-    s.w_opt.load_state_dict(state["w_opt"])  # moved to the parameters' device
-    s.a_opt.load_state_dict(state["a_opt"])
     if s.average is not None and "weight_average" in state:
         try:
             s.average.load_state_dict(state["weight_average"])
@@ -544,18 +490,20 @@ def restore(s: Search, state: dict[str, Any], cfg: SearchConfig, path: Path, cos
             raise UserError(f"{path}: {err}") from None
     elif s.average is not None:  # a checkpoint without one: the average starts at its weights
         s.average.reset()
-    rates = {"w_lr": (s.w_opt, None), "arch_lr": (s.a_opt, None)}
-    s.lr_changes = state.get("lr_changes", []) + change_learning_rates(
-        to_dict(cfg), state["config"], rates, state["epoch"], path
-    )
-    for name, scaler in (("w_scaler", s.w_scaler), ("a_scaler", s.a_scaler)):
-        if scaler is not None and state.get(name):
-            scaler.load_state_dict(state[name])
-    restore_rng_state(state, cfg.seed, s.device)
     s.sampler.set_state(state["sample_rng"])
     s.step, s.history = state["step"], state["history"]
     log.info("resuming from %s after epoch %d", path, state["epoch"])
     return state["epoch"]
+
+
+def _parts(s: Search) -> dict[str, Any]:
+    """The optimizers and scalers a checkpoint keeps, by their names in it."""
+    return {
+        "w_opt": s.weights.optimizer,
+        "a_opt": s.arch.optimizer,
+        "w_scaler": s.weights.scaler,
+        "a_scaler": s.arch.scaler,
+    }
 
 
 def load_weights(net: Supernet, weights: dict[str, torch.Tensor], path: Path) -> None:
@@ -596,15 +544,26 @@ def run_search(cfg: SearchConfig) -> Genotype:
     if ctx.is_main and isinstance(cost, BudgetCost):
         atomic_write_json(out / LATENCY_TABLE, {**cost.table.to_dict(), "sha256": cost.table.sha256})
     torch.manual_seed(cfg.seed + 7919 * ctx.rank)  # dropout: a stream of its own per rank
+    w_params, a_params = net.weight_parameters(), net.arch_parameters()
     s = Search(
         net,
-        optim.adam(net.weight_parameters(), lr=cfg.w_lr, weight_decay=cfg.w_weight_decay),
-        optim.adam(net.arch_parameters(), lr=cfg.arch_lr, weight_decay=cfg.arch_weight_decay),
+        Stepper(
+            w_params,
+            optim.adam(w_params, lr=cfg.w_lr, weight_decay=cfg.w_weight_decay),
+            cfg.grad_clip,
+            "search",
+            grad_scaler(device, cfg.precision),
+        ),
+        Stepper(
+            a_params,
+            optim.adam(a_params, lr=cfg.arch_lr, weight_decay=cfg.arch_weight_decay),
+            cfg.grad_clip,
+            "search",
+            grad_scaler(device, cfg.precision),
+        ),
         torch.Generator().manual_seed(cfg.seed * 100_043 + 17),  # the same samples on every rank, device
         cost,
         device=device,
-        w_scaler=grad_scaler(device, cfg.precision),
-        a_scaler=grad_scaler(device, cfg.precision),
         steps_per_epoch=data.steps(len(weight_rows), cfg.batch_size),
     )
     if cfg.judge_average > 0:
