@@ -91,13 +91,13 @@ def _run_locked(run: Callable[[Any], Any], cfg: Any) -> None:
 
 
 def _finetune(cfg: cfgmod.FinetuneConfig) -> None:
-    from adabert.teacher import finetune
+    from adabert.teacher.finetuning import finetune
 
     _print_json(finetune(cfg))
 
 
 def _probe(cfg: cfgmod.ProbeConfig) -> None:
-    from adabert.teacher import probe
+    from adabert.teacher.finetuning import probe
 
     store = probe(cfg)
     print(f"knowledge store written to {store.path}")
@@ -172,7 +172,7 @@ def _genotype_new(ns: argparse.Namespace) -> None:
     embedding = None
     if ns.store:
         from adabert.search import genotype_embedding
-        from adabert.store import KnowledgeStore
+        from adabert.teacher.store import KnowledgeStore
 
         embedding = genotype_embedding(KnowledgeStore.open(ns.store))
     genotype = make_genotype(ns.space, edges, ns.cells, ns.hidden_size, embedding, source="genotype new")
@@ -219,7 +219,7 @@ def _profile(ns: argparse.Namespace) -> None:
     from adabert.modules import head_kind
     from adabert.search.latency import latency_table
     from adabert.search.loop import genotype_embedding
-    from adabert.store import KnowledgeStore
+    from adabert.teacher.store import KnowledgeStore
     from search_spaces import get_space
 
     if ns.store is None:

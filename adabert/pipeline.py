@@ -140,8 +140,8 @@ def data_fingerprint(task_name: str, data_dir: str | None) -> dict[str, str] | N
     """
     if data_dir is None:
         return None
-    from adabert.store import sha256_files
     from adabert.tasks import get_task, resolve_path
+    from adabert.teacher.store import sha256_files
 
     task = get_task(task_name)
     return {
@@ -154,7 +154,7 @@ def data_fingerprint(task_name: str, data_dir: str | None) -> dict[str, str] | N
 def _model_fingerprint(model: str) -> str | None:
     """sha256 of a local base model's weight files (the bundled default too); None for a hub id."""
     from adabert.config import model_dir
-    from adabert.store import teacher_hash
+    from adabert.teacher.store import teacher_hash
 
     folder = model_dir(model)
     return teacher_hash(folder)[0] if folder is not None else None
@@ -213,7 +213,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
 
     # teacher: fine-tune, or record the given teacher (its weights hash decides what is downstream)
     if cfg.teacher is not None:
-        from adabert.store import teacher_hash
+        from adabert.teacher.store import teacher_hash
 
         given = Path(cfg.teacher).expanduser()
         if not given.is_dir():
@@ -408,13 +408,13 @@ def _runner(kind: str, stage_cfg: Any) -> Callable[[bool], Any]:
 
     def run(resume: bool) -> Any:
         if kind == "finetune":
-            from adabert import teacher
+            from adabert.teacher import finetuning
 
-            return teacher.finetune(stage_cfg)
+            return finetuning.finetune(stage_cfg)
         if kind == "probe":
-            from adabert import teacher
+            from adabert.teacher import finetuning
 
-            return teacher.probe(stage_cfg)
+            return finetuning.probe(stage_cfg)
         if kind == "search":
             from adabert import search
 

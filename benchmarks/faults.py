@@ -46,7 +46,7 @@ TINY = {
     "search": {**TINY_STAGES["search"], "epochs": 2},
     "evaluate": {"skip_latency": True, "seq_len": 16},
 }
-TEMPORARY = (".tmp", ".old")  # what adabert.io / adabert.store name their temporaries
+TEMPORARY = (".tmp", ".old")  # what adabert.io / adabert.teacher.store name their temporaries
 
 
 @dataclass
@@ -188,7 +188,7 @@ def kill_wrapper(point: str) -> str:
     return textwrap.dedent(
         f"""
         import os, signal, sys
-        import adabert.pipeline as pipeline, adabert.store as store
+        import adabert.pipeline as pipeline, adabert.teacher.store as store
         point = {point!r}
         die = lambda: os.kill(os.getpid(), signal.SIGKILL)
         if point == "after-store-rename":

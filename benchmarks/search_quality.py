@@ -326,7 +326,7 @@ def run_benchmark(args: argparse.Namespace) -> None:
     from adabert.io import atomic_write_json
     from adabert.search.baselines import random_at_budget
     from adabert.search.latency import LatencyTable
-    from adabert.store import KnowledgeStore
+    from adabert.teacher.store import KnowledgeStore
     from search_spaces import get_space
 
     started = time.perf_counter()
@@ -690,7 +690,7 @@ def ablations(
     cannot start a student with another one); ``reference_copies_N`` is the default recipe from
     scratch (N augmented copies per row), the row each change is read against. Copy counts the store
     does not hold are left out."""
-    from adabert.store import AUGMENTED, KnowledgeStore
+    from adabert.teacher.store import AUGMENTED, KnowledgeStore
 
     held = KnowledgeStore.open(store).manifest["splits"].get(AUGMENTED, {}).get("factor", 0)
     default_copies = setting["train"].get("augment_copies")

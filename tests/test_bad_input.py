@@ -27,8 +27,8 @@ from hypothesis import strategies as st
 from adabert.checkpoint import save_state
 from adabert.config import STAGE_CONFIGS, ConfigError, EvalConfig, TrainConfig, load_config, save_config
 from adabert.genotype import Genotype, GenotypeError, random_genotype
-from adabert.store import KnowledgeStore, StoreError
 from adabert.tasks import TASKS, TaskDataError, load_split
+from adabert.teacher.store import KnowledgeStore, StoreError
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_search import search_config  # noqa: E402

@@ -23,7 +23,7 @@ from adabert.checkpoint import load_state
 from adabert.config import EvalConfig, TrainConfig
 from adabert.genotype import Genotype
 from adabert.search import run_search
-from adabert.store import KnowledgeStore
+from adabert.teacher.store import KnowledgeStore
 from search_spaces import get_space
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -274,7 +274,7 @@ def test_probe_training_stops_on_a_non_finite_loss():
 
     from adabert.errors import DivergenceError as AnyDivergence
     from adabert.tasks import get_task
-    from adabert.teacher import train_probes
+    from adabert.teacher.finetuning import train_probes
 
     features = np.random.default_rng(0).normal(size=(32, 3, 8)).astype(np.float32)
     labels = np.arange(32) % 2
@@ -289,8 +289,8 @@ def test_probe_training_stops_on_a_non_finite_loss():
 def test_the_store_refuses_non_finite_logits(tiny_store, tmp_path):
     import numpy as np
 
-    from adabert.store import KnowledgeStore, StoreError, write_store
-    from adabert.teacher import resolve_model
+    from adabert.teacher.finetuning import resolve_model
+    from adabert.teacher.store import KnowledgeStore, StoreError, write_store
 
     store = KnowledgeStore.open(tiny_store)
     from transformers import AutoModelForSequenceClassification, AutoTokenizer

@@ -18,7 +18,7 @@ import adabert.evaluate
 import adabert.pipeline
 import adabert.search
 import adabert.search.loop
-import adabert.teacher
+import adabert.teacher.finetuning
 import adabert.train
 from adabert.cli import main
 from adabert.config import ConfigError, PipelineConfig
@@ -122,8 +122,8 @@ def stage_info(run_dir: Path, stage: str) -> dict:
 def forbid(monkeypatch, *names: str) -> None:
     """Make stage functions fail if the pipeline calls them."""
     targets = {
-        "finetune": (adabert.teacher, "finetune"),
-        "probe": (adabert.teacher, "probe"),
+        "finetune": (adabert.teacher.finetuning, "finetune"),
+        "probe": (adabert.teacher.finetuning, "probe"),
         "search": (adabert.search, "run_search"),
         "train": (adabert.train, "train_student"),
         "evaluate": (adabert.evaluate, "run_evaluation"),
@@ -338,7 +338,7 @@ def test_given_teacher_skips_fine_tuning(finished_run, tmp_path, monkeypatch, in
     assert all(statuses(run)[s] == "ran" for s in RAN)
     info = stage_info(run, "teacher")
     assert info["config"]["given_teacher"] == str(given) and len(info["config"]["weights_sha256"]) == 64
-    from adabert.store import KnowledgeStore
+    from adabert.teacher.store import KnowledgeStore
 
     assert KnowledgeStore.open(run / "store").teacher_path.resolve() == given.resolve()
     assert stage_info(given.parent, "teacher")["config"]["model"] == str(inputs["model"])  # left untouched

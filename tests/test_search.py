@@ -312,8 +312,8 @@ def test_baseline_genotypes_load_and_train(tiny_store, tmp_path):
 
 def test_the_student_trains_on_every_row_plus_the_augmented_ones(tiny_store, tmp_path):
     from adabert.config import ProbeConfig
-    from adabert.store import KnowledgeStore
-    from adabert.teacher import probe
+    from adabert.teacher.finetuning import probe
+    from adabert.teacher.store import KnowledgeStore
     from adabert.train import train_student
 
     teacher = str(KnowledgeStore.open(tiny_store).teacher_path)

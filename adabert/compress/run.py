@@ -64,7 +64,7 @@ from adabert.evaluate import (
 )
 from adabert.io import atomic_write_text, save_pretrained_atomic
 from adabert.progress import progress as progress_bar
-from adabert.store import KnowledgeStore
+from adabert.teacher.store import KnowledgeStore
 from adabert.train import predict_logits
 
 log = logging.getLogger(__name__)

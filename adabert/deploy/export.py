@@ -291,7 +291,7 @@ def export_model(
     from adabert.deploy import card
     from adabert.evaluate import load_classifier
     from adabert.io import atomic_dir, atomic_write_json
-    from adabert.store import KnowledgeStore
+    from adabert.teacher.store import KnowledgeStore
 
     model_dir = Path(model_dir)
     out = Path(out) if out is not None else default_output_dir(model_dir, fmt, quantize)

@@ -67,7 +67,7 @@ from adabert.search import judge, remedies
 from adabert.search.efficiency import BudgetCost, PaperCost
 from adabert.search.selection import WARM_UP, score, select
 from adabert.search.supernet import Sample, Supernet
-from adabert.store import KnowledgeStore
+from adabert.teacher.store import KnowledgeStore
 from search_spaces import SearchSpace, get_space
 
 log = logging.getLogger(__name__)

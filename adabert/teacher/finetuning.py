@@ -37,7 +37,6 @@ from transformers import (
 )
 
 from adabert import optim
-from adabert.augment import Augmenter, stream_augmented
 from adabert.config import DEFAULT_TEACHER, FinetuneConfig, ProbeConfig, save_config
 from adabert.data import TokenRows
 from adabert.device import resolve_device
@@ -50,9 +49,10 @@ from adabert.io import (
     save_pretrained_atomic,
 )
 from adabert.progress import progress as progress_bar
-from adabert.static_embeddings import distill_token_table, token_counts
-from adabert.store import AUGMENTED, KnowledgeStore, fingerprint, teacher_hash, write_store
 from adabert.tasks import TaskSpec, compute_metrics, encode, get_task, load_split, predictions_from_logits
+from adabert.teacher.augment import Augmenter, stream_augmented
+from adabert.teacher.static_embeddings import distill_token_table, token_counts
+from adabert.teacher.store import AUGMENTED, KnowledgeStore, fingerprint, teacher_hash, write_store
 
 logger = logging.getLogger(__name__)
 
