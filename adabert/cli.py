@@ -97,7 +97,7 @@ def _finetune(cfg: cfgmod.FinetuneConfig) -> None:
 
 
 def _probe(cfg: cfgmod.ProbeConfig) -> None:
-    from adabert.teacher.finetuning import probe
+    from adabert.teacher.probes import probe
 
     store = probe(cfg)
     print(f"knowledge store written to {store.path}")

@@ -412,9 +412,9 @@ def _runner(kind: str, stage_cfg: Any) -> Callable[[bool], Any]:
 
             return finetuning.finetune(stage_cfg)
         if kind == "probe":
-            from adabert.teacher import finetuning
+            from adabert.teacher import probes
 
-            return finetuning.probe(stage_cfg)
+            return probes.probe(stage_cfg)
         if kind == "search":
             from adabert import search
 

@@ -130,12 +130,14 @@ def test_the_teacher_commands_refuse_a_missing_gpu_before_reading_data(
     tiny_bert_dir, tiny_glue_dir, tmp_path, capsys, monkeypatch
 ):
     import adabert.teacher.finetuning
+    import adabert.teacher.probes
     from adabert.cli import main
 
     def loaded(*args, **kwargs):
         raise AssertionError("the data was read before the device was checked")
 
     monkeypatch.setattr(adabert.teacher.finetuning, "load_split", loaded)
+    monkeypatch.setattr(adabert.teacher.probes, "load_split", loaded)
     data = ["--task", "sst2", "--data-dir", str(tiny_glue_dir)]
     for argv in (
         [

@@ -274,7 +274,7 @@ def test_probe_training_stops_on_a_non_finite_loss():
 
     from adabert.errors import DivergenceError as AnyDivergence
     from adabert.tasks import get_task
-    from adabert.teacher.finetuning import train_probes
+    from adabert.teacher.probes import train_probes
 
     features = np.random.default_rng(0).normal(size=(32, 3, 8)).astype(np.float32)
     labels = np.arange(32) % 2

@@ -44,7 +44,8 @@ def student_on_store(tmp_path_factory) -> tuple[Path, Path, Path]:
     from adabert.genotype import make_genotype
     from adabert.search import student_tables
     from adabert.student import build_student
-    from adabert.teacher.finetuning import finetune, probe
+    from adabert.teacher.finetuning import finetune
+    from adabert.teacher.probes import probe
     from adabert.teacher.store import KnowledgeStore
     from adabert.train import student_config_kwargs
 

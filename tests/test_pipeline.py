@@ -19,6 +19,7 @@ import adabert.pipeline
 import adabert.search
 import adabert.search.loop
 import adabert.teacher.finetuning
+import adabert.teacher.probes
 import adabert.train
 from adabert.cli import main
 from adabert.config import ConfigError, PipelineConfig
@@ -123,7 +124,7 @@ def forbid(monkeypatch, *names: str) -> None:
     """Make stage functions fail if the pipeline calls them."""
     targets = {
         "finetune": (adabert.teacher.finetuning, "finetune"),
-        "probe": (adabert.teacher.finetuning, "probe"),
+        "probe": (adabert.teacher.probes, "probe"),
         "search": (adabert.search, "run_search"),
         "train": (adabert.train, "train_student"),
         "evaluate": (adabert.evaluate, "run_evaluation"),

@@ -312,7 +312,7 @@ def test_baseline_genotypes_load_and_train(tiny_store, tmp_path):
 
 def test_the_student_trains_on_every_row_plus_the_augmented_ones(tiny_store, tmp_path):
     from adabert.config import ProbeConfig
-    from adabert.teacher.finetuning import probe
+    from adabert.teacher.probes import probe
     from adabert.teacher.store import KnowledgeStore
     from adabert.train import train_student
 

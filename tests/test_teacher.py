@@ -18,10 +18,9 @@ from adabert.teacher.finetuning import (
     TeacherError,
     _layer_features,
     finetune,
-    probe,
     resolve_model,
-    train_probes,
 )
+from adabert.teacher.probes import probe, train_probes
 from adabert.teacher.store import KnowledgeStore
 
 GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
