@@ -118,7 +118,7 @@ def _train(cfg: cfgmod.TrainConfig) -> None:
 
     from adabert.deploy.card import update_model_card
     from adabert.distributed import is_main
-    from adabert.train import train_student
+    from adabert.student.train import train_student
 
     result = train_student(cfg)
     if is_main():

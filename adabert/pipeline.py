@@ -420,7 +420,7 @@ def _runner(kind: str, stage_cfg: Any) -> Callable[[bool], Any]:
 
             return search.run_search(dataclasses.replace(stage_cfg, resume=resume))
         if kind == "train":
-            from adabert import train
+            from adabert.student import train
 
             return train.train_student(dataclasses.replace(stage_cfg, resume=resume))
         raise ValueError(f"unknown stage kind {kind!r}")

@@ -598,7 +598,7 @@ def resume_other_genotype(work: Work) -> Result:
 KILL_AFTER_FIRST_CHECKPOINT = textwrap.dedent(
     """
     import os, signal, sys
-    import adabert.search.loop as search, adabert.train as train
+    import adabert.search.loop as search, adabert.student.train as train
     for module in (search, train):
         def save_and_die(*args, _save=module.save_state, **kwargs):
             _save(*args, **kwargs)
@@ -698,7 +698,7 @@ def train_unfinished_search(work: Work) -> Result:
 DIVERGE = textwrap.dedent(
     """
     import sys
-    import adabert.search.loop as search, adabert.train as train
+    import adabert.search.loop as search, adabert.student.train as train
     search.task_loss = train.task_loss = lambda logits, *_: logits.sum() * float("nan")
     from adabert.cli import main
     sys.exit(main(sys.argv[1:]))

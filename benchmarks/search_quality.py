@@ -550,8 +550,8 @@ def dev_predictions(student: Path, store: Any) -> tuple[Any, Any]:
     """The student's predicted labels (or scores) on the store's dev rows, and the gold labels."""
     from adabert import data
     from adabert.evaluate import load_classifier
+    from adabert.student.train import predict_logits
     from adabert.tasks import predictions_from_logits
-    from adabert.train import predict_logits
 
     rows = data.load_split(store, store.dev_split)
     loader = data.loader(rows, 128, False, pad_token_id=rows.pad_token_id)

@@ -43,7 +43,7 @@ from adabert.config import STAGE_CONFIGS, CompressConfig, from_dict
 from adabert.data import StoreSplit, TokenRows
 from adabert.distill import hidden_state_kd
 from adabert.genotype import random_genotype
-from adabert.student import build_student
+from adabert.student.network import build_student
 from search_spaces import get_space
 
 torch.set_num_threads(1)
@@ -654,8 +654,8 @@ def test_compress_end_to_end_teacher_and_student(tiny_store, tmp_path):
     # an AdaBERT student, LadaBERT style: factorize, then prune the factors iteratively
     from adabert.io import save_pretrained_atomic
     from adabert.search import student_tables
+    from adabert.student.train import student_config_kwargs
     from adabert.teacher.store import KnowledgeStore
-    from adabert.train import student_config_kwargs
 
     store = KnowledgeStore.open(tiny_store)
     genotype = random_genotype(get_space("adabert_cnn"), 5, hidden_size=16)

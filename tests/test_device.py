@@ -59,7 +59,7 @@ def _spy_devices(monkeypatch, module) -> list[torch.device]:
 
 def test_search_and_train_honour_device_cpu(tiny_store, tmp_path, monkeypatch):
     import adabert.search.loop as loop
-    import adabert.train as train
+    import adabert.student.train as train
 
     search_seen = _spy_devices(monkeypatch, loop)
     search_dir = tmp_path / "search"
@@ -97,7 +97,7 @@ def test_auto_precision_bf16_is_refused_before_any_work(tiny_store, tmp_path):
     with pytest.raises(ConfigError, match="--precision bf16 needs a CUDA device.*cpu"):
         run_search(search_config(tiny_store, out, precision="bf16"))
     assert not out.exists()
-    from adabert.train import train_student
+    from adabert.student.train import train_student
 
     with pytest.raises(ConfigError, match="--precision fp16 needs a CUDA device"):
         train_student(_train_config(tiny_store, tmp_path, tmp_path / "student", precision="fp16"))
@@ -203,7 +203,7 @@ def test_gumbel_draws_come_from_the_cpu_generator():
 def test_the_collective_code_path_in_a_group_of_one_is_the_plain_run(tiny_store, tmp_path, monkeypatch):
     """What torchrun runs (gradients, statistics and parameters through gloo collectives, rank 0 writes)
     with one process gives exactly the plain process's genotype, log and student."""
-    from adabert.train import train_student
+    from adabert.student.train import train_student
 
     plain = run_search(search_config(tiny_store, tmp_path / "plain", epochs=1, device="cpu"))
     plain_student = train_student(

@@ -18,9 +18,9 @@ import adabert.evaluate
 import adabert.pipeline
 import adabert.search
 import adabert.search.loop
+import adabert.student.train
 import adabert.teacher.finetuning
 import adabert.teacher.probes
-import adabert.train
 from adabert.cli import main
 from adabert.config import ConfigError, PipelineConfig
 from adabert.pipeline import STAGE_FILE, digest, plan, run_pipeline
@@ -126,7 +126,7 @@ def forbid(monkeypatch, *names: str) -> None:
         "finetune": (adabert.teacher.finetuning, "finetune"),
         "probe": (adabert.teacher.probes, "probe"),
         "search": (adabert.search, "run_search"),
-        "train": (adabert.train, "train_student"),
+        "train": (adabert.student.train, "train_student"),
         "evaluate": (adabert.evaluate, "run_evaluation"),
         "export": (adabert.deploy.export, "export_model"),
     }
@@ -298,8 +298,10 @@ def test_interrupted_search_resumes_and_the_pipeline_completes(finished_run, tmp
 def test_stage_without_stage_json_is_rerun_with_resume(finished_run, tmp_path, monkeypatch, inputs):
     run = copy_run(finished_run, tmp_path)
     (run / "student" / STAGE_FILE).unlink()  # as if killed after its last epoch, before stage.json
-    real_train, resumes = adabert.train.train_student, []
-    monkeypatch.setattr(adabert.train, "train_student", lambda c: resumes.append(c.resume) or real_train(c))
+    real_train, resumes = adabert.student.train.train_student, []
+    monkeypatch.setattr(
+        adabert.student.train, "train_student", lambda c: resumes.append(c.resume) or real_train(c)
+    )
     forbid(monkeypatch, "finetune", "probe", "search")
     run_pipeline(tiny_config(inputs, run))
     assert resumes == [True]
@@ -526,7 +528,7 @@ def test_a_failed_stage_leaves_no_temporary_file(finished_run, tmp_path, monkeyp
         (Path(cfg.output_dir) / ".model.safetensors.abc.tmp").write_bytes(b"half")  # a writer cut short
         raise OSError(28, "No space left on device", str(Path(cfg.output_dir) / "model.safetensors"))
 
-    monkeypatch.setattr(adabert.train, "train_student", dies_while_saving)
+    monkeypatch.setattr(adabert.student.train, "train_student", dies_while_saving)
     with pytest.raises(OSError, match="No space left"):
         run_pipeline(tiny_config(inputs, run))
     progress = json.loads((run / "pipeline.json").read_text())

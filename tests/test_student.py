@@ -8,7 +8,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from adabert.genotype import Edge, Genotype, GenotypeError, make_genotype, random_genotype
 from adabert.search.supernet import Supernet
-from adabert.student import AdaBertStudentForSequenceClassification, build_student, pca_projection
+from adabert.student.network import AdaBertStudentForSequenceClassification, build_student, pca_projection
 from search_spaces import get_space, list_spaces
 
 VOCAB, POSITIONS, TEACHER_DIM = 60, 40, 24

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
 
-import adabert.student  # noqa: F401  (registers the student, which may be the base of a compressed model)
+import adabert.student.network  # noqa: F401  (registers the student, which may be the base of a compressed model)
 from adabert.compress.factorize import FactorizedConv1d, FactorizedEmbedding, FactorizedLinear, set_submodule
 from adabert.configs import SPEC_VERSION, AdaBertCompressedConfig
 

@@ -64,8 +64,8 @@ from adabert.evaluate import (
 )
 from adabert.io import atomic_write_text, save_pretrained_atomic
 from adabert.progress import progress as progress_bar
+from adabert.student.train import predict_logits
 from adabert.teacher.store import KnowledgeStore
-from adabert.train import predict_logits
 
 log = logging.getLogger(__name__)
 
