@@ -129,7 +129,7 @@ def _train(cfg: cfgmod.TrainConfig) -> None:
 
 def _evaluate(cfg: cfgmod.EvalConfig) -> None:
     from adabert.deploy.card import update_model_card
-    from adabert.evaluate import run_evaluation
+    from adabert.report.evaluate import run_evaluation
 
     report = run_evaluation(cfg)
     if update_model_card(cfg.model, cfg.store, report):
@@ -151,8 +151,8 @@ def _compress(cfg: cfgmod.CompressConfig) -> None:
 
 
 def _genotype_show(ns: argparse.Namespace) -> None:
-    from adabert.draw import draw_genotype
     from adabert.genotype import Genotype
+    from adabert.report.draw import draw_genotype
 
     genotype = Genotype.load(ns.file)
     print(genotype)
@@ -366,7 +366,7 @@ def _pipeline(ns: argparse.Namespace) -> None:
 
 
 def _report(ns: argparse.Namespace) -> None:
-    from adabert.report import build_report
+    from adabert.report.document import build_report
 
     md_path, html_path = build_report(ns.run_dir)
     print(f"report written to {md_path} and {html_path}")

@@ -10,8 +10,8 @@
     eval/      metrics, loyalty, size and latency (``eval/compressed/`` for the compressed student)
     export/    ONNX model checked against PyTorch, with the tokenizer and config beside it
 
-then writes ``report.md`` / ``report.html`` (``adabert.report``) and ``pipeline.json`` (status and
-seconds per stage).
+then writes ``report.md`` / ``report.html`` (``adabert.report.document``) and ``pipeline.json``
+(status and seconds per stage).
 
 Skipping and resuming. Each stage folder gets a ``stage.json``, written atomically after all of the
 stage's outputs, with the stage's full resolved settings, their hash (``config_hash``; the paths that
@@ -438,9 +438,9 @@ def _evaluate(
     ev: EvalConfig, compressed: EvalConfig | None, co: CompressConfig | None, search_dir: Path
 ) -> None:
     """Evaluate the student (and the compressed student), then write their model cards with the figures."""
-    from adabert import evaluate
     from adabert.deploy.card import update_model_card
     from adabert.deploy.predict import score_test_file
+    from adabert.report import evaluate
 
     report = evaluate.run_evaluation(ev)
     test = score_test_file(ev.model, ev.store)
@@ -746,7 +746,7 @@ def _run_locked(cfg: PipelineConfig, run_dir: Path) -> dict[str, Any]:
         log.info("%s: done in %.1fs", label, seconds)
         progress.stage(stage.name, status="resumed" if resumed else "ran", seconds=seconds, hash=own_hash)
 
-    from adabert.report import build_report
+    from adabert.report.document import build_report
 
     # pipeline.json first: the report shows the run's status from it
     progress.finish("done", report={"md": str(run_dir / "report.md"), "html": str(run_dir / "report.html")})

@@ -261,7 +261,7 @@ def latency_run(students: dict[str, Path], teacher: Path, setting: dict[str, Any
     """Every student and the teacher in one interleaved run: median milliseconds and speedups."""
     import torch
 
-    from adabert.evaluate import compare_latency, load_classifier
+    from adabert.report.evaluate import compare_latency, load_classifier
 
     lat = setting["latency"]
     models = {"teacher": load_classifier(teacher), **{n: load_classifier(p) for n, p in students.items()}}
@@ -549,7 +549,7 @@ def heldout_entry(supernet: dict[str, Any]) -> dict[str, Any]:
 def dev_predictions(student: Path, store: Any) -> tuple[Any, Any]:
     """The student's predicted labels (or scores) on the store's dev rows, and the gold labels."""
     from adabert import data
-    from adabert.evaluate import load_classifier
+    from adabert.report.evaluate import load_classifier
     from adabert.student.train import predict_logits
     from adabert.tasks import predictions_from_logits
 

@@ -243,7 +243,7 @@ def test_malformed_genotype_files_raise_genotype_error(data) -> None:
 def test_evaluate_refuses_a_teacher_or_tokenizer_other_than_the_stores(tiny_store, tmp_path):
     from transformers import AutoModelForSequenceClassification, BertTokenizerFast
 
-    from adabert.evaluate import run_evaluation
+    from adabert.report.evaluate import run_evaluation
 
     teacher = KnowledgeStore.open(tiny_store).teacher_path
     settings_ = dict(model=str(teacher), store=str(tiny_store), skip_latency=True)

@@ -67,7 +67,7 @@ def _train(store: Path, search_dir: Path, out: Path, **overrides) -> dict:
 
 
 def test_search_train_and_evaluate_on_cuda(tiny_store, tmp_path):
-    from adabert.evaluate import load_classifier, run_evaluation
+    from adabert.report.evaluate import load_classifier, run_evaluation
 
     search_dir = tmp_path / "search"
     genotype = run_search(search_config(tiny_store, search_dir, device="cuda"))

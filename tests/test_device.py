@@ -15,8 +15,8 @@ import torch.distributed as dist
 from adabert import distributed
 from adabert.config import ConfigError, EvalConfig, PipelineConfig, SearchConfig, TrainConfig
 from adabert.device import autocast, check_precision, grad_scaler, resolve_device, to_device
-from adabert.evaluate import render_report
 from adabert.genotype import Genotype
+from adabert.report.evaluate import render_report
 from adabert.search import run_search
 from adabert.search.supernet import straight_through_gumbel
 

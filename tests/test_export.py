@@ -10,7 +10,7 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 from adabert.deploy.export import ExportError, check_parity, export_onnx, export_torchscript
-from adabert.evaluate import dummy_batch
+from adabert.report.evaluate import dummy_batch
 
 pytest.importorskip("onnxruntime")
 

@@ -14,8 +14,8 @@ import torch
 from conftest import TINY_STAGES, write_tiny_bert, write_tiny_glue
 
 import adabert.deploy.export
-import adabert.evaluate
 import adabert.pipeline
+import adabert.report.evaluate
 import adabert.search
 import adabert.search.loop
 import adabert.student.train
@@ -24,7 +24,7 @@ import adabert.teacher.probes
 from adabert.cli import main
 from adabert.config import ConfigError, PipelineConfig
 from adabert.pipeline import STAGE_FILE, digest, plan, run_pipeline
-from adabert.report import build_report
+from adabert.report.document import build_report
 
 CARD_FILES = ("README.md", "model_card.json", "cell.png", "adabert_task.json")  # added by the evaluation
 RAN = ("teacher", "store", "search", "student", "eval", "export")
@@ -79,7 +79,7 @@ def small_reference():
         return BertForSequenceClassification(config).eval()
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(adabert.evaluate, "bert_base_reference", reference)
+        patch.setattr(adabert.report.evaluate, "bert_base_reference", reference)
         yield
 
 
@@ -127,7 +127,7 @@ def forbid(monkeypatch, *names: str) -> None:
         "probe": (adabert.teacher.probes, "probe"),
         "search": (adabert.search, "run_search"),
         "train": (adabert.student.train, "train_student"),
-        "evaluate": (adabert.evaluate, "run_evaluation"),
+        "evaluate": (adabert.report.evaluate, "run_evaluation"),
         "export": (adabert.deploy.export, "export_model"),
     }
     for name in names:

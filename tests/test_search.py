@@ -146,7 +146,7 @@ def test_temperature_anneals_from_start_to_end():
 
 
 def test_train_evaluate_export_from_a_searched_genotype(tiny_store, tmp_path):
-    from adabert.evaluate import load_classifier, run_evaluation
+    from adabert.report.evaluate import load_classifier, run_evaluation
     from adabert.student.train import train_student
 
     search_dir = tmp_path / "search"

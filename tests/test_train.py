@@ -11,7 +11,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from adabert.config import TrainConfig
-from adabert.evaluate import format_bytes, model_file_size
+from adabert.report.evaluate import format_bytes, model_file_size
 from adabert.search import run_search
 from adabert.student.train import STATE, state_path, train_student
 

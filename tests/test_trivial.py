@@ -41,7 +41,7 @@ def test_dev_fit_and_the_trivial_verdict_on_units():
 
 def test_a_student_no_better_than_the_majority_label_is_flagged(tiny_store, tmp_path, monkeypatch, caplog):
     import adabert.student.train as train_module
-    from adabert.report import render_markdown, report_blocks
+    from adabert.report.document import render_markdown, report_blocks
 
     search = tmp_path / "run" / "search"
     run_search(search_config(tiny_store, search, random_architecture=True))

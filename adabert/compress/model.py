@@ -244,7 +244,7 @@ class AdaBertCompressedForSequenceClassification(PreTrainedModel):
         labels: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> Any:
-        from adabert.evaluate import accepted_inputs
+        from adabert.report.evaluate import accepted_inputs
 
         batch = {
             "input_ids": input_ids,
