@@ -8,7 +8,7 @@ transformers is reached. Registration with transformers' Auto classes is deferre
 - the configs (``adabert.configs``, which needs only ``transformers.configuration_utils``) are
   registered with ``AutoConfig`` as soon as ``transformers.models.auto.configuration_auto`` has loaded:
   an import hook (``sys.meta_path``) runs right after it, before any Auto lookup can happen;
-- the model classes (``adabert.student``, ``adabert.compress.model``; torch and transformers' modeling
+- the model classes (``adabert.student.network``, ``adabert.compress.model``; torch and transformers' modeling
   code) are registered once ``modeling_auto`` has loaded and no transformers module is half-loaded:
   ``transformers.pipelines`` loads the Auto modules from inside ``modeling_utils``, and importing our
   models then fails. As ``AutoModel*.from_pretrained`` builds the config before it looks the model
@@ -33,7 +33,7 @@ __version__ = "0.1.0"
 _CONFIG_AUTO = "transformers.models.auto.configuration_auto"
 _MODEL_AUTO = "transformers.models.auto.modeling_auto"
 _AUTO_MODULES = (_MODEL_AUTO, _CONFIG_AUTO)
-_MODEL_MODULES = ("adabert.student", "adabert.compress.model")  # each registers its classes on import
+_MODEL_MODULES = ("adabert.student.network", "adabert.compress.model")  # each registers its classes on import
 _registered = {"configs": False, "models": False}
 
 

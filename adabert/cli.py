@@ -91,13 +91,13 @@ def _run_locked(run: Callable[[Any], Any], cfg: Any) -> None:
 
 
 def _finetune(cfg: cfgmod.FinetuneConfig) -> None:
-    from adabert.teacher import finetune
+    from adabert.teacher.finetuning import finetune
 
     _print_json(finetune(cfg))
 
 
 def _probe(cfg: cfgmod.ProbeConfig) -> None:
-    from adabert.teacher import probe
+    from adabert.teacher.probes import probe
 
     store = probe(cfg)
     print(f"knowledge store written to {store.path}")
@@ -118,7 +118,7 @@ def _train(cfg: cfgmod.TrainConfig) -> None:
 
     from adabert.deploy.card import update_model_card
     from adabert.distributed import is_main
-    from adabert.train import train_student
+    from adabert.student.train import train_student
 
     result = train_student(cfg)
     if is_main():
@@ -129,7 +129,7 @@ def _train(cfg: cfgmod.TrainConfig) -> None:
 
 def _evaluate(cfg: cfgmod.EvalConfig) -> None:
     from adabert.deploy.card import update_model_card
-    from adabert.evaluate import run_evaluation
+    from adabert.report.evaluate import run_evaluation
 
     report = run_evaluation(cfg)
     if update_model_card(cfg.model, cfg.store, report):
@@ -151,8 +151,8 @@ def _compress(cfg: cfgmod.CompressConfig) -> None:
 
 
 def _genotype_show(ns: argparse.Namespace) -> None:
-    from adabert.draw import draw_genotype
     from adabert.genotype import Genotype
+    from adabert.report.draw import draw_genotype
 
     genotype = Genotype.load(ns.file)
     print(genotype)
@@ -172,7 +172,7 @@ def _genotype_new(ns: argparse.Namespace) -> None:
     embedding = None
     if ns.store:
         from adabert.search import genotype_embedding
-        from adabert.store import KnowledgeStore
+        from adabert.teacher.store import KnowledgeStore
 
         embedding = genotype_embedding(KnowledgeStore.open(ns.store))
     genotype = make_genotype(ns.space, edges, ns.cells, ns.hidden_size, embedding, source="genotype new")
@@ -219,7 +219,7 @@ def _profile(ns: argparse.Namespace) -> None:
     from adabert.modules import head_kind
     from adabert.search.latency import latency_table
     from adabert.search.loop import genotype_embedding
-    from adabert.store import KnowledgeStore
+    from adabert.teacher.store import KnowledgeStore
     from search_spaces import get_space
 
     if ns.store is None:
@@ -366,7 +366,7 @@ def _pipeline(ns: argparse.Namespace) -> None:
 
 
 def _report(ns: argparse.Namespace) -> None:
-    from adabert.report import build_report
+    from adabert.report.document import build_report
 
     md_path, html_path = build_report(ns.run_dir)
     print(f"report written to {md_path} and {html_path}")

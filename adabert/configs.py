@@ -1,6 +1,6 @@
 """The configs of adabert's models, apart from the models: what AutoConfig needs, and nothing more.
 
-They live here, not beside their models (``adabert.student``, ``adabert.compress.model``), because
+They live here, not beside their models (``adabert.student.network``, ``adabert.compress.model``), because
 registering a config with ``AutoConfig`` must work while transformers is still importing its modeling
 code (``transformers.pipelines`` loads ``configuration_auto`` from inside ``modeling_utils``): this
 module needs only ``transformers.configuration_utils``, which ``configuration_auto`` itself imported.

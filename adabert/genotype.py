@@ -3,8 +3,8 @@
 A genotype names its search space, the searched depth and the kept edges of the one cell shared by
 every layer of the stack, and nothing else the student cannot rebuild from the space. It is JSON on
 disk (one edge per line, so two searches diff line by line), a networkx graph for analysis (drawn by
-``adabert/draw.py``), and it is validated whenever it is read, so a hand-edited or stale file fails at
-load with the file, the field and what was expected, not deep inside the student builder. It also
+``adabert/report/draw.py``), and it is validated whenever it is read, so a hand-edited or stale file
+fails at load with the file, the field and what was expected, not deep inside the student builder. It also
 records where its space was defined (``space_source``), so that where the space is missing the error
 says which module or package to install.
 """

@@ -10,8 +10,8 @@
     eval/      metrics, loyalty, size and latency (``eval/compressed/`` for the compressed student)
     export/    ONNX model checked against PyTorch, with the tokenizer and config beside it
 
-then writes ``report.md`` / ``report.html`` (``adabert.report``) and ``pipeline.json`` (status and
-seconds per stage).
+then writes ``report.md`` / ``report.html`` (``adabert.report.document``) and ``pipeline.json``
+(status and seconds per stage).
 
 Skipping and resuming. Each stage folder gets a ``stage.json``, written atomically after all of the
 stage's outputs, with the stage's full resolved settings, their hash (``config_hash``; the paths that
@@ -140,8 +140,8 @@ def data_fingerprint(task_name: str, data_dir: str | None) -> dict[str, str] | N
     """
     if data_dir is None:
         return None
-    from adabert.store import sha256_files
     from adabert.tasks import get_task, resolve_path
+    from adabert.teacher.store import sha256_files
 
     task = get_task(task_name)
     return {
@@ -154,7 +154,7 @@ def data_fingerprint(task_name: str, data_dir: str | None) -> dict[str, str] | N
 def _model_fingerprint(model: str) -> str | None:
     """sha256 of a local base model's weight files (the bundled default too); None for a hub id."""
     from adabert.config import model_dir
-    from adabert.store import teacher_hash
+    from adabert.teacher.store import teacher_hash
 
     folder = model_dir(model)
     return teacher_hash(folder)[0] if folder is not None else None
@@ -213,7 +213,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
 
     # teacher: fine-tune, or record the given teacher (its weights hash decides what is downstream)
     if cfg.teacher is not None:
-        from adabert.store import teacher_hash
+        from adabert.teacher.store import teacher_hash
 
         given = Path(cfg.teacher).expanduser()
         if not given.is_dir():
@@ -408,19 +408,19 @@ def _runner(kind: str, stage_cfg: Any) -> Callable[[bool], Any]:
 
     def run(resume: bool) -> Any:
         if kind == "finetune":
-            from adabert import teacher
+            from adabert.teacher import finetuning
 
-            return teacher.finetune(stage_cfg)
+            return finetuning.finetune(stage_cfg)
         if kind == "probe":
-            from adabert import teacher
+            from adabert.teacher import probes
 
-            return teacher.probe(stage_cfg)
+            return probes.probe(stage_cfg)
         if kind == "search":
             from adabert import search
 
             return search.run_search(dataclasses.replace(stage_cfg, resume=resume))
         if kind == "train":
-            from adabert import train
+            from adabert.student import train
 
             return train.train_student(dataclasses.replace(stage_cfg, resume=resume))
         raise ValueError(f"unknown stage kind {kind!r}")
@@ -438,9 +438,9 @@ def _evaluate(
     ev: EvalConfig, compressed: EvalConfig | None, co: CompressConfig | None, search_dir: Path
 ) -> None:
     """Evaluate the student (and the compressed student), then write their model cards with the figures."""
-    from adabert import evaluate
     from adabert.deploy.card import update_model_card
     from adabert.deploy.predict import score_test_file
+    from adabert.report import evaluate
 
     report = evaluate.run_evaluation(ev)
     test = score_test_file(ev.model, ev.store)
@@ -746,7 +746,7 @@ def _run_locked(cfg: PipelineConfig, run_dir: Path) -> dict[str, Any]:
         log.info("%s: done in %.1fs", label, seconds)
         progress.stage(stage.name, status="resumed" if resumed else "ran", seconds=seconds, hash=own_hash)
 
-    from adabert.report import build_report
+    from adabert.report.document import build_report
 
     # pipeline.json first: the report shows the run's status from it
     progress.finish("done", report={"md": str(run_dir / "report.md"), "html": str(run_dir / "report.html")})

@@ -31,9 +31,9 @@ import torch
 
 from adabert.compress import compress
 from adabert.config import CompressConfig
-from adabert.evaluate import compare_latency, load_classifier
 from adabert.io import atomic_write_json, atomic_write_text
-from adabert.store import KnowledgeStore
+from adabert.report.evaluate import compare_latency, load_classifier
+from adabert.teacher.store import KnowledgeStore
 
 RUNS: dict[str, dict[str, Any]] = {
     "block": {"methods": "block"},

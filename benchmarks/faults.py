@@ -46,7 +46,7 @@ TINY = {
     "search": {**TINY_STAGES["search"], "epochs": 2},
     "evaluate": {"skip_latency": True, "seq_len": 16},
 }
-TEMPORARY = (".tmp", ".old")  # what adabert.io / adabert.store name their temporaries
+TEMPORARY = (".tmp", ".old")  # what adabert.io / adabert.teacher.store name their temporaries
 
 
 @dataclass
@@ -188,7 +188,7 @@ def kill_wrapper(point: str) -> str:
     return textwrap.dedent(
         f"""
         import os, signal, sys
-        import adabert.pipeline as pipeline, adabert.store as store
+        import adabert.pipeline as pipeline, adabert.teacher.store as store
         point = {point!r}
         die = lambda: os.kill(os.getpid(), signal.SIGKILL)
         if point == "after-store-rename":
@@ -598,7 +598,7 @@ def resume_other_genotype(work: Work) -> Result:
 KILL_AFTER_FIRST_CHECKPOINT = textwrap.dedent(
     """
     import os, signal, sys
-    import adabert.search.loop as search, adabert.train as train
+    import adabert.search.loop as search, adabert.student.train as train
     for module in (search, train):
         def save_and_die(*args, _save=module.save_state, **kwargs):
             _save(*args, **kwargs)
@@ -698,7 +698,7 @@ def train_unfinished_search(work: Work) -> Result:
 DIVERGE = textwrap.dedent(
     """
     import sys
-    import adabert.search.loop as search, adabert.train as train
+    import adabert.search.loop as search, adabert.student.train as train
     search.task_loss = train.task_loss = lambda logits, *_: logits.sum() * float("nan")
     from adabert.cli import main
     sys.exit(main(sys.argv[1:]))

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from adabert.genotype import make_genotype
-from adabert.student import build_student
+from adabert.student.network import build_student
 from search_spaces import MaskedBatchNorm1d
 
 # Every edge a BatchNorm convolution except one pooling and one skip: the paper's space, 3 cells.

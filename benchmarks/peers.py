@@ -169,7 +169,7 @@ def run_peers(task_name: Any, data_dir: str, base: str = "default", seed: int = 
     import torch
 
     from adabert.tasks import get_task
-    from adabert.teacher import resolve_model
+    from adabert.teacher.finetuning import resolve_model
 
     torch.set_num_threads(1)
     task = get_task(task_name)

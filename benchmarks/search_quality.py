@@ -261,7 +261,7 @@ def latency_run(students: dict[str, Path], teacher: Path, setting: dict[str, Any
     """Every student and the teacher in one interleaved run: median milliseconds and speedups."""
     import torch
 
-    from adabert.evaluate import compare_latency, load_classifier
+    from adabert.report.evaluate import compare_latency, load_classifier
 
     lat = setting["latency"]
     models = {"teacher": load_classifier(teacher), **{n: load_classifier(p) for n, p in students.items()}}
@@ -326,7 +326,7 @@ def run_benchmark(args: argparse.Namespace) -> None:
     from adabert.io import atomic_write_json
     from adabert.search.baselines import random_at_budget
     from adabert.search.latency import LatencyTable
-    from adabert.store import KnowledgeStore
+    from adabert.teacher.store import KnowledgeStore
     from search_spaces import get_space
 
     started = time.perf_counter()
@@ -549,9 +549,9 @@ def heldout_entry(supernet: dict[str, Any]) -> dict[str, Any]:
 def dev_predictions(student: Path, store: Any) -> tuple[Any, Any]:
     """The student's predicted labels (or scores) on the store's dev rows, and the gold labels."""
     from adabert import data
-    from adabert.evaluate import load_classifier
+    from adabert.report.evaluate import load_classifier
+    from adabert.student.train import predict_logits
     from adabert.tasks import predictions_from_logits
-    from adabert.train import predict_logits
 
     rows = data.load_split(store, store.dev_split)
     loader = data.loader(rows, 128, False, pad_token_id=rows.pad_token_id)
@@ -690,7 +690,7 @@ def ablations(
     cannot start a student with another one); ``reference_copies_N`` is the default recipe from
     scratch (N augmented copies per row), the row each change is read against. Copy counts the store
     does not hold are left out."""
-    from adabert.store import AUGMENTED, KnowledgeStore
+    from adabert.teacher.store import AUGMENTED, KnowledgeStore
 
     held = KnowledgeStore.open(store).manifest["splits"].get(AUGMENTED, {}).get("factor", 0)
     default_copies = setting["train"].get("augment_copies")

@@ -116,7 +116,8 @@ def tiny_glue_dir(tmp_path: Path) -> Path:
 def tiny_store(tmp_path: Path, tiny_bert_dir: Path, tiny_glue_dir: Path) -> Path:
     """A knowledge store from the tiny teacher fine-tuned for one epoch on the tiny SST-2 task."""
     from adabert.config import FinetuneConfig, ProbeConfig
-    from adabert.teacher import finetune, probe
+    from adabert.teacher.finetuning import finetune
+    from adabert.teacher.probes import probe
 
     teacher = tmp_path / "teacher"
     finetune(

@@ -10,8 +10,8 @@ import pytest
 import torch
 from conftest import TINY_VOCAB
 
-from adabert.augment import Augmenter, nearest_words, stream_augmented
 from adabert.data import TokenRows
+from adabert.teacher.augment import Augmenter, nearest_words, stream_augmented
 
 TEXTS = ["the movie is very good .", "this film was dull and boring !", "a charming story"]
 

@@ -27,8 +27,8 @@ from hypothesis import strategies as st
 from adabert.checkpoint import save_state
 from adabert.config import STAGE_CONFIGS, ConfigError, EvalConfig, TrainConfig, load_config, save_config
 from adabert.genotype import Genotype, GenotypeError, random_genotype
-from adabert.store import KnowledgeStore, StoreError
 from adabert.tasks import TASKS, TaskDataError, load_split
+from adabert.teacher.store import KnowledgeStore, StoreError
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_search import search_config  # noqa: E402
@@ -243,7 +243,7 @@ def test_malformed_genotype_files_raise_genotype_error(data) -> None:
 def test_evaluate_refuses_a_teacher_or_tokenizer_other_than_the_stores(tiny_store, tmp_path):
     from transformers import AutoModelForSequenceClassification, BertTokenizerFast
 
-    from adabert.evaluate import run_evaluation
+    from adabert.report.evaluate import run_evaluation
 
     teacher = KnowledgeStore.open(tiny_store).teacher_path
     settings_ = dict(model=str(teacher), store=str(tiny_store), skip_latency=True)
@@ -280,7 +280,7 @@ def test_evaluate_refuses_a_teacher_or_tokenizer_other_than_the_stores(tiny_stor
 def test_train_and_search_refuse_mismatched_inputs_up_front(tiny_store, tmp_path):
     from adabert.search import run_search, student_tables
     from adabert.search.supernet import Supernet
-    from adabert.train import train_student
+    from adabert.student.train import train_student
     from search_spaces import get_space
 
     store = KnowledgeStore.open(tiny_store)
@@ -332,7 +332,7 @@ def test_train_and_search_refuse_mismatched_inputs_up_front(tiny_store, tmp_path
 
 
 def test_student_refuses_inputs_longer_than_its_positions():
-    from adabert.student import build_student
+    from adabert.student.network import build_student
 
     genotype = random_genotype("adabert_cnn", 0, hidden_size=8)
     tables = {"word": torch.randn(30, 12), "position": torch.randn(16, 12)}

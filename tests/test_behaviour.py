@@ -52,7 +52,7 @@ def _search_train_compress(tiny_store: Path, tmp_path: Path) -> None:
     from adabert.compress import compress
     from adabert.config import TrainConfig
     from adabert.search import run_search
-    from adabert.train import train_student
+    from adabert.student.train import train_student
 
     search_dir = tmp_path / "search"
     genotype = run_search(search_config(tiny_store, search_dir, epochs=2)).to_dict()

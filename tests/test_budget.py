@@ -166,7 +166,7 @@ def test_a_speedup_budget_holds_at_batch_32_too():
 
 
 def test_the_latency_table_times_students_with_the_head_they_will_have(tiny_bert_dir, tmp_path, monkeypatch):
-    from adabert.student import AdaBertStudentConfig
+    from adabert.student.network import AdaBertStudentConfig
 
     monkeypatch.setenv("ADABERT_CACHE", str(tmp_path / "cache"))
     heads = []

@@ -43,7 +43,7 @@ from adabert.config import STAGE_CONFIGS, CompressConfig, from_dict
 from adabert.data import StoreSplit, TokenRows
 from adabert.distill import hidden_state_kd
 from adabert.genotype import random_genotype
-from adabert.student import build_student
+from adabert.student.network import build_student
 from search_spaces import get_space
 
 torch.set_num_threads(1)
@@ -618,7 +618,7 @@ def _settings(store: Path, out: Path, **overrides) -> CompressConfig:
 
 
 def test_compress_end_to_end_teacher_and_student(tiny_store, tmp_path):
-    from adabert.store import KnowledgeStore
+    from adabert.teacher.store import KnowledgeStore
 
     teacher_dir = str(KnowledgeStore.open(tiny_store).teacher_path)
     out = tmp_path / "bert_compressed"
@@ -654,8 +654,8 @@ def test_compress_end_to_end_teacher_and_student(tiny_store, tmp_path):
     # an AdaBERT student, LadaBERT style: factorize, then prune the factors iteratively
     from adabert.io import save_pretrained_atomic
     from adabert.search import student_tables
-    from adabert.store import KnowledgeStore
-    from adabert.train import student_config_kwargs
+    from adabert.student.train import student_config_kwargs
+    from adabert.teacher.store import KnowledgeStore
 
     store = KnowledgeStore.open(tiny_store)
     genotype = random_genotype(get_space("adabert_cnn"), 5, hidden_size=16)
@@ -711,7 +711,7 @@ def test_a_compression_that_failed_over_a_finished_one_leaves_no_model_to_use(
     """The old compressed model beside the new run's settings is refused, naming the command to run."""
     import adabert.compress.run as compress_module
     from adabert.model_folder import ModelFolderError, load_classifier
-    from adabert.store import KnowledgeStore
+    from adabert.teacher.store import KnowledgeStore
 
     teacher_dir = str(KnowledgeStore.open(tiny_store).teacher_path)
     out = tmp_path / "compressed"

@@ -23,7 +23,7 @@ from adabert.checkpoint import load_state
 from adabert.config import EvalConfig, TrainConfig
 from adabert.genotype import Genotype
 from adabert.search import run_search
-from adabert.store import KnowledgeStore
+from adabert.teacher.store import KnowledgeStore
 from search_spaces import get_space
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -49,7 +49,7 @@ def _assert_valid(genotype: Genotype, search_dir: Path) -> None:
 
 
 def _train(store: Path, search_dir: Path, out: Path, **overrides) -> dict:
-    from adabert.train import train_student
+    from adabert.student.train import train_student
 
     settings = dict(
         genotype=str(search_dir / "genotype.json"),
@@ -67,7 +67,7 @@ def _train(store: Path, search_dir: Path, out: Path, **overrides) -> dict:
 
 
 def test_search_train_and_evaluate_on_cuda(tiny_store, tmp_path):
-    from adabert.evaluate import load_classifier, run_evaluation
+    from adabert.report.evaluate import load_classifier, run_evaluation
 
     search_dir = tmp_path / "search"
     genotype = run_search(search_config(tiny_store, search_dir, device="cuda"))
@@ -110,7 +110,7 @@ def test_search_train_and_evaluate_on_cuda(tiny_store, tmp_path):
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_autocast_computes_in_the_chosen_precision(precision, tiny_store, tmp_path, monkeypatch):
     import adabert.search.loop as loop
-    import adabert.train as train
+    import adabert.student.train as train
 
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bf16")

@@ -15,8 +15,8 @@ import torch.distributed as dist
 from adabert import distributed
 from adabert.config import ConfigError, EvalConfig, PipelineConfig, SearchConfig, TrainConfig
 from adabert.device import autocast, check_precision, grad_scaler, resolve_device, to_device
-from adabert.evaluate import render_report
 from adabert.genotype import Genotype
+from adabert.report.evaluate import render_report
 from adabert.search import run_search
 from adabert.search.supernet import straight_through_gumbel
 
@@ -59,7 +59,7 @@ def _spy_devices(monkeypatch, module) -> list[torch.device]:
 
 def test_search_and_train_honour_device_cpu(tiny_store, tmp_path, monkeypatch):
     import adabert.search.loop as loop
-    import adabert.train as train
+    import adabert.student.train as train
 
     search_seen = _spy_devices(monkeypatch, loop)
     search_dir = tmp_path / "search"
@@ -97,7 +97,7 @@ def test_auto_precision_bf16_is_refused_before_any_work(tiny_store, tmp_path):
     with pytest.raises(ConfigError, match="--precision bf16 needs a CUDA device.*cpu"):
         run_search(search_config(tiny_store, out, precision="bf16"))
     assert not out.exists()
-    from adabert.train import train_student
+    from adabert.student.train import train_student
 
     with pytest.raises(ConfigError, match="--precision fp16 needs a CUDA device"):
         train_student(_train_config(tiny_store, tmp_path, tmp_path / "student", precision="fp16"))
@@ -129,13 +129,15 @@ def test_a_missing_gpu_is_one_line_before_any_work(tmp_path, capsys, monkeypatch
 def test_the_teacher_commands_refuse_a_missing_gpu_before_reading_data(
     tiny_bert_dir, tiny_glue_dir, tmp_path, capsys, monkeypatch
 ):
-    import adabert.teacher
+    import adabert.teacher.finetuning
+    import adabert.teacher.probes
     from adabert.cli import main
 
     def loaded(*args, **kwargs):
         raise AssertionError("the data was read before the device was checked")
 
-    monkeypatch.setattr(adabert.teacher, "load_split", loaded)
+    monkeypatch.setattr(adabert.teacher.finetuning, "load_split", loaded)
+    monkeypatch.setattr(adabert.teacher.probes, "load_split", loaded)
     data = ["--task", "sst2", "--data-dir", str(tiny_glue_dir)]
     for argv in (
         [
@@ -201,7 +203,7 @@ def test_gumbel_draws_come_from_the_cpu_generator():
 def test_the_collective_code_path_in_a_group_of_one_is_the_plain_run(tiny_store, tmp_path, monkeypatch):
     """What torchrun runs (gradients, statistics and parameters through gloo collectives, rank 0 writes)
     with one process gives exactly the plain process's genotype, log and student."""
-    from adabert.train import train_student
+    from adabert.student.train import train_student
 
     plain = run_search(search_config(tiny_store, tmp_path / "plain", epochs=1, device="cpu"))
     plain_student = train_student(

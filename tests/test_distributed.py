@@ -159,9 +159,9 @@ def test_resuming_with_another_number_of_processes_keeps_rank_0s_stream(caplog):
 def _worker(store: str, out: str) -> None:
     """One rank of the test run (under torchrun): search, interrupted search + resume, training."""
     import adabert.search.loop as search_module
-    import adabert.train as train_module
+    import adabert.student.train as train_module
     from adabert.config import TrainConfig
-    from adabert.train import train_student
+    from adabert.student.train import train_student
 
     torch.set_num_threads(1)
     out_dir = Path(out)

@@ -251,9 +251,9 @@ def test_user_errors_are_told_apart_from_bugs():
     from adabert.config import ConfigError
     from adabert.errors import DivergenceError, LockedError
     from adabert.genotype import GenotypeError
-    from adabert.store import StoreError
     from adabert.tasks import TaskDataError
-    from adabert.teacher import TeacherError
+    from adabert.teacher.finetuning import TeacherError
+    from adabert.teacher.store import StoreError
     from search_spaces.registry import SearchSpaceError
 
     for cls in (

@@ -1,4 +1,4 @@
-"""Loyalty, size, FLOPs, latency, prediction and report behaviour of adabert.evaluate on tiny models."""
+"""Loyalty, size, FLOPs, latency, prediction and report behaviour of adabert.report.evaluate (tiny models)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertForSequenceClassification
 
-from adabert.evaluate import (
+from adabert.report.evaluate import (
     bert_base_reference,
     compare_latency,
     count_parameters,

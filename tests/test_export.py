@@ -10,7 +10,7 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 from adabert.deploy.export import ExportError, check_parity, export_onnx, export_torchscript
-from adabert.evaluate import dummy_batch
+from adabert.report.evaluate import dummy_batch
 
 pytest.importorskip("onnxruntime")
 
@@ -258,7 +258,7 @@ def test_int8_export_quantizes_products_by_block_and_leaves_shared_tables(tmp_pa
 
 def test_a_pair_student_with_the_match_head_exports_with_parity(tmp_path):
     from adabert.genotype import make_genotype
-    from adabert.student import build_student
+    from adabert.student.network import build_student
     from search_spaces import get_space
 
     space = get_space("adabert_cnn")

@@ -22,7 +22,7 @@ from adabert.checkpoint import DivergenceError
 from adabert.config import TrainConfig
 from adabert.genotype import Genotype
 from adabert.search import run_search
-from adabert.train import state_path
+from adabert.student.train import state_path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import tiny_finetune_argv  # noqa: E402
@@ -109,7 +109,7 @@ def test_search_killed_mid_epoch_resumes_to_the_uninterrupted_result(tiny_store,
 
 
 def test_diverging_training_stops_with_a_clear_message(tiny_store, tmp_path, monkeypatch):
-    import adabert.train as train_module
+    import adabert.student.train as train_module
 
     search = tmp_path / "search"
     run_search(search_config(tiny_store, search, random_architecture=True))
@@ -205,7 +205,7 @@ def test_following_the_divergence_advice_resumes_a_search_with_lower_rates(tiny_
 def test_following_the_divergence_advice_resumes_a_training_with_a_lower_rate(
     tiny_store, tmp_path, monkeypatch
 ):
-    import adabert.train as train_module
+    import adabert.student.train as train_module
     from adabert.checkpoint import load_state
 
     search = tmp_path / "search"
@@ -274,7 +274,7 @@ def test_probe_training_stops_on_a_non_finite_loss():
 
     from adabert.errors import DivergenceError as AnyDivergence
     from adabert.tasks import get_task
-    from adabert.teacher import train_probes
+    from adabert.teacher.probes import train_probes
 
     features = np.random.default_rng(0).normal(size=(32, 3, 8)).astype(np.float32)
     labels = np.arange(32) % 2
@@ -289,8 +289,8 @@ def test_probe_training_stops_on_a_non_finite_loss():
 def test_the_store_refuses_non_finite_logits(tiny_store, tmp_path):
     import numpy as np
 
-    from adabert.store import KnowledgeStore, StoreError, write_store
-    from adabert.teacher import resolve_model
+    from adabert.teacher.finetuning import resolve_model
+    from adabert.teacher.store import KnowledgeStore, StoreError, write_store
 
     store = KnowledgeStore.open(tiny_store)
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -329,7 +329,7 @@ class _Payload:
 @pytest.fixture
 def searched(tiny_store, tmp_path):
     """A finished search and a student trained one epoch from it."""
-    from adabert.train import train_student
+    from adabert.student.train import train_student
 
     search = tmp_path / "search"
     run_search(search_config(tiny_store, search, epochs=1))

@@ -14,7 +14,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adabert.draw import draw_genotype
 from adabert.genotype import (
     GENOTYPE_VERSION,
     Edge,
@@ -24,6 +23,7 @@ from adabert.genotype import (
     make_genotype,
     random_genotype,
 )
+from adabert.report.draw import draw_genotype
 from search_spaces import get_space, list_spaces
 
 SPACE = get_space("adabert_cnn")

@@ -66,7 +66,8 @@ def test_blind_search_needs_a_supernet_clearly_below_the_trivial_loss():
 def _task_store(root: Path, tiny_bert_dir: Path, rows: int, random_labels: bool) -> Path:
     """A store of a tiny single-sentence task: polarity words give the label away, or coin flips do."""
     from adabert.config import FinetuneConfig, ProbeConfig
-    from adabert.teacher import finetune, probe
+    from adabert.teacher.finetuning import finetune
+    from adabert.teacher.probes import probe
 
     rng = random.Random(1)
     (root / "glue" / "SST-2").mkdir(parents=True)

@@ -43,10 +43,11 @@ def student_on_store(tmp_path_factory) -> tuple[Path, Path, Path]:
     from adabert.deploy.card import update_model_card
     from adabert.genotype import make_genotype
     from adabert.search import student_tables
-    from adabert.store import KnowledgeStore
-    from adabert.student import build_student
-    from adabert.teacher import finetune, probe
-    from adabert.train import student_config_kwargs
+    from adabert.student.network import build_student
+    from adabert.student.train import student_config_kwargs
+    from adabert.teacher.finetuning import finetune
+    from adabert.teacher.probes import probe
+    from adabert.teacher.store import KnowledgeStore
 
     root = tmp_path_factory.mktemp("model-folder")
     glue = write_tiny_glue(root / "glue")

@@ -142,7 +142,7 @@ def test_a_moved_run_directory_works_for_every_later_command_from_another_folder
 def test_an_older_store_that_recorded_its_teacher_relative_to_the_working_directory_is_still_read(
     tiny_store, tmp_path, monkeypatch
 ):
-    from adabert.store import KnowledgeStore
+    from adabert.teacher.store import KnowledgeStore
 
     teacher = KnowledgeStore.open(tiny_store).teacher_path.resolve()
     manifest_file = tiny_store / "manifest.json"

@@ -39,7 +39,7 @@ def test_the_order_blind_reference_cannot_separate_the_order_task(tmp_path):
 
     from adabert.config import model_dir
     from adabert.genotype import Genotype
-    from adabert.student import AdaBertStudentConfig, AdaBertStudentForSequenceClassification
+    from adabert.student.network import AdaBertStudentConfig, AdaBertStudentForSequenceClassification
 
     folder = model_dir("default")
     if folder is None:

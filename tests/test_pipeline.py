@@ -14,16 +14,17 @@ import torch
 from conftest import TINY_STAGES, write_tiny_bert, write_tiny_glue
 
 import adabert.deploy.export
-import adabert.evaluate
 import adabert.pipeline
+import adabert.report.evaluate
 import adabert.search
 import adabert.search.loop
-import adabert.teacher
-import adabert.train
+import adabert.student.train
+import adabert.teacher.finetuning
+import adabert.teacher.probes
 from adabert.cli import main
 from adabert.config import ConfigError, PipelineConfig
 from adabert.pipeline import STAGE_FILE, digest, plan, run_pipeline
-from adabert.report import build_report
+from adabert.report.document import build_report
 
 CARD_FILES = ("README.md", "model_card.json", "cell.png", "adabert_task.json")  # added by the evaluation
 RAN = ("teacher", "store", "search", "student", "eval", "export")
@@ -78,7 +79,7 @@ def small_reference():
         return BertForSequenceClassification(config).eval()
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(adabert.evaluate, "bert_base_reference", reference)
+        patch.setattr(adabert.report.evaluate, "bert_base_reference", reference)
         yield
 
 
@@ -122,11 +123,11 @@ def stage_info(run_dir: Path, stage: str) -> dict:
 def forbid(monkeypatch, *names: str) -> None:
     """Make stage functions fail if the pipeline calls them."""
     targets = {
-        "finetune": (adabert.teacher, "finetune"),
-        "probe": (adabert.teacher, "probe"),
+        "finetune": (adabert.teacher.finetuning, "finetune"),
+        "probe": (adabert.teacher.probes, "probe"),
         "search": (adabert.search, "run_search"),
-        "train": (adabert.train, "train_student"),
-        "evaluate": (adabert.evaluate, "run_evaluation"),
+        "train": (adabert.student.train, "train_student"),
+        "evaluate": (adabert.report.evaluate, "run_evaluation"),
         "export": (adabert.deploy.export, "export_model"),
     }
     for name in names:
@@ -297,8 +298,10 @@ def test_interrupted_search_resumes_and_the_pipeline_completes(finished_run, tmp
 def test_stage_without_stage_json_is_rerun_with_resume(finished_run, tmp_path, monkeypatch, inputs):
     run = copy_run(finished_run, tmp_path)
     (run / "student" / STAGE_FILE).unlink()  # as if killed after its last epoch, before stage.json
-    real_train, resumes = adabert.train.train_student, []
-    monkeypatch.setattr(adabert.train, "train_student", lambda c: resumes.append(c.resume) or real_train(c))
+    real_train, resumes = adabert.student.train.train_student, []
+    monkeypatch.setattr(
+        adabert.student.train, "train_student", lambda c: resumes.append(c.resume) or real_train(c)
+    )
     forbid(monkeypatch, "finetune", "probe", "search")
     run_pipeline(tiny_config(inputs, run))
     assert resumes == [True]
@@ -338,7 +341,7 @@ def test_given_teacher_skips_fine_tuning(finished_run, tmp_path, monkeypatch, in
     assert all(statuses(run)[s] == "ran" for s in RAN)
     info = stage_info(run, "teacher")
     assert info["config"]["given_teacher"] == str(given) and len(info["config"]["weights_sha256"]) == 64
-    from adabert.store import KnowledgeStore
+    from adabert.teacher.store import KnowledgeStore
 
     assert KnowledgeStore.open(run / "store").teacher_path.resolve() == given.resolve()
     assert stage_info(given.parent, "teacher")["config"]["model"] == str(inputs["model"])  # left untouched
@@ -525,7 +528,7 @@ def test_a_failed_stage_leaves_no_temporary_file(finished_run, tmp_path, monkeyp
         (Path(cfg.output_dir) / ".model.safetensors.abc.tmp").write_bytes(b"half")  # a writer cut short
         raise OSError(28, "No space left on device", str(Path(cfg.output_dir) / "model.safetensors"))
 
-    monkeypatch.setattr(adabert.train, "train_student", dies_while_saving)
+    monkeypatch.setattr(adabert.student.train, "train_student", dies_while_saving)
     with pytest.raises(OSError, match="No space left"):
         run_pipeline(tiny_config(inputs, run))
     progress = json.loads((run / "pipeline.json").read_text())

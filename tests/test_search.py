@@ -147,8 +147,8 @@ def test_temperature_anneals_from_start_to_end():
 
 
 def test_train_evaluate_export_from_a_searched_genotype(tiny_store, tmp_path):
-    from adabert.evaluate import load_classifier, run_evaluation
-    from adabert.train import train_student
+    from adabert.report.evaluate import load_classifier, run_evaluation
+    from adabert.student.train import train_student
 
     search_dir = tmp_path / "search"
     run_search(search_config(tiny_store, search_dir, epochs=1, uniform_warmup_epochs=0))
@@ -291,7 +291,7 @@ def test_selection_by_best_epoch_and_by_contribution(tiny_store, tmp_path):
 
 
 def test_baseline_genotypes_load_and_train(tiny_store, tmp_path):
-    from adabert.train import train_student
+    from adabert.student.train import train_student
 
     root = Path(__file__).resolve().parents[1] / "benchmarks" / "genotypes"
     for name in ("bag_of_embeddings", "conv_cell"):
@@ -313,9 +313,9 @@ def test_baseline_genotypes_load_and_train(tiny_store, tmp_path):
 
 def test_the_student_trains_on_every_row_plus_the_augmented_ones(tiny_store, tmp_path):
     from adabert.config import ProbeConfig
-    from adabert.store import KnowledgeStore
-    from adabert.teacher import probe
-    from adabert.train import train_student
+    from adabert.student.train import train_student
+    from adabert.teacher.probes import probe
+    from adabert.teacher.store import KnowledgeStore
 
     teacher = str(KnowledgeStore.open(tiny_store).teacher_path)
     store = probe(ProbeConfig(teacher=teacher, output_dir=str(tmp_path / "aug"), epochs=1, augment_factor=3))
@@ -362,7 +362,7 @@ def test_candidates_are_scored_on_batch_statistics_and_running_statistics_stay()
 
 
 def test_the_student_keeps_its_last_epoch_unless_asked_for_the_best_on_dev(tiny_store, tmp_path):
-    from adabert.train import train_student
+    from adabert.student.train import train_student
 
     root = Path(__file__).resolve().parents[1] / "benchmarks" / "genotypes"
     small = tmp_path / "conv.json"
@@ -388,7 +388,7 @@ def test_the_student_keeps_its_last_epoch_unless_asked_for_the_best_on_dev(tiny_
 
 
 def test_an_example_budget_sets_the_epochs_from_the_rows(tiny_store, tmp_path):
-    from adabert.train import train_student
+    from adabert.student.train import train_student
 
     root = Path(__file__).resolve().parents[1] / "benchmarks" / "genotypes"
     small = tmp_path / "conv.json"

@@ -44,7 +44,7 @@ for node in ast.parse(source).body:
 
 
 def _tiny_student(folder: Path, task_name: str, pair: bool, tokenizer) -> Path:
-    from adabert.student import build_student
+    from adabert.student.network import build_student
 
     task = get_task(task_name)
     torch.manual_seed(0)

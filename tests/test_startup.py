@@ -82,7 +82,7 @@ for folder in sys.argv[1:]:
     # a model module imported first: it imports transformers itself, halfway through its own import
     code = """
 import sys
-import adabert.student
+import adabert.student.network
 from transformers import AutoModelForSequenceClassification
 print(type(AutoModelForSequenceClassification.from_pretrained(sys.argv[1])).__name__)
 """

@@ -10,8 +10,8 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from adabert.store import KnowledgeStore, StoreError, fingerprint, write_store
 from adabert.tasks import get_task, load_split
+from adabert.teacher.store import KnowledgeStore, StoreError, fingerprint, write_store
 
 
 @pytest.fixture
@@ -88,7 +88,8 @@ def test_distilled_table_is_deterministic_rotated_and_tied_to_its_teacher(
     tiny_bert_dir, tiny_glue_dir, tmp_path
 ):
     from adabert.config import FinetuneConfig, ProbeConfig
-    from adabert.teacher import finetune, probe
+    from adabert.teacher.finetuning import finetune
+    from adabert.teacher.probes import probe
 
     teacher = tmp_path / "teacher"
     finetune(

@@ -8,7 +8,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from adabert.genotype import Edge, Genotype, GenotypeError, make_genotype, random_genotype
 from adabert.search.supernet import Supernet
-from adabert.student import AdaBertStudentForSequenceClassification, build_student, pca_projection
+from adabert.student.network import AdaBertStudentForSequenceClassification, build_student, pca_projection
 from search_spaces import get_space, list_spaces
 
 VOCAB, POSITIONS, TEACHER_DIM = 60, 40, 24
@@ -253,7 +253,7 @@ def test_text_classification_pipeline(tmp_path, tiny_bert_dir):
 
 def test_evaluate_reports_each_cell_op_cost(tables):
     """Per edge of the student's cell: params and FLOPs over all cells, as op_cost measures one op."""
-    from adabert.evaluate import cell_op_costs, render_report
+    from adabert.report.evaluate import cell_op_costs, render_report
     from search_spaces.registry import op_cost
 
     edges = [(0, 2, "self_attention"), (1, 2, "bigru"), (2, 3, "conv3")]

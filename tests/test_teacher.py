@@ -12,17 +12,16 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from adabert.config import FinetuneConfig, ProbeConfig, load_config
-from adabert.store import KnowledgeStore
 from adabert.tasks import get_task, load_split
-from adabert.teacher import (
+from adabert.teacher.finetuning import (
     LengthGroupedBatches,
     TeacherError,
     _layer_features,
     finetune,
-    probe,
     resolve_model,
-    train_probes,
 )
+from adabert.teacher.probes import probe, train_probes
+from adabert.teacher.store import KnowledgeStore
 
 GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 

@@ -11,9 +11,9 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from adabert.config import TrainConfig
-from adabert.evaluate import format_bytes, model_file_size
+from adabert.report.evaluate import format_bytes, model_file_size
 from adabert.search import run_search
-from adabert.train import STATE, state_path, train_student
+from adabert.student.train import STATE, state_path, train_student
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_search import search_config  # noqa: E402

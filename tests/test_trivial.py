@@ -14,7 +14,7 @@ from test_search import search_config
 from adabert.config import ConfigError, SearchConfig, TrainConfig
 from adabert.search.judge import ENDED_BLIND, summary
 from adabert.search.loop import run_search, supernet_evidence
-from adabert.train import dev_fit, versus_trivial
+from adabert.student.train import dev_fit, versus_trivial
 
 
 def test_dev_fit_and_the_trivial_verdict_on_units():
@@ -40,8 +40,8 @@ def test_dev_fit_and_the_trivial_verdict_on_units():
 
 
 def test_a_student_no_better_than_the_majority_label_is_flagged(tiny_store, tmp_path, monkeypatch, caplog):
-    import adabert.train as train_module
-    from adabert.report import render_markdown, report_blocks
+    import adabert.student.train as train_module
+    from adabert.report.document import render_markdown, report_blocks
 
     search = tmp_path / "run" / "search"
     run_search(search_config(tiny_store, search, random_architecture=True))
@@ -53,7 +53,7 @@ def test_a_student_no_better_than_the_majority_label_is_flagged(tiny_store, tmp_
     monkeypatch.setattr(train_module, "predict_logits", constant)
     student = tmp_path / "run" / "student"
     settings = dict(genotype=str(search / "genotype.json"), store=str(tiny_store), output_dir=str(student))
-    with caplog.at_level(logging.WARNING, logger="adabert.train"):
+    with caplog.at_level(logging.WARNING, logger="adabert.student.train"):
         result = train_module.train_student(TrainConfig(**settings, epochs=1, batch_size=8))
     assert result["trivial"]["no_better"]
     assert result["trivial"]["dev_accuracy"] == result["trivial"]["majority_accuracy"] == 0.5

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
 
-import adabert.student  # noqa: F401  (registers the student, which may be the base of a compressed model)
+import adabert.student.network  # noqa: F401  (registers the student, which may be the base of a compressed model)
 from adabert.compress.factorize import FactorizedConv1d, FactorizedEmbedding, FactorizedLinear, set_submodule
 from adabert.configs import SPEC_VERSION, AdaBertCompressedConfig
 
@@ -244,7 +244,7 @@ class AdaBertCompressedForSequenceClassification(PreTrainedModel):
         labels: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> Any:
-        from adabert.evaluate import accepted_inputs
+        from adabert.report.evaluate import accepted_inputs
 
         batch = {
             "input_ids": input_ids,

@@ -51,7 +51,9 @@ from adabert.compress.model import unwrap, wrap
 from adabert.config import COMPRESS_METHODS, CompressConfig, save_config, to_dict
 from adabert.distill import hidden_state_kd, logits_kd, task_loss
 from adabert.errors import UserError
-from adabert.evaluate import (
+from adabert.io import atomic_write_text, save_pretrained_atomic
+from adabert.progress import progress as progress_bar
+from adabert.report.evaluate import (
     compare_latency,
     count_parameters,
     evaluate_predictions,
@@ -62,10 +64,8 @@ from adabert.evaluate import (
     render_report,
     write_report,
 )
-from adabert.io import atomic_write_text, save_pretrained_atomic
-from adabert.progress import progress as progress_bar
-from adabert.store import KnowledgeStore
-from adabert.train import predict_logits
+from adabert.student.train import predict_logits
+from adabert.teacher.store import KnowledgeStore
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from adabert.deploy import TASK_FILE
-from adabert.evaluate import format_bytes, format_value
+from adabert.report.evaluate import format_bytes, format_value
 
 CARD_FILE = "README.md"
 FACTS_FILE = "model_card.json"

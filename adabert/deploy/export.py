@@ -29,8 +29,8 @@ from torch import Tensor, nn
 
 from adabert.deploy import EXPORT_FILE, TASK_FILE
 from adabert.deploy.runtime import NAMES_FILE, ExportError, file_kind, quiet_tracing, run_file
-from adabert.evaluate import MODEL_INPUTS, accepted_inputs, dummy_batch, extract_logits, model_device
 from adabert.io import atomic_path
+from adabert.report.evaluate import MODEL_INPUTS, accepted_inputs, dummy_batch, extract_logits, model_device
 
 __all__ = ["ExportError", "check_parity", "export_model", "export_onnx", "export_torchscript"]
 
@@ -289,9 +289,9 @@ def export_model(
     are carried over.
     """
     from adabert.deploy import card
-    from adabert.evaluate import load_classifier
     from adabert.io import atomic_dir, atomic_write_json
-    from adabert.store import KnowledgeStore
+    from adabert.report.evaluate import load_classifier
+    from adabert.teacher.store import KnowledgeStore
 
     model_dir = Path(model_dir)
     out = Path(out) if out is not None else default_output_dir(model_dir, fmt, quantize)

@@ -104,7 +104,7 @@ def read_task_file(folder: Path) -> tuple[TaskSpec | None, int | None]:
 def _pytorch_runner(folder: Path, task: TaskSpec | None) -> Any:
     import torch
 
-    from adabert.evaluate import accepted_inputs, load_classifier
+    from adabert.report.evaluate import accepted_inputs, load_classifier
 
     model = load_classifier(folder, task)
 

@@ -122,7 +122,7 @@ def run_torchscript(
     """Float32 logits of a traced module (from ``load_torchscript``) on a batch."""
     import torch
 
-    from adabert.evaluate import MODEL_INPUTS
+    from adabert.report.evaluate import MODEL_INPUTS
 
     names = names or [n for n in MODEL_INPUTS if n in inputs]
     missing = [n for n in names if n not in inputs]

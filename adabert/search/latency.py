@@ -153,8 +153,8 @@ def measure_table(
     head: str = "paper",
 ) -> LatencyTable:
     """Time every op, two identity students (with ``head``) and the teacher, interleaved, per batch."""
-    from adabert.evaluate import EvalMode, accepted_inputs, dummy_batch, time_calls
-    from adabert.student import AdaBertStudentConfig, AdaBertStudentForSequenceClassification
+    from adabert.report.evaluate import EvalMode, accepted_inputs, dummy_batch, time_calls
+    from adabert.student.network import AdaBertStudentConfig, AdaBertStudentForSequenceClassification
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)

@@ -50,18 +50,18 @@ from adabert.checkpoint import (
 from adabert.config import SearchConfig, save_config, to_dict
 from adabert.device import autocast, describe, grad_scaler, prepare, to_device
 from adabert.distill import hierarchical_kd, logits_kd, task_loss
-from adabert.draw import draw_genotype
 from adabert.engine import Stepper
 from adabert.errors import UserError
 from adabert.genotype import Genotype, derive_genotype, random_genotype
 from adabert.io import atomic_write_json, atomic_write_text
 from adabert.modules import head_kind
 from adabert.progress import progress as progress_bar
+from adabert.report.draw import draw_genotype
 from adabert.search import judge, remedies
 from adabert.search.efficiency import BudgetCost, PaperCost
 from adabert.search.selection import WARM_UP, score, select
 from adabert.search.supernet import Sample, Supernet
-from adabert.store import KnowledgeStore
+from adabert.teacher.store import KnowledgeStore
 from search_spaces import SearchSpace, get_space
 
 log = logging.getLogger(__name__)

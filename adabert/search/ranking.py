@@ -64,7 +64,7 @@ def supernet_scores(search_dir: str | Path, genotypes: list[Genotype]) -> list[d
     from adabert.search.judge import WeightAverage
     from adabert.search.loop import CHECKPOINT, CHECKPOINT_KIND, build_supernet, load_weights, split_rows
     from adabert.search.selection import score
-    from adabert.store import KnowledgeStore
+    from adabert.teacher.store import KnowledgeStore
 
     search_dir = Path(search_dir)
     cfg = load_config(SearchConfig, search_dir / "config.json")

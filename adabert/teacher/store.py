@@ -15,7 +15,7 @@ Layout (``format_version`` 2)::
     embeddings.safetensors       the teacher's input tables: word_embeddings [V, H],
                                  position_embeddings [P, H], token_type_embeddings [T, H] (fp32)
     distilled.safetensors        tokens [V, H]: the teacher's outputs per vocabulary entry, PCA-rotated
-                                 (see adabert.static_embeddings); variance [H]
+                                 (see adabert.teacher.static_embeddings); variance [H]
     probes.safetensors           the per-layer probe classifiers (weight, bias, feature mean and std)
     rows/<split>/                datasets.save_to_disk of the rows (text_a, text_b?, label, idx)
     <split>.ids.npy, .offsets.npy, .second.npy   the rows tokenized once, flat (adabert.data.TokenRows)
@@ -342,7 +342,7 @@ class KnowledgeStore:
         Refused when the file is not the one this store's manifest recorded (another teacher's table
         copied in, or a damaged file): its sha256 and its teacher must match.
         """
-        from adabert.static_embeddings import table_hash
+        from adabert.teacher.static_embeddings import table_hash
 
         info = self.manifest.get("distilled")
         hint = _rerun_hint(self.path)
@@ -484,7 +484,7 @@ def write_store(
     ``extra(tmp_dir)`` may add further files (reports, plots) before the rename.
     """
     from adabert.data import TokenRows
-    from adabert.static_embeddings import table_hash
+    from adabert.teacher.static_embeddings import table_hash
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adabert.evaluate import format_bytes, format_value
 from adabert.io import atomic_save, atomic_write_text
+from adabert.report.evaluate import format_bytes, format_value
 
 FIGURES = "figures"
 LOYALTY_KEYS = ("label_loyalty", "probability_loyalty", "prediction_mse", "prediction_pearson")

