@@ -19,6 +19,11 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> t
     return F.cross_entropy(logits, labels)
 
 
+def blend(task: torch.Tensor, kd: torch.Tensor, gamma: float) -> torch.Tensor:
+    """The task-oriented KD objective of every loop: ``(1 - gamma) task + gamma KD``."""
+    return (1 - gamma) * task + gamma * kd
+
+
 def soft_cross_entropy(
     student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0, reduce: bool = True
 ) -> torch.Tensor:

@@ -45,11 +45,13 @@ from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
 from adabert import data, optim
+from adabert.checkpoint import DivergenceError
 from adabert.compress import prune
 from adabert.compress.factorize import FACTORIZED, compressible_layers, factorize_model
 from adabert.compress.model import unwrap, wrap
 from adabert.config import COMPRESS_METHODS, CompressConfig, save_config, to_dict
-from adabert.distill import hidden_state_kd, logits_kd, task_loss
+from adabert.distill import blend, hidden_state_kd, logits_kd, task_loss
+from adabert.engine import Stepper
 from adabert.errors import UserError
 from adabert.io import atomic_write_text, save_pretrained_atomic
 from adabert.progress import progress as progress_bar
@@ -158,6 +160,7 @@ class Distiller:
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = optim.adam(params, decoupled=True, lr=self.lr, weight_decay=cfg.weight_decay)
         scheduler = get_linear_schedule_with_warmup(optimizer, int(0.06 * steps), steps)
+        step_on = Stepper(params, optimizer, cfg.grad_clip)  # the scheduler steps after the lasso
         sums = {"loss": 0.0, "task": 0.0, "kd": 0.0, "hidden": 0.0, "penalty": 0.0}
         model.train()
         bar = progress_bar(range(steps), desc=desc, leave=False)
@@ -170,29 +173,24 @@ class Distiller:
                 "task": task_loss(out.logits, batch["labels"], self.regression),
                 "kd": logits_kd(out.logits, batch["teacher_logits"], self.regression, cfg.kd_temperature),
             }
-            loss = (1 - cfg.gamma) * terms["task"] + cfg.gamma * terms["kd"]
+            loss = blend(terms["task"], terms["kd"], cfg.gamma)
             if self.reference is not None:
                 with torch.no_grad():
                     target = self._forward(self.reference, batch, hidden=True).hidden_states
                 terms["hidden"] = hidden_state_kd(out.hidden_states, target, batch["attention_mask"])
                 loss = loss + cfg.hidden_kd * terms["hidden"]
-            if not torch.isfinite(loss):
-                raise UserError(
-                    f"{desc}: training loss became {loss.item()} at step {step + 1}; lower --lr"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            optimizer.step()
+            try:
+                values = step_on(loss, terms, where=f"at step {step + 1}")
+            except DivergenceError as err:
+                raise DivergenceError(f"{desc}: {err}; lower --lr") from None
             if lasso is not None:
                 lasso.shrink(scheduler.get_last_lr()[0])
                 with torch.no_grad():
-                    terms["penalty"] = lasso.penalty()
+                    values["penalty"] = lasso.penalty().item()
             scheduler.step()
-            sums["loss"] += loss.item()
-            for key, value in terms.items():
-                sums[key] += value.item()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            for key, value in values.items():
+                sums[key] += value
+            bar.set_postfix(loss=f"{values['loss']:.3f}")
         model.eval()
         return {"steps": steps, **{k: v / steps for k, v in sums.items()}}
 

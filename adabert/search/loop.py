@@ -49,7 +49,7 @@ from adabert.checkpoint import (
 )
 from adabert.config import SearchConfig, save_config, to_dict
 from adabert.device import autocast, describe, grad_scaler, prepare, to_device
-from adabert.distill import hierarchical_kd, logits_kd, task_loss
+from adabert.distill import blend, hierarchical_kd, logits_kd, task_loss
 from adabert.engine import Stepper
 from adabert.errors import UserError
 from adabert.genotype import Genotype, derive_genotype, random_genotype
@@ -286,7 +286,7 @@ def search_loss(
             kd = kd + logits_kd(out.logits, batch["teacher_logits"], regression, cfg.kd_temperature)
         if cfg.kd_target == "both":
             kd = kd / 2
-    return (1 - cfg.gamma) * ce + cfg.gamma * kd, {"ce": ce, "kd": kd, "logits": out.logits}
+    return blend(ce, kd, cfg.gamma), {"ce": ce, "kd": kd, "logits": out.logits}
 
 
 def weight_step(

@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,25 +29,19 @@ import numpy as np
 import torch
 from transformers import get_linear_schedule_with_warmup
 
-from adabert import data, distributed, optim
+from adabert import data, distributed, engine, optim
 from adabert.checkpoint import (
     CheckpointError,
     DivergenceError,
-    change_learning_rates,
-    check_resumable,
     divergence_advice,
-    gather_cuda_rng_states,
-    gather_rng_states,
     load_for_resume,
     load_state,
     remove_stale_temporaries,
-    restore_rng_state,
-    save_state,
-    settings_hash,
 )
 from adabert.config import TrainConfig, save_config, to_dict
 from adabert.device import autocast, describe, grad_scaler, prepare, to_device
-from adabert.distill import hierarchical_kd, logits_kd, task_loss
+from adabert.distill import blend, hierarchical_kd, logits_kd, task_loss
+from adabert.engine import Stepper
 from adabert.errors import UserError
 from adabert.genotype import Genotype
 from adabert.io import atomic_write_json, save_pretrained_atomic
@@ -222,51 +217,34 @@ def starting_point(cfg: TrainConfig, genotype: Genotype, store: KnowledgeStore) 
     return {"tables": tables, "head": head, "supernet_state": state, "cell_norm": cell_norm}
 
 
+@dataclass
+class Training:
+    """What the loop carries from epoch to epoch."""
+
+    model: torch.nn.Module
+    probes: ProbeHeads | None
+    step: Stepper
+    device: torch.device
+    ctx: Any
+    metric: str  # the dev metric --keep best keeps by
+    epoch: int = 0  # epochs finished
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None  # the kept epoch's record
+    lr_changes: list[dict[str, Any]] = field(default_factory=list)  # --lr changed on --resume
+
+
 def train_student(cfg: TrainConfig) -> dict[str, Any]:
     """Train the student; under ``torchrun`` the processes split each batch and rank 0 writes."""
     device = prepare(cfg.device, cfg.precision)
     ctx = distributed.setup(device)
     device = distributed.rank_device(device, ctx)
-    out = Path(cfg.output_dir)
-    store = KnowledgeStore.open(cfg.store)
-    if not Path(cfg.genotype).is_file():
-        raise FileNotFoundError(f"{cfg.genotype}: no genotype file (run 'adabert search' first)")
-    check_finished(Path(cfg.genotype).parent)  # a genotype an unfinished search left: not the chosen one
-    genotype = Genotype.load(cfg.genotype)
-    check_genotype_fits(genotype, store, cfg.genotype)
-    check_positions_fit(store, store.manifest["teacher"]["config"]["max_position_embeddings"])
+    out, store = Path(cfg.output_dir), KnowledgeStore.open(cfg.store)
+    genotype = load_genotype(cfg, store)
     start = starting_point(cfg, genotype, store)
-    state_file, legacy_state = state_path(out), out / STATE  # older adabert kept it in the student folder
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        state_file.parent.mkdir(exist_ok=True)
-        remove_stale_temporaries(out, (STATE, "metrics.json", "train_config.json"))
-        remove_stale_temporaries(state_file.parent, (STATE,))
-        if not cfg.resume:  # a fresh training: an earlier run's state no longer fits what is trained here
-            state_file.unlink(missing_ok=True)
+    state_file, legacy_state = prepare_output(cfg, out, ctx)
     torch.manual_seed(cfg.seed)
-    task, regression = store.task, store.task.is_regression
-    model = build_student(
-        genotype,
-        store.num_labels,
-        start["tables"],
-        task.is_pair,
-        cfg.dropout,
-        start["supernet_state"],
-        start["head"],
-        cell_norm=start["cell_norm"],
-        **student_config_kwargs(store),
-    )
+    model, probes = build_model(cfg, genotype, store, start, device)
     del start
-    if cfg.positions == "none":
-        model.embeddings.position.weight.data.zero_()
-        model.embeddings.position.weight.requires_grad_(False)
-    probes = (
-        ProbeHeads(genotype.num_cells + 1, genotype.hidden_size, store.num_labels) if cfg.probe_kd else None
-    )
-    model.to(device)
-    if probes is not None:
-        probes.to(device)
     params = [p for p in model.parameters() if p.requires_grad]  # not a frozen position table
     params += list(probes.parameters()) if probes else []
     distributed.broadcast_parameters([*params, *model.buffers()])
@@ -275,47 +253,18 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed + 7919 * ctx.rank)
     train = data.load_split(store, "train", cfg.train_limit, cfg.use_augmented, cfg.seed, cfg.augment_copies)
     dev = data.load_split(store, store.dev_split)
-    pad_id = store.pad_token_id
-    dev_lo, dev_hi = data.shard_bounds(len(dev), ctx.rank, ctx.world_size)
-    pin = device.type == "cuda"
-    dev_loader = data.loader(
-        dev.subset(range(dev_lo, dev_hi)), cfg.batch_size * 2, False, pad_token_id=pad_id, pin_memory=pin
-    )
+    dev_loader = _dev_loader(dev, cfg, ctx, device)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     epochs = cfg.epochs if cfg.examples is None else max(1, math.ceil(cfg.examples / max(1, len(train))))
     optimizer = optim.adam(params, decoupled=True, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_linear_schedule_with_warmup(
         optimizer, int(0.06 * steps_per_epoch * epochs), steps_per_epoch * epochs
     )
-    scaler = grad_scaler(device, cfg.precision)
-    history: list[dict[str, Any]] = []
-    start_epoch, best = 0, None
-    lr_changes: list[dict[str, Any]] = []  # --lr changed on --resume, where and how
-    resume_from = state_file
-    if not state_file.exists() and any(legacy_state.with_suffix(x).exists() for x in (".safetensors", ".pt")):
-        resume_from = legacy_state  # an older layout (or a pickle .pt, which is named and never read)
-    state = load_for_resume(resume_from, cfg.resume, STATE_KIND)
-    if state is not None:
-        check_resumable(to_dict(cfg), state["config"], resume_from, RESUMABLE_CHANGES)
-        if state.get("genotype") != genotype.to_dict():
-            raise CheckpointError(
-                f"{resume_from}: cannot resume, the training started from another genotype than "
-                f"{cfg.genotype}; use a new --output-dir or pass the genotype it started with"
-            )
-        model.load_state_dict(state["model"])
-        if probes is not None:
-            probes.load_state_dict(state["probes"])
-        optimizer.load_state_dict(state["optimizer"])  # moved to the parameters' device
-        scheduler.load_state_dict(state["scheduler"])
-        lr_changes = state.get("lr_changes", []) + change_learning_rates(
-            to_dict(cfg), state["config"], {"lr": (optimizer, scheduler)}, state["epoch"], resume_from
-        )
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        restore_rng_state(state, cfg.seed, device)
-        start_epoch, history, best = state["epoch"], state["history"], state["best"]
-        log.info("resuming from %s after epoch %d", resume_from, start_epoch)
-    del state
+    step = Stepper(
+        params, optimizer, cfg.grad_clip, "training", grad_scaler(device, cfg.precision), scheduler
+    )
+    t = Training(model, probes, step, device, ctx, store.task.main_metric)
+    resume_from = resume(t, cfg, genotype, state_file, legacy_state)
     log.info(
         "training on %s (%s): %d rows, %d epochs of %d steps, %d dev rows",
         describe(device),
@@ -325,134 +274,246 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
         steps_per_epoch,
         len(dev),
     )
-
     tokenizer = store.tokenizer()
     if ctx.is_main:  # written last: from here on the folder is unfinished until the training is done
         (out / "metrics.json").unlink(missing_ok=True)
         save_config(cfg, out / "train_config.json")  # after the resume checks: refused settings stay out
-    main_metric = task.main_metric
-    started_all = time.perf_counter()
+    started_all, first = time.perf_counter(), t.epoch
     model.train()
-    for epoch in range(start_epoch, epochs):
+    for epoch in range(first, epochs):
         started = time.perf_counter()
-        sums = dict.fromkeys(TERMS, 0.0)
-        batches = data.loader(
-            train,
-            cfg.batch_size,
-            True,
-            cfg.seed * 100_003 + epoch,
-            pad_id,
-            0,
-            ctx.rank,
-            ctx.world_size,
-            group_by_length=True,
-            pin_memory=pin,
+        try:
+            record = train_epoch(t, cfg, train, epoch, epochs, store.task.is_regression)
+        except DivergenceError as err:
+            advice = divergence_advice(
+                resume_from if epoch == first else state_file, epoch, f"--lr (now {cfg.lr:g})"
+            )
+            raise DivergenceError(f"{err}; {advice}") from None
+        record.update(score_dev(t, dev_loader, store.task), seconds=time.perf_counter() - started)
+        log.info(
+            "epoch %d: loss %.4f dev %s (%.0fs)", epoch + 1, record["loss"], record["dev"], record["seconds"]
         )
-        bar = progress_bar(
-            data.with_shares(batches),
-            total=len(batches),
-            desc=f"train epoch {epoch + 1}/{epochs}",
-            leave=False,
-            disable=not ctx.is_main,
-        )
-        for batch, share in bar:
-            batch = to_device(batch, device)
-            with autocast(device, cfg.precision):
-                outputs = model(
-                    input_ids=batch["input_ids"],
-                    attention_mask=batch["attention_mask"],
-                    token_type_ids=batch["token_type_ids"],
-                    output_hidden_states=probes is not None,
-                )
-                terms = {
-                    "task": task_loss(outputs.logits, batch["labels"], regression),
-                    "kd": logits_kd(outputs.logits, batch["teacher_logits"], regression, cfg.kd_temperature),
-                }
-                loss = (1 - cfg.gamma) * terms["task"] + cfg.gamma * terms["kd"]
-                if probes is not None:
-                    mask = batch["attention_mask"]
-                    pooled = [masked_mean(h.transpose(1, 2), mask) for h in outputs.hidden_states]
-                    terms["probe_kd"] = hierarchical_kd(
-                        probes(pooled), batch["probe_logits"], batch["labels"], regression, cfg.kd_temperature
-                    )
-                    loss = loss + cfg.probe_kd * terms["probe_kd"]
-            terms["loss"] = loss
-            optimizer.zero_grad(set_to_none=True)
-            (loss if scaler is None else scaler.scale(loss)).backward()
-            # the global batch's gradient and loss terms, the same on every rank
-            stats = torch.tensor([terms[k].item() if k in terms else 0.0 for k in TERMS], dtype=torch.float64)
-            values = dict(zip(TERMS, distributed.reduce_gradients(params, share, stats).tolist()))
-            if not math.isfinite(values["loss"]):
-                raise DivergenceError(
-                    f"training loss became {values['loss']} at epoch {epoch + 1}; "
-                    + divergence_advice(
-                        resume_from if epoch == start_epoch else state_file, epoch, f"--lr (now {cfg.lr:g})"
-                    )
-                )
-            if scaler is not None:  # fp16: the ranks summed scaled gradients; unscale before clipping
-                scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            if scaler is None:
-                optimizer.step()
-            else:
-                scaler.step(optimizer)  # skipped (on every rank alike) when the gradients overflowed
-                scaler.update()
-            scheduler.step()
-            for key, value in values.items():
-                sums[key] += value
-            bar.set_postfix(loss=f"{values['loss']:.3f}")
-        distributed.average_buffers(model)
-        # each rank scores its part of the dev rows (none when there are more ranks than rows)
-        mine = [predict_logits(model, dev_loader)] if len(dev_loader) else []
-        logits, labels = distributed.gather_arrays([x for x, _ in mine], [y for _, y in mine])
-        metrics = compute_metrics(task, predictions_from_logits(task, logits), labels)
-        n = max(1, steps_per_epoch)
-        record = {
-            "epoch": epoch + 1,
-            **{k: v / n for k, v in sums.items()},
-            "dev": metrics,
-            **dev_fit(logits, labels, regression),
-            "seconds": time.perf_counter() - started,
-        }
-        history.append(record)
-        log.info("epoch %d: loss %.4f dev %s (%.0fs)", epoch + 1, record["loss"], metrics, record["seconds"])
-        improved = cfg.keep == "last" or best is None or metrics[main_metric] > best["dev"][main_metric]
-        if improved:
-            best = record
-        rng_states = gather_rng_states()
-        cuda_rng_states = gather_cuda_rng_states(device)
-        if ctx.is_main:
-            if improved:
-                save_pretrained_atomic(out, model, tokenizer)
-            state = {
-                "model": model.state_dict(),
-                "probes": probes.state_dict() if probes else None,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": rng_states[0],
-                "rng_per_rank": rng_states,
-                "world_size": ctx.world_size,
-                "epoch": epoch + 1,
-                "history": history,
-                "best": best,
-                "config": to_dict(cfg),
-                "genotype": genotype.to_dict(),
-                "lr_changes": lr_changes,
-            }
-            if cuda_rng_states is not None:
-                state["cuda_rng_per_rank"] = cuda_rng_states
-            if scaler is not None:
-                state["scaler"] = scaler.state_dict()
-            save_state(state_file, state, STATE_KIND, settings_hash(to_dict(cfg), RESUMABLE_CHANGES))
-            legacy_state.unlink(missing_ok=True)  # resumed from an older layout: the student folder sheds it
-            del state
-        distributed.barrier()  # the epoch is over everywhere once its state is on disk
+        save_epoch(t, cfg, record, genotype, out, tokenizer, state_file, legacy_state)
+    return finish(t, cfg, store, out, train, dev, epochs, time.perf_counter() - started_all)
 
+
+def load_genotype(cfg: TrainConfig, store: KnowledgeStore) -> Genotype:
+    """The genotype to train, refused unless a finished search (or a hand) wrote it for this store."""
+    if not Path(cfg.genotype).is_file():
+        raise FileNotFoundError(f"{cfg.genotype}: no genotype file (run 'adabert search' first)")
+    check_finished(Path(cfg.genotype).parent)  # a genotype an unfinished search left: not the chosen one
+    genotype = Genotype.load(cfg.genotype)
+    check_genotype_fits(genotype, store, cfg.genotype)
+    check_positions_fit(store, store.manifest["teacher"]["config"]["max_position_embeddings"])
+    return genotype
+
+
+def prepare_output(cfg: TrainConfig, out: Path, ctx: Any) -> tuple[Path, Path]:
+    """The student folder and its resume folder, without what a killed run left; the resume state's
+    path and the one older adabert kept in the student folder."""
+    state_file, legacy_state = state_path(out), out / STATE
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        state_file.parent.mkdir(exist_ok=True)
+        remove_stale_temporaries(out, (STATE, "metrics.json", "train_config.json"))
+        remove_stale_temporaries(state_file.parent, (STATE,))
+        if not cfg.resume:  # a fresh training: an earlier run's state no longer fits what is trained here
+            state_file.unlink(missing_ok=True)
+    return state_file, legacy_state
+
+
+def build_model(
+    cfg: TrainConfig, genotype: Genotype, store: KnowledgeStore, start: dict[str, Any], device: torch.device
+) -> tuple[torch.nn.Module, ProbeHeads | None]:
+    """The student from its starting point, and the probe heads of ``--probe-kd``, on ``device``."""
+    model = build_student(
+        genotype,
+        store.num_labels,
+        start["tables"],
+        store.task.is_pair,
+        cfg.dropout,
+        start["supernet_state"],
+        start["head"],
+        cell_norm=start["cell_norm"],
+        **student_config_kwargs(store),
+    )
+    if cfg.positions == "none":
+        model.embeddings.position.weight.data.zero_()
+        model.embeddings.position.weight.requires_grad_(False)
+    probes = (
+        ProbeHeads(genotype.num_cells + 1, genotype.hidden_size, store.num_labels) if cfg.probe_kd else None
+    )
+    model.to(device)
+    if probes is not None:
+        probes.to(device)
+    return model, probes
+
+
+def _dev_loader(dev: data.StoreSplit, cfg: TrainConfig, ctx: Any, device: torch.device) -> Any:
+    """This rank's contiguous part of the dev rows (none when there are more ranks than rows)."""
+    lo, hi = data.shard_bounds(len(dev), ctx.rank, ctx.world_size)
+    return data.loader(
+        dev.subset(range(lo, hi)),
+        cfg.batch_size * 2,
+        False,
+        pad_token_id=dev.pad_token_id,
+        pin_memory=device.type == "cuda",
+    )
+
+
+def resume(t: Training, cfg: TrainConfig, genotype: Genotype, state_file: Path, legacy_state: Path) -> Path:
+    """Continue from the resume state when ``--resume`` finds one; returns where it was looked for."""
+    resume_from = state_file
+    if not state_file.exists() and any(legacy_state.with_suffix(x).exists() for x in (".safetensors", ".pt")):
+        resume_from = legacy_state  # an older layout (or a pickle .pt, which is named and never read)
+    state = load_for_resume(resume_from, cfg.resume, STATE_KIND)
+    if state is None:
+        return resume_from
+    if state.get("genotype") != genotype.to_dict():
+        raise CheckpointError(
+            f"{resume_from}: cannot resume, the training started from another genotype than "
+            f"{cfg.genotype}; use a new --output-dir or pass the genotype it started with"
+        )
+    step = t.step
+    parts = {"optimizer": step.optimizer, "scheduler": step.scheduler, "scaler": step.scaler}
+    rates = {"lr": (step.optimizer, step.scheduler)}
+    t.lr_changes = engine.restore_loop(
+        state, resume_from, to_dict(cfg), RESUMABLE_CHANGES, parts, rates, cfg.seed, t.device
+    )
+    t.model.load_state_dict(state["model"])
+    if t.probes is not None:
+        t.probes.load_state_dict(state["probes"])
+    t.epoch, t.history, t.best = state["epoch"], state["history"], state["best"]
+    log.info("resuming from %s after epoch %d", resume_from, t.epoch)
+    return resume_from
+
+
+def student_loss(
+    t: Training, batch: dict[str, torch.Tensor], cfg: TrainConfig, regression: bool
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``(1 - gamma) task + gamma KD`` on the stored teacher logits, plus ``probe_kd x`` the
+    hierarchical KD of the probe heads on the student's cells against the stored probe logits."""
+    with autocast(t.device, cfg.precision):
+        outputs = t.model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            token_type_ids=batch["token_type_ids"],
+            output_hidden_states=t.probes is not None,
+        )
+        terms = {
+            "task": task_loss(outputs.logits, batch["labels"], regression),
+            "kd": logits_kd(outputs.logits, batch["teacher_logits"], regression, cfg.kd_temperature),
+        }
+        loss = blend(terms["task"], terms["kd"], cfg.gamma)
+        if t.probes is not None:
+            mask = batch["attention_mask"]
+            pooled = [masked_mean(h.transpose(1, 2), mask) for h in outputs.hidden_states]
+            terms["probe_kd"] = hierarchical_kd(
+                t.probes(pooled), batch["probe_logits"], batch["labels"], regression, cfg.kd_temperature
+            )
+            loss = loss + cfg.probe_kd * terms["probe_kd"]
+    return loss, terms
+
+
+def train_epoch(
+    t: Training, cfg: TrainConfig, train: data.StoreSplit, epoch: int, epochs: int, regression: bool
+) -> dict[str, Any]:
+    """One pass over the training rows; the record of its mean loss terms."""
+    ctx = t.ctx
+    batches = data.loader(
+        train,
+        cfg.batch_size,
+        True,
+        cfg.seed * 100_003 + epoch,
+        train.pad_token_id,
+        0,
+        ctx.rank,
+        ctx.world_size,
+        group_by_length=True,
+        pin_memory=t.device.type == "cuda",
+    )
+    bar = progress_bar(
+        data.with_shares(batches),
+        total=len(batches),
+        desc=f"train epoch {epoch + 1}/{epochs}",
+        leave=False,
+        disable=not ctx.is_main,
+    )
+    sums = dict.fromkeys(TERMS, 0.0)
+    for batch, share in bar:
+        loss, terms = student_loss(t, to_device(batch, t.device), cfg, regression)
+        values = t.step(loss, terms, share, f"at epoch {epoch + 1}")
+        for key, value in values.items():
+            sums[key] += value
+        bar.set_postfix(loss=f"{values['loss']:.3f}")
+    distributed.average_buffers(t.model)
+    n = max(1, math.ceil(len(train) / cfg.batch_size))
+    return {"epoch": epoch + 1, **{k: v / n for k, v in sums.items()}}
+
+
+def score_dev(t: Training, dev_loader: Any, task: Any) -> dict[str, Any]:
+    """The epoch's dev metrics, loss and (classification) accuracy, gathered over the ranks."""
+    mine = [predict_logits(t.model, dev_loader)] if len(dev_loader) else []
+    logits, labels = distributed.gather_arrays([x for x, _ in mine], [y for _, y in mine])
+    metrics = compute_metrics(task, predictions_from_logits(task, logits), labels)
+    return {"dev": metrics, **dev_fit(logits, labels, task.is_regression)}
+
+
+def save_epoch(
+    t: Training,
+    cfg: TrainConfig,
+    record: dict[str, Any],
+    genotype: Genotype,
+    out: Path,
+    tokenizer: Any,
+    state_file: Path,
+    legacy_state: Path,
+) -> None:
+    """Keep the epoch (``--keep``), save the student when it is kept, and checkpoint the loop."""
+    t.history.append(record)
+    t.epoch = record["epoch"]
+    metric = t.metric
+    improved = cfg.keep == "last" or t.best is None or record["dev"][metric] > t.best["dev"][metric]
+    if improved:
+        t.best = record
+    if t.ctx.is_main and improved:
+        save_pretrained_atomic(out, t.model, tokenizer)
+    state = {
+        "model": t.model,
+        "probes": t.probes,
+        "optimizer": t.step.optimizer,
+        "scheduler": t.step.scheduler,
+        "scaler": t.step.scaler,
+        "epoch": t.epoch,
+        "history": t.history,
+        "best": t.best,
+        "genotype": genotype.to_dict(),
+        "lr_changes": t.lr_changes,
+    }
+    engine.save_loop(state_file, STATE_KIND, state, to_dict(cfg), RESUMABLE_CHANGES, t.device, t.ctx)
+    if t.ctx.is_main:
+        legacy_state.unlink(missing_ok=True)  # resumed from an older layout: the student folder sheds it
+    distributed.barrier()  # the epoch is over everywhere once its state is on disk
+
+
+def finish(
+    t: Training,
+    cfg: TrainConfig,
+    store: KnowledgeStore,
+    out: Path,
+    train: data.StoreSplit,
+    dev: data.StoreSplit,
+    epochs: int,
+    seconds: float,
+) -> dict[str, Any]:
+    """``metrics.json``, written last (it marks the training finished): the kept epoch beside the
+    teacher and the trivial predictor, and how the search that chose the cell went."""
+    best, main_metric = t.best, t.metric
     if best is None:
         raise UserError(f"{out}: nothing trained (epochs={epochs})")
     teacher_dev = store.manifest.get("teacher_metrics", {}).get(store.dev_split, {})
     result = {
-        "task": task.name,
+        "task": store.task.name,
         "genotype": str(cfg.genotype),
         "kept_epoch": best["epoch"],
         "kept": cfg.keep,
@@ -461,14 +522,14 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
         "retention": (
             best["dev"][main_metric] / teacher_dev[main_metric] if teacher_dev.get(main_metric) else None
         ),
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": sum(p.numel() for p in t.model.parameters()),
         "train_rows": len(train),
         "epochs": epochs,
-        "history": history,
-        "seconds": time.perf_counter() - started_all,
+        "history": t.history,
+        "seconds": seconds,
     }
-    if lr_changes:
-        result["lr_changes"] = lr_changes
+    if t.lr_changes:
+        result["lr_changes"] = t.lr_changes
     train_labels, dev_labels = train.labels[train.index], dev.labels[dev.index]
     result["trivial"] = versus_trivial(best, train_labels, dev_labels, store.num_labels)
     if result["trivial"]["no_better"]:
@@ -476,7 +537,7 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
     searched = _read_selection(Path(cfg.genotype).parent / "selection.json")
     if searched is not None:  # how the search that chose this cell went, for the model card
         result["search_supernet"] = searched
-    if ctx.is_main:
+    if t.ctx.is_main:
         atomic_write_json(out / "metrics.json", result)
     distributed.barrier()
     return result
