@@ -453,7 +453,7 @@ def epoch_record(
     }
 
 
-def save_checkpoint(s: Search, cfg: SearchConfig, path: Path, epoch: int, ctx: Any, extra: dict) -> None:
+def save_checkpoint(s: Search, cfg: SearchConfig, path: Path, epoch: int, ctx: Any) -> None:
     """Everything needed to continue after ``epoch``; tensors in safetensors, never a pickle."""
     frozen = {name for name, p in s.net.named_parameters() if not p.requires_grad}
     state = {
@@ -465,18 +465,18 @@ def save_checkpoint(s: Search, cfg: SearchConfig, path: Path, epoch: int, ctx: A
         "step": s.step,
         "history": s.history,
         "lr_changes": s.lr_changes,
-        **extra,
+        "costs": _costs(s),
     }
     engine.save_loop(path, CHECKPOINT_KIND, state, to_dict(cfg), RESUMABLE_CHANGES, s.device, ctx)
 
 
-def restore(s: Search, state: dict[str, Any], cfg: SearchConfig, path: Path, costs: str) -> int:
+def restore(s: Search, state: dict[str, Any], cfg: SearchConfig, path: Path) -> int:
     """Continue from a checkpoint: the same settings (and costs) or a clear refusal."""
     rates = {"w_lr": (s.weights.optimizer, None), "arch_lr": (s.arch.optimizer, None)}
     s.lr_changes = engine.restore_loop(
         state, path, to_dict(cfg), RESUMABLE_CHANGES, _parts(s), rates, cfg.seed, s.device
     )
-    if state.get("costs") != costs:
+    if state.get("costs") != _costs(s):
         log.warning(
             "%s: the efficiency costs changed since the checkpoint (another latency table: a new "
             "machine, torch or op code); the search continues with the new costs",
@@ -494,6 +494,11 @@ def restore(s: Search, state: dict[str, Any], cfg: SearchConfig, path: Path, cos
     s.step, s.history = state["step"], state["history"]
     log.info("resuming from %s after epoch %d", path, state["epoch"])
     return state["epoch"]
+
+
+def _costs(s: Search) -> str:
+    """The efficiency costs, as a checkpoint records them (a resumed search warns when they changed)."""
+    return json.dumps(s.cost.describe(), sort_keys=True)
 
 
 def _parts(s: Search) -> dict[str, Any]:
@@ -533,14 +538,60 @@ def run_search(cfg: SearchConfig) -> Genotype:
         return _random_architecture(cfg, store, space, hidden, out, ctx)
 
     torch.manual_seed(cfg.seed)
-    weight_rows, arch_rows, judge_rows = split_rows(cfg, store)
-    dev_rows = data.load_split(store, store.dev_split)
-    heldout, dev = (_eval_loader(rows, cfg, ctx, device) for rows in (judge_rows, dev_rows))
-    baseline = trivial_baseline(store, weight_rows, judge_rows)
+    rows = search_rows(cfg, store, ctx, device)
+    s = build_search(cfg, store, rows, out, device, ctx)
+    path = out / CHECKPOINT
+    state = load_for_resume(path, cfg.resume, CHECKPOINT_KIND)
+    epoch = restore(s, state, cfg, path) if state is not None else 0
+    del state
+    if ctx.is_main:  # written last: from here on the folder is unfinished until the search is done
+        (out / SELECTION).unlink(missing_ok=True)
+    plan_steps(s, cfg)
+    _log_start(s, cfg, rows)
+    s.net.train()
+    while not finished(s, cfg):
+        genotype = search_epoch(s, cfg, epoch, rows, store, ctx, path)
+        save_checkpoint(s, cfg, path, epoch, ctx)
+        if ctx.is_main:
+            _write_log(s.history, out)
+            _write_genotype(genotype, out)
+        distributed.barrier()  # the epoch is over everywhere once its checkpoint is on disk
+        epoch += 1
+    return finish_search(s, cfg, rows, store, out, ctx)
+
+
+@dataclass
+class SearchRows:
+    """The search's rows: weight and architecture rows to train on, judge and dev loaders to score on."""
+
+    weights: data.StoreSplit
+    arch: data.StoreSplit
+    judge: data.StoreSplit
+    heldout: Any  # this rank's loader of the judge rows
+    dev: Any  # this rank's loader of the dev rows
+    baseline: dict[str, float]  # the trivial predictor on the judge rows
+
+
+def search_rows(cfg: SearchConfig, store: KnowledgeStore, ctx: Any, device: torch.device) -> SearchRows:
+    weights, arch, judge_rows = split_rows(cfg, store)
+    dev = data.load_split(store, store.dev_split)
+    return SearchRows(
+        weights,
+        arch,
+        judge_rows,
+        _eval_loader(judge_rows, cfg, ctx, device),
+        _eval_loader(dev, cfg, ctx, device),
+        trivial_baseline(store, weights, judge_rows),
+    )
+
+
+def build_search(
+    cfg: SearchConfig, store: KnowledgeStore, rows: SearchRows, out: Path, device: torch.device, ctx: Any
+) -> Search:
+    """The supernet (the same start on every rank and device), its costs, its two steppers."""
     net = build_supernet(cfg, store).to(device)  # built on the CPU: the same start on every device
     distributed.broadcast_parameters([*net.parameters(), *net.buffers()])  # the same start everywhere
     cost = build_efficiency(cfg, store, net).to(device)
-    costs = json.dumps(cost.describe(), sort_keys=True)
     if ctx.is_main and isinstance(cost, BudgetCost):
         atomic_write_json(out / LATENCY_TABLE, {**cost.table.to_dict(), "sha256": cost.table.sha256})
     torch.manual_seed(cfg.seed + 7919 * ctx.rank)  # dropout: a stream of its own per rank
@@ -564,60 +615,47 @@ def run_search(cfg: SearchConfig) -> Genotype:
         torch.Generator().manual_seed(cfg.seed * 100_043 + 17),  # the same samples on every rank, device
         cost,
         device=device,
-        steps_per_epoch=data.steps(len(weight_rows), cfg.batch_size),
+        steps_per_epoch=data.steps(len(rows.weights), cfg.batch_size),
     )
     if cfg.judge_average > 0:
-        s.average = judge.WeightAverage(net.weight_parameters(), cfg.judge_average * s.steps_per_epoch)
-    path = out / CHECKPOINT
-    state = load_for_resume(path, cfg.resume, CHECKPOINT_KIND)
-    start = restore(s, state, cfg, path, costs) if state is not None else 0
-    del state
-    if ctx.is_main:  # written last: from here on the folder is unfinished until the search is done
-        (out / SELECTION).unlink(missing_ok=True)
-    plan_steps(s, cfg)
-    log.info(
-        "search on %s (%s): %d weight rows, %d architecture rows, %d judge rows (trivial loss %.4f); "
-        "weight phase %s; %s",
-        describe(device),
-        cfg.precision,
-        len(weight_rows),
-        len(arch_rows),
-        len(judge_rows),
-        baseline["trivial_loss"],
-        _describe_weight_phase(cfg),
-        cost.describe()["kind"],
-    )
+        s.average = judge.WeightAverage(w_params, cfg.judge_average * s.steps_per_epoch)
+    return s
 
-    regression = store.task.is_regression
-    net.train()
-    epoch = start
-    while not finished(s, cfg):
-        started = time.perf_counter()
-        try:
-            terms = run_epoch(s, epoch, s.search_start is None, cfg, weight_rows, arch_rows, regression, ctx)
-        except DivergenceError as err:
-            rates = f"--w-lr (now {cfg.w_lr:g}) or --arch-lr (now {cfg.arch_lr:g})"
-            advice = divergence_advice(path, epoch, rates)
-            raise DivergenceError(f"{err}; {advice}") from None
-        distributed.check_in_sync({"edge_logits": net.edge_logits, "depth_logits": net.depth_logits})
-        genotype = derive(s, cfg, store, space, hidden)
-        with s.judged():
-            supernet = judge_supernet(s, cfg, heldout, store.task, baseline)
-            record = epoch_record(s, epoch, terms, genotype, heldout, dev, store.task, started, supernet)
-        s.history.append(record)
-        record.update(end_weight_phase(s, cfg))
-        _log_epoch(s.history[-1])
-        save_checkpoint(s, cfg, path, epoch, ctx, {"costs": costs})
-        if ctx.is_main:
-            _write_log(s.history, out)
-            _write_genotype(genotype, out)
-        distributed.barrier()  # the epoch is over everywhere once its checkpoint is on disk
-        epoch += 1
 
+def search_epoch(
+    s: Search, cfg: SearchConfig, epoch: int, rows: SearchRows, store: KnowledgeStore, ctx: Any, path: Path
+) -> Genotype:
+    """One epoch's steps, then the supernet judged, the genotype derived and the epoch recorded."""
+    started = time.perf_counter()
+    try:
+        terms = run_epoch(
+            s, epoch, s.search_start is None, cfg, rows.weights, rows.arch, store.task.is_regression, ctx
+        )
+    except DivergenceError as err:
+        rates = f"--w-lr (now {cfg.w_lr:g}) or --arch-lr (now {cfg.arch_lr:g})"
+        raise DivergenceError(f"{err}; {divergence_advice(path, epoch, rates)}") from None
+    distributed.check_in_sync({"edge_logits": s.net.edge_logits, "depth_logits": s.net.depth_logits})
+    genotype = derive(s, store)
+    with s.judged():
+        supernet = judge_supernet(s, cfg, rows.heldout, store.task, rows.baseline)
+        record = epoch_record(
+            s, epoch, terms, genotype, rows.heldout, rows.dev, store.task, started, supernet
+        )
+    s.history.append(record)
+    record.update(end_weight_phase(s, cfg))
+    _log_epoch(record)
+    return genotype
+
+
+def finish_search(
+    s: Search, cfg: SearchConfig, rows: SearchRows, store: KnowledgeStore, out: Path, ctx: Any
+) -> Genotype:
+    """The selected genotype and its evidence, flagged when the supernet never learned the task;
+    ``selection.json`` is written last (it marks the search finished)."""
     if not s.history:
         raise UserError(f"{out}: nothing to search (epochs={cfg.epochs})")
     with s.judged():
-        genotype, evidence = select(cfg.select, net, s.history, heldout, store.task)
+        genotype, evidence = select(cfg.select, s.net, s.history, rows.heldout, store.task)
     evidence["supernet"] = supernet_evidence(s.history)
     evidence["lr_changes"] = s.lr_changes
     if evidence["supernet"]["blind"]:
@@ -626,13 +664,28 @@ def run_search(cfg: SearchConfig) -> Genotype:
         log.warning("%s: %s", out, judge.ENDED_BLIND)
     if ctx.is_main:
         _write_genotype(genotype, out)
-        plot_search(s.history, space.ops, out)
+        plot_search(s.history, s.net.space.ops, out)
         atomic_write_json(  # last: it marks the search finished (model_folder.check_finished)
-            out / SELECTION, {**evidence, "genotype": genotype.to_dict(), "costs": cost.describe()}
+            out / SELECTION, {**evidence, "genotype": genotype.to_dict(), "costs": s.cost.describe()}
         )
         log.info("selected (%s) genotype:\n%s", cfg.select, genotype)
     distributed.barrier()
     return genotype
+
+
+def _log_start(s: Search, cfg: SearchConfig, rows: SearchRows) -> None:
+    log.info(
+        "search on %s (%s): %d weight rows, %d architecture rows, %d judge rows (trivial loss %.4f); "
+        "weight phase %s; %s",
+        describe(s.device),
+        cfg.precision,
+        len(rows.weights),
+        len(rows.arch),
+        len(rows.judge),
+        rows.baseline["trivial_loss"],
+        _describe_weight_phase(cfg),
+        s.cost.describe()["kind"],
+    )
 
 
 def trivial_baseline(
@@ -705,14 +758,14 @@ def supernet_evidence(history: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def derive(s: Search, cfg: SearchConfig, store: KnowledgeStore, space: SearchSpace, hidden: int) -> Genotype:
+def derive(s: Search, store: KnowledgeStore) -> Genotype:
     """The argmax genotype of the logits, brought within the budget when there is one."""
     net = s.net
     genotype = derive_genotype(
-        space,
+        net.space,
         net.edge_logits.detach(),
         net.depth_logits.detach(),
-        hidden,
+        net.hidden_size,
         embedding=genotype_embedding(store),
     )
     if isinstance(s.cost, BudgetCost):  # the budget bounds what is derived

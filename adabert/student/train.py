@@ -256,13 +256,7 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
     dev_loader = _dev_loader(dev, cfg, ctx, device)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     epochs = cfg.epochs if cfg.examples is None else max(1, math.ceil(cfg.examples / max(1, len(train))))
-    optimizer = optim.adam(params, decoupled=True, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = get_linear_schedule_with_warmup(
-        optimizer, int(0.06 * steps_per_epoch * epochs), steps_per_epoch * epochs
-    )
-    step = Stepper(
-        params, optimizer, cfg.grad_clip, "training", grad_scaler(device, cfg.precision), scheduler
-    )
+    step = stepper(cfg, params, steps_per_epoch * epochs, device)
     t = Training(model, probes, step, device, ctx, store.task.main_metric)
     resume_from = resume(t, cfg, genotype, state_file, legacy_state)
     log.info(
@@ -295,6 +289,15 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
         )
         save_epoch(t, cfg, record, genotype, out, tokenizer, state_file, legacy_state)
     return finish(t, cfg, store, out, train, dev, epochs, time.perf_counter() - started_all)
+
+
+def stepper(cfg: TrainConfig, params: list[torch.nn.Parameter], steps: int, device: torch.device) -> Stepper:
+    """AdamW at ``--lr`` with a linear warm-up over 6% of the ``steps`` and a linear decay to 0."""
+    optimizer = optim.adam(params, decoupled=True, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(0.06 * steps), steps)
+    return Stepper(
+        params, optimizer, cfg.grad_clip, "training", grad_scaler(device, cfg.precision), scheduler
+    )
 
 
 def load_genotype(cfg: TrainConfig, store: KnowledgeStore) -> Genotype:
