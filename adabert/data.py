@@ -332,6 +332,16 @@ def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
     return lo, lo + base + (1 if rank < extra else 0)
 
 
+def scoring_loader(rows: StoreSplit, batch_size: int, ctx: Any, device: torch.device) -> DataLoader:
+    """This rank's contiguous part of ``rows``, in order, to score on (none when there are more ranks
+    than rows); the ranks' parts are gathered in rank order afterwards."""
+    lo, hi = shard_bounds(len(rows), ctx.rank, ctx.world_size)
+    pin = device.type == "cuda"
+    return loader(
+        rows.subset(range(lo, hi)), batch_size, False, pad_token_id=rows.pad_token_id, pin_memory=pin
+    )
+
+
 def loader(
     data: Dataset,
     batch_size: int,
@@ -359,6 +369,25 @@ def loader(
         collate_fn=partial(collate, pad_token_id=pad_token_id),
         num_workers=num_workers,
         pin_memory=pin_memory,
+    )
+
+
+def training_loader(
+    rows: StoreSplit, batch_size: int, seed: int, ctx: Any, device: torch.device, num_workers: int = 0
+) -> DataLoader:
+    """This rank's part of each shuffled global batch of ``rows``, batched by similar length, in an
+    order that depends only on ``seed`` (a new one per epoch)."""
+    return loader(
+        rows,
+        batch_size,
+        True,
+        seed,
+        rows.pad_token_id,
+        num_workers,
+        ctx.rank,
+        ctx.world_size,
+        group_by_length=True,
+        pin_memory=device.type == "cuda",
     )
 
 

@@ -31,6 +31,13 @@ from adabert.checkpoint import (
     save_state,
     settings_hash,
 )
+from adabert.data import with_shares
+from adabert.progress import progress
+
+
+def batches(loader: Any, desc: str, ctx: Any) -> Any:
+    """A loop's batches with their shares of the global batch, under a progress bar on rank 0."""
+    return progress(with_shares(loader), total=len(loader), desc=desc, leave=False, disable=not ctx.is_main)
 
 
 @dataclass

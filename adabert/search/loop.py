@@ -55,7 +55,6 @@ from adabert.errors import UserError
 from adabert.genotype import Genotype, derive_genotype, random_genotype
 from adabert.io import atomic_write_json, atomic_write_text
 from adabert.modules import head_kind
-from adabert.progress import progress as progress_bar
 from adabert.report.draw import draw_genotype
 from adabert.search import judge, remedies
 from adabert.search.efficiency import BudgetCost, PaperCost
@@ -366,25 +365,18 @@ def run_epoch(
     ctx: Any,
 ) -> dict[str, Any]:
     """One pass over the weight rows: a weight step per batch, then (``warm``: none) an arch step."""
-    shard = {
-        "rank": ctx.rank,
-        "world_size": ctx.world_size,
-        "pad_token_id": weight_rows.pad_token_id,
-        "num_workers": cfg.num_workers,
-        "group_by_length": True,
-        "pin_memory": s.device.type == "cuda",
-    }
-    w_loader = data.loader(weight_rows, cfg.batch_size, True, cfg.seed * 100_003 + epoch, **shard)
-    a_batches = _cycle(data.loader(arch_rows, cfg.batch_size, True, cfg.seed * 100_019 + epoch, **shard))
+    w_loader = data.training_loader(
+        weight_rows, cfg.batch_size, cfg.seed * 100_003 + epoch, ctx, s.device, cfg.num_workers
+    )
+    a_loader = data.training_loader(
+        arch_rows, cfg.batch_size, cfg.seed * 100_019 + epoch, ctx, s.device, cfg.num_workers
+    )
+    a_batches = _cycle(a_loader)
     sums = dict.fromkeys(TERMS, 0.0)
     counts = np.zeros(tuple(s.net.edge_logits.shape), dtype=np.int64)
     at = step_schedule(s, cfg)
-    bar = progress_bar(
-        data.with_shares(w_loader),
-        total=len(w_loader),
-        desc=f"search epoch {epoch + 1} ({'weight phase' if warm else 'search phase'})",
-        leave=False,
-        disable=not ctx.is_main,
+    bar = engine.batches(
+        w_loader, f"search epoch {epoch + 1} ({'weight phase' if warm else 'search phase'})", ctx
     )
     for batch, share in bar:
         where = f"at epoch {epoch + 1}, step {s.step}"
@@ -579,8 +571,8 @@ def search_rows(cfg: SearchConfig, store: KnowledgeStore, ctx: Any, device: torc
         weights,
         arch,
         judge_rows,
-        _eval_loader(judge_rows, cfg, ctx, device),
-        _eval_loader(dev, cfg, ctx, device),
+        data.scoring_loader(judge_rows, cfg.batch_size * 2, ctx, device),
+        data.scoring_loader(dev, cfg.batch_size * 2, ctx, device),
         trivial_baseline(store, weights, judge_rows),
     )
 
@@ -598,20 +590,8 @@ def build_search(
     w_params, a_params = net.weight_parameters(), net.arch_parameters()
     s = Search(
         net,
-        Stepper(
-            w_params,
-            optim.adam(w_params, lr=cfg.w_lr, weight_decay=cfg.w_weight_decay),
-            cfg.grad_clip,
-            "search",
-            grad_scaler(device, cfg.precision),
-        ),
-        Stepper(
-            a_params,
-            optim.adam(a_params, lr=cfg.arch_lr, weight_decay=cfg.arch_weight_decay),
-            cfg.grad_clip,
-            "search",
-            grad_scaler(device, cfg.precision),
-        ),
+        _stepper(w_params, cfg.w_lr, cfg.w_weight_decay, cfg, device),
+        _stepper(a_params, cfg.arch_lr, cfg.arch_weight_decay, cfg, device),
         torch.Generator().manual_seed(cfg.seed * 100_043 + 17),  # the same samples on every rank, device
         cost,
         device=device,
@@ -620,6 +600,14 @@ def build_search(
     if cfg.judge_average > 0:
         s.average = judge.WeightAverage(w_params, cfg.judge_average * s.steps_per_epoch)
     return s
+
+
+def _stepper(
+    params: list, lr: float, weight_decay: float, cfg: SearchConfig, device: torch.device
+) -> Stepper:
+    """Adam at a constant rate (the weight phase's; the search phase anneals the weights' rate)."""
+    optimizer = optim.adam(params, lr=lr, weight_decay=weight_decay)
+    return Stepper(params, optimizer, cfg.grad_clip, "search", grad_scaler(device, cfg.precision))
 
 
 def search_epoch(
@@ -777,18 +765,6 @@ def _describe_weight_phase(cfg: SearchConfig) -> str:
     if cfg.weight_phase == "fixed" or cfg.uniform_warmup_epochs == 0:
         return f"{cfg.uniform_warmup_epochs} epoch(s)"
     return f"{cfg.uniform_warmup_epochs} to {cfg.max_warmup_epochs} epochs, until the supernet has learned"
-
-
-def _eval_loader(rows: data.StoreSplit, cfg: SearchConfig, ctx: Any, device: torch.device) -> Any:
-    """This rank's contiguous part of the rows; the parts are gathered in order when scoring."""
-    lo, hi = data.shard_bounds(len(rows), ctx.rank, ctx.world_size)
-    return data.loader(
-        rows.subset(range(lo, hi)),
-        cfg.batch_size * 2,
-        False,
-        pad_token_id=rows.pad_token_id,
-        pin_memory=device.type == "cuda",
-    )
 
 
 def _random_architecture(

@@ -47,7 +47,6 @@ from adabert.genotype import Genotype
 from adabert.io import atomic_write_json, save_pretrained_atomic
 from adabert.model_folder import check_finished
 from adabert.modules import ProbeHeads, head_kind, masked_mean
-from adabert.progress import progress as progress_bar
 from adabert.search import CHECKPOINT, CHECKPOINT_KIND, student_tables
 from adabert.search.judge import majority_accuracy, trivial_loss
 from adabert.student.network import build_student
@@ -253,7 +252,7 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed + 7919 * ctx.rank)
     train = data.load_split(store, "train", cfg.train_limit, cfg.use_augmented, cfg.seed, cfg.augment_copies)
     dev = data.load_split(store, store.dev_split)
-    dev_loader = _dev_loader(dev, cfg, ctx, device)
+    dev_loader = data.scoring_loader(dev, cfg.batch_size * 2, ctx, device)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     epochs = cfg.epochs if cfg.examples is None else max(1, math.ceil(cfg.examples / max(1, len(train))))
     step = stepper(cfg, params, steps_per_epoch * epochs, device)
@@ -352,18 +351,6 @@ def build_model(
     return model, probes
 
 
-def _dev_loader(dev: data.StoreSplit, cfg: TrainConfig, ctx: Any, device: torch.device) -> Any:
-    """This rank's contiguous part of the dev rows (none when there are more ranks than rows)."""
-    lo, hi = data.shard_bounds(len(dev), ctx.rank, ctx.world_size)
-    return data.loader(
-        dev.subset(range(lo, hi)),
-        cfg.batch_size * 2,
-        False,
-        pad_token_id=dev.pad_token_id,
-        pin_memory=device.type == "cuda",
-    )
-
-
 def resume(t: Training, cfg: TrainConfig, genotype: Genotype, state_file: Path, legacy_state: Path) -> Path:
     """Continue from the resume state when ``--resume`` finds one; returns where it was looked for."""
     resume_from = state_file
@@ -423,25 +410,8 @@ def train_epoch(
 ) -> dict[str, Any]:
     """One pass over the training rows; the record of its mean loss terms."""
     ctx = t.ctx
-    batches = data.loader(
-        train,
-        cfg.batch_size,
-        True,
-        cfg.seed * 100_003 + epoch,
-        train.pad_token_id,
-        0,
-        ctx.rank,
-        ctx.world_size,
-        group_by_length=True,
-        pin_memory=t.device.type == "cuda",
-    )
-    bar = progress_bar(
-        data.with_shares(batches),
-        total=len(batches),
-        desc=f"train epoch {epoch + 1}/{epochs}",
-        leave=False,
-        disable=not ctx.is_main,
-    )
+    batches = data.training_loader(train, cfg.batch_size, cfg.seed * 100_003 + epoch, ctx, t.device)
+    bar = engine.batches(batches, f"train epoch {epoch + 1}/{epochs}", ctx)
     sums = dict.fromkeys(TERMS, 0.0)
     for batch, share in bar:
         loss, terms = student_loss(t, to_device(batch, t.device), cfg, regression)
