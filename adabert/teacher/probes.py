@@ -85,7 +85,12 @@ def _feature_stats(features: np.ndarray, chunk: int = 8192) -> tuple[torch.Tenso
 
 
 def train_probes(
-    task: TaskSpec, features: np.ndarray, labels: np.ndarray, epochs: int, batch_size: int, lr: float,
+    task: TaskSpec,
+    features: np.ndarray,
+    labels: np.ndarray,
+    epochs: int,
+    batch_size: int,
+    lr: float,
     seed: int,
 ) -> LayerProbes:
     """Fit one linear probe per layer on cached features [N, L+1, H] (CE, or MSE for regression)."""
@@ -108,9 +113,13 @@ def train_probes(
             if task.is_regression:
                 per_probe = ((out[..., 0] - y[:, None]) ** 2).mean(0)
             else:
-                per_probe = nn.functional.cross_entropy(
-                    out.reshape(-1, out.shape[-1]), y.repeat_interleave(num_probes), reduction="none"
-                ).view(-1, num_probes).mean(0)
+                per_probe = (
+                    nn.functional.cross_entropy(
+                        out.reshape(-1, out.shape[-1]), y.repeat_interleave(num_probes), reduction="none"
+                    )
+                    .view(-1, num_probes)
+                    .mean(0)
+                )
             loss = per_probe.sum()  # disjoint parameters: each probe gets exactly its own gradient
             if not torch.isfinite(loss):
                 raise DivergenceError(
@@ -127,16 +136,19 @@ def train_probes(
 
 @torch.inference_mode()
 def _apply_probes(probes: LayerProbes, features: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    out = [probes(torch.from_numpy(np.asarray(features[i : i + chunk], dtype=np.float32))).numpy()
-           for i in range(0, len(features), chunk)]
+    out = [
+        probes(torch.from_numpy(np.asarray(features[i : i + chunk], dtype=np.float32))).numpy()
+        for i in range(0, len(features), chunk)
+    ]
     return np.concatenate(out).astype(np.float32)
 
 
 def _feature_buffer(shape: tuple[int, ...], scratch: Path) -> np.ndarray:
     if int(np.prod(shape)) * 4 <= _IN_MEMORY_FEATURE_BYTES:
         return np.zeros(shape, dtype=np.float32)
-    return np.lib.format.open_memmap(scratch / f"features-{len(list(scratch.iterdir()))}.npy", mode="w+",
-                                     dtype=np.float32, shape=shape)
+    return np.lib.format.open_memmap(
+        scratch / f"features-{len(list(scratch.iterdir()))}.npy", mode="w+", dtype=np.float32, shape=shape
+    )
 
 
 def _read_task_file(teacher_dir: str) -> dict[str, Any]:
@@ -148,8 +160,10 @@ def _read_task_file(teacher_dir: str) -> dict[str, Any]:
     except (UnicodeDecodeError, ValueError) as err:
         raise TeacherError(f"{f} is not valid JSON ({err}); re-run the fine-tuning or pass --task") from None
     if not isinstance(info, dict) or not isinstance(info.get("task", {}), dict):
-        raise TeacherError(f"{f}: expected {{\"task\": {{...}}, ...}} as adabert writes it; re-run the "
-                           "fine-tuning or pass --task")
+        raise TeacherError(
+            f'{f}: expected {{"task": {{...}}, ...}} as adabert writes it; re-run the '
+            "fine-tuning or pass --task"
+        )
     return info
 
 
@@ -198,11 +212,15 @@ def probe(cfg: ProbeConfig) -> KnowledgeStore:
         try:
             task = TaskSpec.from_dict(info["task"])
         except (TypeError, ValueError) as err:
-            raise TeacherError(f"{Path(teacher_path) / TASK_FILE}: not a task definition ({err}); re-run the "
-                               "fine-tuning or pass --task") from None
+            raise TeacherError(
+                f"{Path(teacher_path) / TASK_FILE}: not a task definition ({err}); re-run the "
+                "fine-tuning or pass --task"
+            ) from None
     else:
-        raise TeacherError(f"{teacher_path} has no {TASK_FILE} (it was not fine-tuned by adabert): pass the "
-                           "task (--task) and, for local data, --data-dir")
+        raise TeacherError(
+            f"{teacher_path} has no {TASK_FILE} (it was not fine-tuned by adabert): pass the "
+            "task (--task) and, for local data, --data-dir"
+        )
     data_dir = cfg.data_dir
     if data_dir is None and isinstance(info.get("data_dir"), str):  # older teachers: as finetune was given it
         data_dir = str(resolve_recorded(info["data_dir"], teacher_path))
@@ -222,8 +240,10 @@ def probe(cfg: ProbeConfig) -> KnowledgeStore:
     for p in model.parameters():
         p.requires_grad_(False)
     if model.config.num_labels != task.num_labels:
-        raise TeacherError(f"teacher {teacher_path} has {model.config.num_labels} outputs but task "
-                           f"{task.name} has {task.num_labels} labels; fine-tune it on this task first")
+        raise TeacherError(
+            f"teacher {teacher_path} has {model.config.num_labels} outputs but task "
+            f"{task.name} has {task.num_labels} labels; fine-tune it on this task first"
+        )
     num_layers = model.config.num_hidden_layers
     hidden = model.config.hidden_size
 
@@ -231,10 +251,17 @@ def probe(cfg: ProbeConfig) -> KnowledgeStore:
     for s in task.dev_splits:
         splits[s] = load_split(task, s, data_dir, limit=dev_limit, seed=data_seed)
     dev_split = task.default_dev
-    tokens = {s: TokenRows.tokenize(r["text_a"], r["text_b"] if task.is_pair else None, tokenizer, max_length)
-              for s, r in splits.items()}
-    logger.info("probing %s (%d layers) on %s: %s", teacher_path, num_layers, task.name,
-                {s: len(r) for s, r in splits.items()})
+    tokens = {
+        s: TokenRows.tokenize(r["text_a"], r["text_b"] if task.is_pair else None, tokenizer, max_length)
+        for s, r in splits.items()
+    }
+    logger.info(
+        "probing %s (%d layers) on %s: %s",
+        teacher_path,
+        num_layers,
+        task.name,
+        {s: len(r) for s, r in splits.items()},
+    )
 
     timings: dict[str, float] = {}
     out_dir = Path(cfg.output_dir)
@@ -244,13 +271,21 @@ def probe(cfg: ProbeConfig) -> KnowledgeStore:
         teacher_logits, features = {}, {}
         for s, rows in splits.items():
             features[s] = _feature_buffer((len(rows), num_layers + 1, hidden), Path(scratch))
-            teacher_logits[s], _ = run_teacher(model, tokens[s], tokenizer, cfg.batch_size, f"teacher {s}",
-                                                features_out=features[s])
+            teacher_logits[s], _ = run_teacher(
+                model, tokens[s], tokenizer, cfg.batch_size, f"teacher {s}", features_out=features[s]
+            )
         timings["teacher_pass_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        probes = train_probes(task, features["train"], np.asarray(splits["train"]["label"]), cfg.epochs,
-                              cfg.batch_size, cfg.lr, cfg.seed)
+        probes = train_probes(
+            task,
+            features["train"],
+            np.asarray(splits["train"]["label"]),
+            cfg.epochs,
+            cfg.batch_size,
+            cfg.lr,
+            cfg.seed,
+        )
         probe_logits = {s: _apply_probes(probes, f) for s, f in features.items()}
         timings["probe_training_s"] = time.perf_counter() - t
         del features
@@ -258,18 +293,25 @@ def probe(cfg: ProbeConfig) -> KnowledgeStore:
     teacher_metrics = {s: logit_metrics(task, teacher_logits[s], rows) for s, rows in splits.items()}
     probe_metrics = []
     for j in range(num_layers + 1):
-        entry: dict[str, Any] = {"layer": j,
-                                 **logit_metrics(task, probe_logits[dev_split][:, j], splits[dev_split])}
+        entry: dict[str, Any] = {
+            "layer": j,
+            **logit_metrics(task, probe_logits[dev_split][:, j], splits[dev_split]),
+        }
         entry["train"] = logit_metrics(task, probe_logits["train"][:, j], splits["train"])
         if len(task.dev_splits) > 1:
-            entry["by_split"] = {s: logit_metrics(task, probe_logits[s][:, j], splits[s])
-                                 for s in task.dev_splits}
+            entry["by_split"] = {
+                s: logit_metrics(task, probe_logits[s][:, j], splits[s]) for s in task.dev_splits
+            }
         probe_metrics.append(entry)
     _log_table(task, probe_metrics, teacher_metrics[dev_split], dev_split)
 
     sha, _ = teacher_hash(teacher_path, model)
-    key = {"teacher": sha, "train": fingerprint(splits["train"]), "max_length": max_length,
-           "probes": _tensor_digest(probes.state_dict())}
+    key = {
+        "teacher": sha,
+        "train": fingerprint(splits["train"]),
+        "max_length": max_length,
+        "probes": _tensor_digest(probes.state_dict()),
+    }
     work = _work_dir(out_dir, key)
     save_file({k: v.contiguous() for k, v in probes.state_dict().items()}, str(work / "probes.safetensors"))
 
@@ -297,23 +339,52 @@ def probe(cfg: ProbeConfig) -> KnowledgeStore:
         rows = {s: len(v[0]) for s, v in store_splits.items()}
         if augmented is not None:
             rows[AUGMENTED] = augmented["rows"]
-        report = {"task": task.name, "teacher": teacher_path, "split": dev_split,
-                  "main_metric": task.main_metric, "teacher_metrics": teacher_metrics,
-                  "probes": probe_metrics, "rows": rows, "augmentation": augmented,
-                  "timings": {k: round(v, 2) for k, v in timings.items()}}
+        report = {
+            "task": task.name,
+            "teacher": teacher_path,
+            "split": dev_split,
+            "main_metric": task.main_metric,
+            "teacher_metrics": teacher_metrics,
+            "probes": probe_metrics,
+            "rows": rows,
+            "augmentation": augmented,
+            "timings": {k: round(v, 2) for k, v in timings.items()},
+        }
         atomic_write_json(tmp / "probe_metrics.json", report)
-        _plot_probes(tmp / "probe_metrics.png", task, [m[task.main_metric] for m in probe_metrics],
-                     teacher_metrics[dev_split][task.main_metric], dev_split)
-        save_config(replace(cfg, task=task.name, data_dir=data_dir, max_length=max_length,
-                            dev_limit=dev_limit), tmp / "config.json")
+        _plot_probes(
+            tmp / "probe_metrics.png",
+            task,
+            [m[task.main_metric] for m in probe_metrics],
+            teacher_metrics[dev_split][task.main_metric],
+            dev_split,
+        )
+        save_config(
+            replace(cfg, task=task.name, data_dir=data_dir, max_length=max_length, dev_limit=dev_limit),
+            tmp / "config.json",
+        )
         (tmp / WORK_KEY).unlink(missing_ok=True)
 
-    store = write_store(out_dir, task=task, data_dir=data_dir, max_length=max_length,
-                        teacher_dir=teacher_path, model=model, tokenizer=tokenizer, splits=store_splits,
-                        teacher_metrics=teacher_metrics, probe_metrics=probe_metrics, extra=extras,
-                        workdir=work, distilled=(distilled, distilled_settings), augmented=augmented)
-    logger.info("probe stage done in %.1fs (%s)", time.perf_counter() - t0,
-                ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
+    store = write_store(
+        out_dir,
+        task=task,
+        data_dir=data_dir,
+        max_length=max_length,
+        teacher_dir=teacher_path,
+        model=model,
+        tokenizer=tokenizer,
+        splits=store_splits,
+        teacher_metrics=teacher_metrics,
+        probe_metrics=probe_metrics,
+        extra=extras,
+        workdir=work,
+        distilled=(distilled, distilled_settings),
+        augmented=augmented,
+    )
+    logger.info(
+        "probe stage done in %.1fs (%s)",
+        time.perf_counter() - t0,
+        ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()),
+    )
     return store
 
 
@@ -348,8 +419,9 @@ def _distill_source(cfg: ProbeConfig, teacher_path: str, info: dict[str, Any], m
         return model
     base = info.get("model") or _read_finetune_model(teacher_path)
     if base is None:
-        raise TeacherError(f"{teacher_path}: its base checkpoint is not recorded; use --distill-source "
-                           "teacher")
+        raise TeacherError(
+            f"{teacher_path}: its base checkpoint is not recorded; use --distill-source teacher"
+        )
     from transformers import AutoModel
 
     return AutoModel.from_pretrained(resolve_model(base)).eval().to(next(model.parameters()).device)
@@ -370,8 +442,15 @@ def augment_factor(cfg: ProbeConfig, rows: int) -> int:
 
 
 def _augment(
-    cfg: ProbeConfig, task: TaskSpec, model: nn.Module, tokenizer: Any, train: Dataset, probes: LayerProbes,
-    max_length: int, work: Path, key: dict[str, Any],
+    cfg: ProbeConfig,
+    task: TaskSpec,
+    model: nn.Module,
+    tokenizer: Any,
+    train: Dataset,
+    probes: LayerProbes,
+    max_length: int,
+    work: Path,
+    key: dict[str, Any],
 ) -> dict[str, Any]:
     """Teacher-labelled copies of the training rows, streamed into the work folder (resumable)."""
     sources = np.arange(len(train))
@@ -380,17 +459,31 @@ def _augment(
     chosen = train.select(sources)
     texts_a = list(chosen["text_a"])
     texts_b = list(chosen["text_b"]) if task.is_pair else None
-    augmenter = Augmenter(tokenizer, model.get_input_embeddings().weight, texts_a + (texts_b or []),
-                          cfg.augment_replace_prob, cfg.augment_mask_prob, cfg.augment_ngram_prob,
-                          cfg.augment_neighbours)
-    settings = {**key, "factor": cfg.augment_factor, "rows": cfg.augment_rows,
-                "replace_prob": cfg.augment_replace_prob, "mask_prob": cfg.augment_mask_prob,
-                "ngram_prob": cfg.augment_ngram_prob, "neighbours": cfg.augment_neighbours, "seed": cfg.seed}
+    augmenter = Augmenter(
+        tokenizer,
+        model.get_input_embeddings().weight,
+        texts_a + (texts_b or []),
+        cfg.augment_replace_prob,
+        cfg.augment_mask_prob,
+        cfg.augment_ngram_prob,
+        cfg.augment_neighbours,
+    )
+    settings = {
+        **key,
+        "factor": cfg.augment_factor,
+        "rows": cfg.augment_rows,
+        "replace_prob": cfg.augment_replace_prob,
+        "mask_prob": cfg.augment_mask_prob,
+        "ngram_prob": cfg.augment_ngram_prob,
+        "neighbours": cfg.augment_neighbours,
+        "seed": cfg.seed,
+    }
 
     def label(a: list[str], b: list[str] | None) -> tuple[TokenRows, np.ndarray, np.ndarray]:
         rows = TokenRows.tokenize(a, b, tokenizer, max_length)
-        logits, probe_logits = run_teacher(model, rows, tokenizer, cfg.batch_size, "teacher train_aug",
-                                            probes=probes)
+        logits, probe_logits = run_teacher(
+            model, rows, tokenizer, cfg.batch_size, "teacher train_aug", probes=probes
+        )
         return rows, logits, probe_logits
 
     bar = progress_bar(total=len(texts_a), desc=f"augment x{cfg.augment_factor}", unit="row")
@@ -398,17 +491,28 @@ def _augment(
     def progress(done: int, total: int) -> None:
         bar.update(done - bar.n)
 
-    entry = stream_augmented(work, texts_a, texts_b, augmenter, cfg.augment_factor, label,
-                             (task.num_labels, model.config.num_hidden_layers + 1), task.is_regression,
-                             settings, cfg.seed, progress=progress)
+    entry = stream_augmented(
+        work,
+        texts_a,
+        texts_b,
+        augmenter,
+        cfg.augment_factor,
+        label,
+        (task.num_labels, model.config.num_hidden_layers + 1),
+        task.is_regression,
+        settings,
+        cfg.seed,
+        progress=progress,
+    )
     bar.close()
     labels = np.load(work / f"{AUGMENTED}.labels.npy", mmap_mode="r")
     if not task.is_regression:
         source = np.load(work / f"{AUGMENTED}.source.npy", mmap_mode="r")
         agree = float(np.mean(np.asarray(labels) == np.asarray(train["label"])[np.asarray(source)]))
         entry["teacher_keeps_source_label"] = round(agree, 4)
-        logger.info("augmented rows: %d (the teacher keeps the source label on %.1f%%)", len(labels),
-                    100 * agree)
+        logger.info(
+            "augmented rows: %d (the teacher keeps the source label on %.1f%%)", len(labels), 100 * agree
+        )
     return entry
 
 

@@ -178,8 +178,10 @@ class KnowledgeStore:
             raise StoreError(f"{mf} is corrupt (not a JSON object); {hint}")
         version = manifest.get("format_version")
         if version != FORMAT_VERSION:
-            raise StoreError(f"{path}: store format version {version!r}, this adabert reads version "
-                             f"{FORMAT_VERSION}; {hint}")
+            raise StoreError(
+                f"{path}: store format version {version!r}, this adabert reads version "
+                f"{FORMAT_VERSION}; {hint}"
+            )
         for key in ("task", "max_length", "num_labels", "num_layers", "teacher", "tokenizer", "splits"):
             if key not in manifest:
                 raise StoreError(f"{mf} is missing {key!r}; {hint}")
@@ -208,25 +210,32 @@ class KnowledgeStore:
             raise StoreError(f"{emb} lacks tables {sorted(want - keys)}; {hint}")
         cfg = self.manifest["teacher"].get("config", {})
         if word_shape != (cfg.get("vocab_size"), cfg.get("hidden_size")):
-            raise StoreError(f"{emb}: word_embeddings shape {word_shape} does not match the manifest's "
-                             f"teacher config; {hint}")
+            raise StoreError(
+                f"{emb}: word_embeddings shape {word_shape} does not match the manifest's "
+                f"teacher config; {hint}"
+            )
         c, n_layers = self.num_labels, self.num_layers
         label_dtype = np.float32 if self.task.is_regression else np.int64
         for split, info in self.manifest["splits"].items():
             n = info["rows"]
             if split != AUGMENTED and not (self.path / "rows" / split).is_dir():
                 raise StoreError(f"{self.path}: rows/{split}/ is missing; {hint}")
-            expected = [("teacher_logits", (n, c), np.float32),
-                        ("probe_logits", (n, n_layers + 1, c), np.float32),
-                        ("labels", (n,), label_dtype), ("offsets", (n + 1,), np.int64),
-                        ("second", (n,), np.int32)]
+            expected = [
+                ("teacher_logits", (n, c), np.float32),
+                ("probe_logits", (n, n_layers + 1, c), np.float32),
+                ("labels", (n,), label_dtype),
+                ("offsets", (n + 1,), np.int64),
+                ("second", (n,), np.int32),
+            ]
             if split == AUGMENTED:
                 expected += [("source", (n,), np.int64), ("copy", (n,), np.int32)]
             for kind, shape, dtype in expected:
                 arr = self._load(split, kind, hint)
                 if arr.shape != shape or arr.dtype != dtype:
-                    raise StoreError(f"{self.path}: {split}.{kind}.npy has shape {arr.shape} {arr.dtype}, "
-                                     f"manifest says {shape} {np.dtype(dtype)}; {hint}")
+                    raise StoreError(
+                        f"{self.path}: {split}.{kind}.npy has shape {arr.shape} {arr.dtype}, "
+                        f"manifest says {shape} {np.dtype(dtype)}; {hint}"
+                    )
             ids, offsets = self._load(split, "ids", hint), self._load(split, "offsets", hint)
             if ids.dtype != np.int32 or ids.ndim != 1 or (n and int(offsets[-1]) != len(ids)):
                 raise StoreError(f"{self.path}: {split}.ids.npy does not match its offsets; {hint}")
@@ -300,11 +309,14 @@ class KnowledgeStore:
             else:
                 ds = load_from_disk(str(self.path / "rows" / split))
         except Exception as err:  # datasets raises FileNotFoundError / ArrowInvalid / JSON errors
-            raise StoreError(f"{self.path}: rows/{split} cannot be read ({err}); "
-                             f"{_rerun_hint(self.path)}") from None
+            raise StoreError(
+                f"{self.path}: rows/{split} cannot be read ({err}); {_rerun_hint(self.path)}"
+            ) from None
         if len(ds) != info["rows"]:
-            raise StoreError(f"{self.path}: rows/{split} has {len(ds)} rows, manifest says {info['rows']}; "
-                             f"{_rerun_hint(self.path)}")
+            raise StoreError(
+                f"{self.path}: rows/{split} has {len(ds)} rows, manifest says {info['rows']}; "
+                f"{_rerun_hint(self.path)}"
+            )
         return ds
 
     def teacher_logits(self, split: str) -> np.ndarray:
@@ -354,12 +366,16 @@ class KnowledgeStore:
             raise StoreError(f"{self.path}/distilled.safetensors cannot be read ({err}); {hint}") from None
         same_teacher = info.get("teacher") == self.manifest["teacher"]["sha256"]
         if not same_teacher or table_hash(tables) != info.get("sha256"):
-            raise StoreError(f"{self.path}/distilled.safetensors is not the table distilled from this "
-                             f"store's teacher (sha256 or teacher differ from the manifest); {hint}")
+            raise StoreError(
+                f"{self.path}/distilled.safetensors is not the table distilled from this "
+                f"store's teacher (sha256 or teacher differ from the manifest); {hint}"
+            )
         table = tables["tokens"]
         if width is not None and width > table.shape[1]:
-            raise StoreError(f"{self.path}: the distilled table is {table.shape[1]} wide, {width} were "
-                             "asked; use a student width of at most the teacher's hidden size")
+            raise StoreError(
+                f"{self.path}: the distilled table is {table.shape[1]} wide, {width} were "
+                "asked; use a student width of at most the teacher's hidden size"
+            )
         return table[:, : width or table.shape[1]].contiguous()
 
     def tokenizer(self) -> Any:
@@ -372,8 +388,9 @@ class KnowledgeStore:
         try:
             return load_file(str(self.path / "embeddings.safetensors"))
         except Exception as err:
-            raise StoreError(f"{self.path}/embeddings.safetensors cannot be read ({err}); "
-                             f"{_rerun_hint(self.path)}") from None
+            raise StoreError(
+                f"{self.path}/embeddings.safetensors cannot be read ({err}); {_rerun_hint(self.path)}"
+            ) from None
 
     @property
     def teacher_path(self) -> Path:
@@ -392,22 +409,28 @@ class KnowledgeStore:
         hint = _rerun_hint(self.path, str(teacher_dir))
         sha, kind = teacher_hash(teacher_dir)
         if kind != recorded.get("hash_kind", "files") or sha != recorded["sha256"]:
-            raise StoreError(f"teacher {teacher_dir} differs from the one the store {self.path} was built "
-                             f"from ({self.teacher_path}): weights sha256 {sha[:12]}… != "
-                             f"{recorded['sha256'][:12]}…; {hint}")
+            raise StoreError(
+                f"teacher {teacher_dir} differs from the one the store {self.path} was built "
+                f"from ({self.teacher_path}): weights sha256 {sha[:12]}… != "
+                f"{recorded['sha256'][:12]}…; {hint}"
+            )
         vocab = vocab_hash(AutoTokenizer.from_pretrained(str(teacher_dir)))
         if vocab != self.manifest["tokenizer"]["vocab_sha256"]:
-            raise StoreError(f"tokenizer of {teacher_dir} differs from the store's (vocab sha256 "
-                             f"{vocab[:12]}… != {self.manifest['tokenizer']['vocab_sha256'][:12]}…); {hint}")
+            raise StoreError(
+                f"tokenizer of {teacher_dir} differs from the store's (vocab sha256 "
+                f"{vocab[:12]}… != {self.manifest['tokenizer']['vocab_sha256'][:12]}…); {hint}"
+            )
 
     def check_rows(self, split: str, dataset: Dataset) -> None:
         """Refuse rows (texts, labels or order) other than those the stored arrays were computed on."""
         info = self._split_info(split)
         fp = fingerprint(dataset)
         if fp != info["fingerprint"]:
-            raise StoreError(f"{split} rows differ from the store {self.path} ({len(dataset)} rows, "
-                             f"fingerprint {fp[:12]}… vs {info['rows']} rows, {info['fingerprint'][:12]}…); "
-                             f"the data, train/dev limits or seed changed; {_rerun_hint(self.path)}")
+            raise StoreError(
+                f"{split} rows differ from the store {self.path} ({len(dataset)} rows, "
+                f"fingerprint {fp[:12]}… vs {info['rows']} rows, {info['fingerprint'][:12]}…); "
+                f"the data, train/dev limits or seed changed; {_rerun_hint(self.path)}"
+            )
 
     def __repr__(self) -> str:
         sizes = {s: i["rows"] for s, i in self.manifest["splits"].items()}
@@ -424,8 +447,10 @@ def _embedding_tables(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     emb = getattr(model.base_model, "embeddings", None)
     hidden = word.shape[1]
     tables = {"word_embeddings": word}
-    for name, rows in (("position_embeddings", model.config.max_position_embeddings),
-                       ("token_type_embeddings", getattr(model.config, "type_vocab_size", 1) or 1)):
+    for name, rows in (
+        ("position_embeddings", model.config.max_position_embeddings),
+        ("token_type_embeddings", getattr(model.config, "type_vocab_size", 1) or 1),
+    ):
         module = getattr(emb, name, None)
         if isinstance(module, torch.nn.Embedding):
             tables[name] = module.weight.detach().float().cpu().contiguous()
@@ -529,22 +554,28 @@ def write_store(
             n = len(rows)
             t_logits, p_logits = np.asarray(t_logits), np.asarray(p_logits)
             if t_logits.shape != (n, num_labels) or p_logits.shape != (n, num_layers + 1, num_labels):
-                raise ValueError(f"split {split!r}: {n} rows but teacher logits {t_logits.shape} and probe "
-                                 f"logits {p_logits.shape}; expected ({n}, {num_labels}) and "
-                                 f"({n}, {num_layers + 1}, {num_labels})")
+                raise ValueError(
+                    f"split {split!r}: {n} rows but teacher logits {t_logits.shape} and probe "
+                    f"logits {p_logits.shape}; expected ({n}, {num_labels}) and "
+                    f"({n}, {num_layers + 1}, {num_labels})"
+                )
             for kind, values in (("teacher", t_logits), ("probe", p_logits)):
                 bad = np.flatnonzero(~np.isfinite(values.reshape(n, -1)).all(axis=1))
                 if len(bad):  # a broken teacher: nothing downstream could learn from these rows
-                    raise StoreError(f"{path}: the {kind} logits of split {split!r} are NaN or infinite on "
-                                     f"{len(bad)} of {n} rows (first: row {int(bad[0])}); the teacher or "
-                                     "its probes diverged: fine-tune or probe again with a lower --lr")
+                    raise StoreError(
+                        f"{path}: the {kind} logits of split {split!r} are NaN or infinite on "
+                        f"{len(bad)} of {n} rows (first: row {int(bad[0])}); the teacher or "
+                        "its probes diverged: fine-tune or probe again with a lower --lr"
+                    )
             rows = rows.select_columns([c for c in ROW_COLUMNS if c in rows.column_names])
             texts_b = rows["text_b"] if "text_b" in rows.column_names else None
-            token_rows = tokens[0] if tokens else TokenRows.tokenize(rows["text_a"], texts_b, tokenizer,
-                                                                     max_length)
+            token_rows = (
+                tokens[0] if tokens else TokenRows.tokenize(rows["text_a"], texts_b, tokenizer, max_length)
+            )
             rows.flatten_indices().save_to_disk(str(tmp / "rows" / split))
-            write_split(tmp, split, token_rows, np.asarray(rows["label"]), t_logits, p_logits,
-                        task.is_regression)
+            write_split(
+                tmp, split, token_rows, np.asarray(rows["label"]), t_logits, p_logits, task.is_regression
+            )
             manifest["splits"][split] = {"rows": n, "fingerprint": fingerprint(rows)}
         if augmented is not None:
             manifest["splits"][AUGMENTED] = augmented
@@ -564,8 +595,11 @@ def write_store(
         if translated is not err:
             raise translated from err
         raise
-    logger.info("knowledge store written to %s (%s)", path,
-                ", ".join(f"{s}: {i['rows']} rows" for s, i in manifest["splits"].items()))
+    logger.info(
+        "knowledge store written to %s (%s)",
+        path,
+        ", ".join(f"{s}: {i['rows']} rows" for s, i in manifest["splits"].items()),
+    )
     return KnowledgeStore.open(path)
 
 
