@@ -207,11 +207,32 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
     """Resolve every stage's settings (defaults < budget < user settings < pipeline paths)."""
     d = stage_dirs(cfg.run_dir)
     keep = tuple(Path(p) for p in (cfg.data_dir,) if p)
-    stages: list[Stage] = []
     data = data_fingerprint(cfg.task, cfg.data_dir)
-    by_content = ("data_dir",) if data is not None else ()  # local files: their hashes, not their path
+    teacher, teacher_dir, ft = _teacher_stage(cfg, d, keep, data)
+    store, pr = _store_stage(cfg, d, keep, data, teacher_dir)
+    search, se = _search_stage(cfg, d, keep)
+    from_supernet = cfg.from_supernet and not se.random_architecture  # a random genotype has no supernet
+    student, tr = _student_stage(cfg, d, keep, from_supernet)
+    compress, co = _compress_stage(cfg, d, keep)
+    enabled = compress.enabled
+    evaluation, ev = _eval_stage(cfg, d, keep, teacher_dir, co if enabled else None)
+    export = _export_stage(cfg, d, keep, d["compress"] if enabled else d["student"])
+    on_machine = {"probe": pr, "search": se, "train": tr, "evaluate": ev, "finetune": ft}
+    _check_on_machine({**on_machine, "compress": co if enabled else None})
+    return [teacher, store, search, student, compress, evaluation, export]
 
-    # teacher: fine-tune, or record the given teacher (its weights hash decides what is downstream)
+
+def _by_content(data: dict[str, str] | None) -> tuple[str, ...]:
+    """Settings left out of a stage's identity because the data's hashes stand for them: local files are
+    known by their content, not their path."""
+    return ("data_dir",) if data is not None else ()
+
+
+def _teacher_stage(
+    cfg: PipelineConfig, d: dict[str, Path], keep: tuple[Path, ...], data: dict[str, str] | None
+) -> tuple[Stage, Path, FinetuneConfig | None]:
+    """The teacher stage, its folder and its fine-tuning settings: fine-tune, or record the given teacher
+    (its weights hash decides what is downstream; it is never emptied)."""
     if cfg.teacher is not None:
         from adabert.teacher.store import teacher_hash
 
@@ -222,34 +243,44 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
             )
         sha, kind = teacher_hash(given)
         config = {"given_teacher": str(given), "weights_sha256": sha, "hash_kind": kind}
-        teacher = Stage("teacher", (), config, {"weights_sha256": sha}, _nothing, keep=(*keep, given))
-        teacher_dir = given
-    else:
-        ft = FinetuneConfig(
-            **_settings(cfg, "finetune"),
-            task=cfg.task,
-            data_dir=cfg.data_dir,
-            model=cfg.model,
-            output_dir=str(d["teacher"]),
-            **cfg.task_files(),
+        return (
+            Stage("teacher", (), config, {"weights_sha256": sha}, _nothing, keep=(*keep, given)),
+            given,
+            None,
         )
-        check_files(ft)
-        teacher = Stage(
-            "teacher",
-            (),
-            to_dict(ft),
-            {
-                **_identity(ft, ("output_dir", *by_content)),
-                "data_sha256": data,
-                "model_sha256": _model_fingerprint(ft.model),
-            },
-            _runner("finetune", ft),
-            keep=keep,
-            outputs=("config.json", "adabert_task.json"),
-        )
-        teacher_dir = d["teacher"]
-    stages.append(teacher)
+    ft = FinetuneConfig(
+        **_settings(cfg, "finetune"),
+        task=cfg.task,
+        data_dir=cfg.data_dir,
+        model=cfg.model,
+        output_dir=str(d["teacher"]),
+        **cfg.task_files(),
+    )
+    check_files(ft)
+    teacher = Stage(
+        "teacher",
+        (),
+        to_dict(ft),
+        {
+            **_identity(ft, ("output_dir", *_by_content(data))),
+            "data_sha256": data,
+            "model_sha256": _model_fingerprint(ft.model),
+        },
+        _runner("finetune", ft),
+        keep=keep,
+        outputs=("config.json", "adabert_task.json"),
+    )
+    return teacher, d["teacher"], ft
 
+
+def _store_stage(
+    cfg: PipelineConfig,
+    d: dict[str, Path],
+    keep: tuple[Path, ...],
+    data: dict[str, str] | None,
+    teacher_dir: Path,
+) -> tuple[Stage, ProbeConfig]:
+    """The probes and the knowledge store; a teacher fine-tuned here sets their length and dev rows."""
     drop = () if cfg.teacher is not None else _TEACHER_FOLLOWERS
     pr = ProbeConfig(
         **_settings(cfg, "probe", drop),
@@ -259,33 +290,40 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
         output_dir=str(d["store"]),
         **cfg.task_files(),
     )
-    stages.append(
-        Stage(
-            "store",
-            ("teacher",),
-            to_dict(pr),
-            {**_identity(pr, ("teacher", "output_dir", *by_content)), "data_sha256": data},
-            _runner("probe", pr),
-            keep=keep,
-            outputs=("manifest.json",),
-        )
+    store = Stage(
+        "store",
+        ("teacher",),
+        to_dict(pr),
+        {**_identity(pr, ("teacher", "output_dir", *_by_content(data))), "data_sha256": data},
+        _runner("probe", pr),
+        keep=keep,
+        outputs=("manifest.json",),
     )
+    return store, pr
 
+
+def _search_stage(
+    cfg: PipelineConfig, d: dict[str, Path], keep: tuple[Path, ...]
+) -> tuple[Stage, SearchConfig]:
+    """The architecture search over the store (resumable: an interrupted search continues)."""
     se = SearchConfig(**_settings(cfg, "search"), store=str(d["store"]), output_dir=str(d["search"]))
-    stages.append(
-        Stage(
-            "search",
-            ("store",),
-            to_dict(se),
-            _identity(se, ("store", "output_dir", "resume")),
-            _runner("search", se),
-            resumable=True,
-            keep=keep,
-            outputs=("genotype.json",),
-        )
+    search = Stage(
+        "search",
+        ("store",),
+        to_dict(se),
+        _identity(se, ("store", "output_dir", "resume")),
+        _runner("search", se),
+        resumable=True,
+        keep=keep,
+        outputs=("genotype.json",),
     )
+    return search, se
 
-    from_supernet = cfg.from_supernet and not se.random_architecture  # a random genotype has no supernet
+
+def _student_stage(
+    cfg: PipelineConfig, d: dict[str, Path], keep: tuple[Path, ...], from_supernet: bool
+) -> tuple[Stage, TrainConfig]:
+    """The student trained from the searched genotype (resumable), from the supernet's weights or not."""
     tr = TrainConfig(
         **_settings(cfg, "train"),
         genotype=str(d["search"] / "genotype.json"),
@@ -297,41 +335,51 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
         **_identity(tr, ("genotype", "store", "output_dir", "supernet", "resume")),
         "from_supernet": from_supernet,
     }
-    stages.append(
-        Stage(
-            "student",
-            ("search", "store"),
-            to_dict(tr),
-            identity,
-            _runner("train", tr),
-            resumable=True,
-            keep=keep,
-            outputs=("config.json", "model.safetensors"),
-        )
+    student = Stage(
+        "student",
+        ("search", "store"),
+        to_dict(tr),
+        identity,
+        _runner("train", tr),
+        resumable=True,
+        keep=keep,
+        outputs=("config.json", "model.safetensors"),
     )
+    return student, tr
 
-    enabled = cfg.compress is not None
+
+def _compress_stage(
+    cfg: PipelineConfig, d: dict[str, Path], keep: tuple[Path, ...]
+) -> tuple[Stage, CompressConfig]:
+    """The compression of the student; planned always (its settings are checked), run only when enabled."""
     co = CompressConfig(
         **_settings(cfg, "compress"),
         model=str(d["student"]),
         store=str(d["store"]),
         output_dir=str(d["compress"]),
     )
-    stages.append(
-        Stage(
-            "compress",
-            ("student", "store"),
-            to_dict(co),
-            _identity(co, ("model", "store", "output_dir")),
-            lambda resume: _compress(co),
-            enabled=enabled,
-            why_disabled="not enabled: set 'compress' in the config file, or pass --compress",
-            keep=keep,
-            outputs=("config.json",),
-        )
+    compress = Stage(
+        "compress",
+        ("student", "store"),
+        to_dict(co),
+        _identity(co, ("model", "store", "output_dir")),
+        lambda resume: _compress(co),
+        enabled=cfg.compress is not None,
+        why_disabled="not enabled: set 'compress' in the config file, or pass --compress",
+        keep=keep,
+        outputs=("config.json",),
     )
-    final = d["compress"] if enabled else d["student"]
+    return compress, co
 
+
+def _eval_stage(
+    cfg: PipelineConfig,
+    d: dict[str, Path],
+    keep: tuple[Path, ...],
+    teacher_dir: Path,
+    co: CompressConfig | None,
+) -> tuple[Stage, EvalConfig]:
+    """The evaluation of the student and, given compression settings ``co``, of the compressed student."""
     ev = EvalConfig(
         **_settings(cfg, "evaluate"),
         model=str(d["student"]),
@@ -340,30 +388,37 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
         output_dir=str(d["eval"]),
     )
     ev_compressed = None
-    if enabled:
+    if co is not None:
         ev_compressed = dataclasses.replace(
             ev, model=str(d["compress"]), output_dir=str(d["eval"] / "compressed")
         )
-    # every model of the run has the teacher's positions: lengths are checked against them before any work
+    _check_lengths(cfg, ev, co)
+    managed = ("model", "store", "teacher", "output_dir")
+    evaluation = Stage(
+        "eval",
+        ("student", "compress", "store"),
+        {"student": to_dict(ev), "compressed": to_dict(ev_compressed) if ev_compressed else None},
+        {"evaluate": _identity(ev, managed), "compressed": ev_compressed is not None},
+        lambda resume: _evaluate(ev, ev_compressed, co, d["search"]),
+        keep=keep,
+        outputs=("report.json",) + (("compressed/report.json",) if ev_compressed else ()),
+    )
+    return evaluation, ev
+
+
+def _check_lengths(cfg: PipelineConfig, ev: EvalConfig, co: CompressConfig | None) -> None:
+    """Every model of the run has the teacher's positions: lengths are checked against them before any
+    work."""
     base_model = cfg.teacher if cfg.teacher is not None else cfg.model
     lengths = {"evaluate.seq_len": ev.seq_len, "--export-seq-len": cfg.export_seq_len}
-    if enabled:
+    if co is not None:
         lengths["compress.seq_len"] = co.seq_len
     for what, length in lengths.items():
         check_positions(base_model, length, what)
-    managed = ("model", "store", "teacher", "output_dir")
-    stages.append(
-        Stage(
-            "eval",
-            ("student", "compress", "store"),
-            {"student": to_dict(ev), "compressed": to_dict(ev_compressed) if ev_compressed else None},
-            {"evaluate": _identity(ev, managed), "compressed": ev_compressed is not None},
-            lambda resume: _evaluate(ev, ev_compressed, co if enabled else None, d["search"]),
-            keep=keep,
-            outputs=("report.json",) + (("compressed/report.json",) if ev_compressed else ()),
-        )
-    )
 
+
+def _export_stage(cfg: PipelineConfig, d: dict[str, Path], keep: tuple[Path, ...], final: Path) -> Stage:
+    """The ONNX export of the run's final model (the compressed student when there is one)."""
     ex = {
         "model": str(final),
         "source": final.name,
@@ -372,31 +427,31 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
         "seq_len": cfg.export_seq_len,
         "atol": cfg.export_atol,
     }
-    stages.append(
-        Stage(
-            "export",
-            (final.name, "store"),
-            ex,
-            {k: v for k, v in ex.items() if k not in ("model", "store")},
-            lambda resume: _export(final, d["export"], d["store"], cfg.export_seq_len, cfg.export_atol),
-            keep=keep,
-            outputs=("model.onnx", "export.json"),
-        )
+    return Stage(
+        "export",
+        (final.name, "store"),
+        ex,
+        {k: v for k, v in ex.items() if k not in ("model", "store")},
+        lambda resume: _export(final, d["export"], d["store"], cfg.export_seq_len, cfg.export_atol),
+        keep=keep,
+        outputs=("model.onnx", "export.json"),
     )
-    # a device or precision this machine lacks is refused now, not when its stage comes (maybe hours on)
+
+
+def _check_on_machine(stage_cfgs: dict[str, Any]) -> None:
+    """A device or precision this machine lacks is refused now, not when its stage comes (maybe hours on).
+
+    A stage config of None (a given teacher is not fine-tuned, compression not enabled) is not checked.
+    """
     from adabert.device import check_settings
 
-    on_machine = {"probe": pr, "search": se, "train": tr, "evaluate": ev}
-    if cfg.teacher is None:
-        on_machine["finetune"] = ft
-    if enabled:
-        on_machine["compress"] = co
-    for name, stage_cfg in on_machine.items():
+    for name, stage_cfg in stage_cfgs.items():
+        if stage_cfg is None:
+            continue
         try:
             check_settings(stage_cfg)
         except ConfigError as err:
             raise ConfigError(f"{name}: {err}") from None
-    return stages
 
 
 def _nothing(resume: bool) -> None:
