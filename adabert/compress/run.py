@@ -67,6 +67,7 @@ from adabert.report.evaluate import (
     write_report,
 )
 from adabert.student.train import predict_logits
+from adabert.tasks import TaskSpec
 from adabert.teacher.store import KnowledgeStore
 
 log = logging.getLogger(__name__)
@@ -399,25 +400,14 @@ def compress(cfg: CompressConfig) -> dict[str, Any]:
     """Run the methods with KD, save the compressed model, write its report and return the report."""
     methods = parse_methods(cfg.methods)  # the other settings' ranges: CompressConfig checks them
     started = time.perf_counter()
-    out = Path(cfg.output_dir)
-    if _same_path(out, cfg.model):
-        raise UserError(f"output_dir {out} is the model's own directory; write the result elsewhere")
-    out.mkdir(parents=True, exist_ok=True)
-    for last in ("report.json", "report.md"):  # written last: until then the folder is unfinished
-        (out / last).unlink(missing_ok=True)
-    save_config(cfg, out / "compress_config.json")
+    out = _prepare_output(cfg)
     torch.manual_seed(cfg.seed)
     from adabert.device import resolve_device
 
     device = resolve_device(cfg.device)
     store = KnowledgeStore.open(cfg.store)
     task = store.task
-    original = load_classifier(cfg.model, task)
-    model = copy.deepcopy(original)
-    model = wrap(model)
-    previous = list(model.config.compression.get("methods", []))
-    model.to(device)
-    original.to(device)
+    original, model, previous = _load_models(cfg.model, task, device)
     lr = cfg.lr if cfg.lr is not None else default_lr(model)
 
     train = data.load_split(store, "train", cfg.train_limit, cfg.use_augmented, cfg.seed)
@@ -432,7 +422,82 @@ def compress(cfg: CompressConfig) -> dict[str, Any]:
         distiller.steps_per_epoch,
         lr,
     )
+    method_stats = _run_methods(model, cfg, distiller, methods)
 
+    probe = _probe_batch(dev, device)
+    shrunk, shrink_diff = _shrink(model, probe, previous + methods)
+    reloaded, reload_diff = _save_and_reload(model, out, store.tokenizer(), probe, device)
+
+    teacher_dir = store.teacher_path
+    teacher_is_original = _same_path(teacher_dir, cfg.model)
+    teacher = None if teacher_is_original else _comparison_teacher(teacher_dir, task, device)
+    compared: dict[str, tuple[nn.Module, str | Path]] = {
+        "compressed": (reloaded, out),
+        "original": (original, cfg.model),
+    }
+    if teacher is not None:
+        compared["teacher"] = (teacher, teacher_dir)
+
+    pair = task.is_pair
+    metrics = _dev_metrics(store, {"compressed": reloaded, "original": original}, cfg.batch_size * 2, device)
+    sparsity = prune.sparsity_stats(unwrap(reloaded), exclude=cfg.exclude, embeddings=cfg.embeddings)
+    report: dict[str, Any] = {
+        "task": task.name,
+        "model_path": str(out),
+        "original_path": str(cfg.model),
+        "teacher_path": str(teacher_dir),
+        "teacher_is_original": teacher_is_original,
+        "methods": ",".join(methods),
+        "dev_rows": len(dev),
+        "metrics": metrics,
+        "size": _sizes(compared, sparsity, cfg.seq_len, pair),
+        "references": [name for name in compared if name != "compressed"],
+    }
+    if not cfg.skip_latency:
+        models = {name: m for name, (m, _) in compared.items()}
+        report["latency"] = compare_latency(
+            models, cfg.batch_sizes, cfg.seq_len, cfg.repeats, cfg.warmup, cfg.threads, pair=pair
+        )
+    measured = {
+        "methods": method_stats,
+        "shrunk": shrunk,
+        "shrink_max_abs_diff": shrink_diff,
+        "reload_max_abs_diff": reload_diff,
+    }
+    report["compression"] = _compression_record(measured, reloaded, sparsity, lr, started, cfg)
+    _write_reports(report, out)
+    return report
+
+
+def _load_models(path: str, task: TaskSpec, device: torch.device) -> tuple[nn.Module, nn.Module, list[str]]:
+    """The original model, kept as the reference, and the wrapped copy that is compressed, both on
+    ``device``, with the methods the copy had already been compressed with (its spec lists them all)."""
+    original = load_classifier(path, task)
+    model = copy.deepcopy(original)
+    model = wrap(model)
+    previous = list(model.config.compression.get("methods", []))
+    model.to(device)
+    original.to(device)
+    return original, model, previous
+
+
+def _prepare_output(cfg: CompressConfig) -> Path:
+    """The output folder, never the model's own, made ready: the reports that mark it finished removed
+    (written last: until then the folder is unfinished), the settings recorded."""
+    out = Path(cfg.output_dir)
+    if _same_path(out, cfg.model):
+        raise UserError(f"output_dir {out} is the model's own directory; write the result elsewhere")
+    out.mkdir(parents=True, exist_ok=True)
+    for last in ("report.json", "report.md"):
+        (out / last).unlink(missing_ok=True)
+    save_config(cfg, out / "compress_config.json")
+    return out
+
+
+def _run_methods(
+    model: nn.Module, cfg: CompressConfig, distiller: Distiller, methods: list[str]
+) -> list[dict[str, Any]]:
+    """Each method in order on the same model (masks stay active), with its statistics and seconds."""
     method_stats = []
     for i, method in enumerate(methods, 1):
         log.info("method %d/%d: %s", i, len(methods), method)
@@ -440,18 +505,31 @@ def compress(cfg: CompressConfig) -> dict[str, Any]:
         stats = METHOD_RUNNERS[method](model, cfg, distiller)
         stats["seconds"] = time.perf_counter() - t0
         method_stats.append(stats)
+    return method_stats
 
+
+def _shrink(
+    model: nn.Module, probe: dict[str, torch.Tensor], methods: list[str]
+) -> tuple[dict[str, Any], float]:
+    """Bake the masks in and remove what ended up all zero, so the model is physically smaller; returns what
+    was removed and how far the outputs on ``probe`` moved (should be rounding only: warned above
+    EXACT_ATOL). The model's spec then records all its methods."""
     inner = unwrap(model)
     prune.make_permanent(inner)
-    probe = _probe_batch(dev, device)
     before_shrink = _logits(model, probe)
     shrunk = prune.shrink_model(inner)
     shrink_diff = float((_logits(model, probe) - before_shrink).abs().max())
     if shrink_diff > EXACT_ATOL:
         log.warning("physical shrinking changed the outputs by up to %.2e", shrink_diff)
-    model.refresh_spec(previous + methods)
+    model.refresh_spec(methods)
+    return shrunk, shrink_diff
 
-    tokenizer = store.tokenizer()
+
+def _save_and_reload(
+    model: nn.Module, out: Path, tokenizer: Any, probe: dict[str, torch.Tensor], device: torch.device
+) -> tuple[nn.Module, float]:
+    """Save the model with the tokenizer and reload it as a user would: a reload with other outputs on
+    ``probe`` is an error, so the report measures the model that is on disk."""
     save_pretrained_atomic(out, model, tokenizer)
     reloaded = load_classifier(out, writing=True).to(device)
     reload_diff = float((_logits(reloaded, probe) - _logits(model, probe)).abs().max())
@@ -460,25 +538,23 @@ def compress(cfg: CompressConfig) -> dict[str, Any]:
             f"{out}: the saved model reloads with different outputs (max |diff| {reload_diff:.2e})"
         )
     log.info("saved %s (reload max |diff| %.2e)", out, reload_diff)
+    return reloaded, reload_diff
 
-    teacher_dir = store.teacher_path
-    teacher_is_original = _same_path(teacher_dir, cfg.model)
-    teacher = None
-    if not teacher_is_original:
-        if Path(teacher_dir).is_dir():
-            teacher = load_classifier(teacher_dir, task).to(device)
-        else:
-            log.warning("teacher %s not found: left out of the size and latency comparison", teacher_dir)
 
-    pair = task.is_pair
-    metrics = _dev_metrics(store, {"compressed": reloaded, "original": original}, cfg.batch_size * 2, device)
-    sparsity = prune.sparsity_stats(unwrap(reloaded), exclude=cfg.exclude, embeddings=cfg.embeddings)
-    size = {
-        "compressed": _size(reloaded, out, cfg.seq_len, pair),
-        "original": _size(original, cfg.model, cfg.seq_len, pair),
-    }
-    if teacher is not None:
-        size["teacher"] = _size(teacher, teacher_dir, cfg.seq_len, pair)
+def _comparison_teacher(teacher_dir: Path, task: TaskSpec, device: torch.device) -> nn.Module | None:
+    """The store's teacher for the size and latency comparison; None (warned) when it is not there."""
+    if Path(teacher_dir).is_dir():
+        return load_classifier(teacher_dir, task).to(device)
+    log.warning("teacher %s not found: left out of the size and latency comparison", teacher_dir)
+    return None
+
+
+def _sizes(
+    compared: dict[str, tuple[nn.Module, str | Path]], sparsity: dict[str, Any], seq_len: int, pair: bool
+) -> dict[str, Any]:
+    """Parameters, file bytes and FLOPs of each compared model; for the compressed one also its layers'
+    non-zero weights and the file size its pruned layers would take stored sparsely."""
+    size = {name: _size(model, path, seq_len, pair) for name, (model, path) in compared.items()}
     dense_in_layers = sparsity["dense_bytes"]
     size["compressed"].update(
         {
@@ -490,31 +566,21 @@ def compress(cfg: CompressConfig) -> dict[str, Any]:
             + sparsity["sparse_bytes"],
         }
     )
-    references = ["original"] + (["teacher"] if teacher is not None else [])
-    report: dict[str, Any] = {
-        "task": task.name,
-        "model_path": str(out),
-        "original_path": str(cfg.model),
-        "teacher_path": str(teacher_dir),
-        "teacher_is_original": teacher_is_original,
-        "methods": ",".join(methods),
-        "dev_rows": len(dev),
-        "metrics": metrics,
-        "size": size,
-        "references": references,
-    }
-    if not cfg.skip_latency:
-        models = {"compressed": reloaded, "original": original}
-        if teacher is not None:
-            models["teacher"] = teacher
-        report["latency"] = compare_latency(
-            models, cfg.batch_sizes, cfg.seq_len, cfg.repeats, cfg.warmup, cfg.threads, pair=pair
-        )
-    report["compression"] = {
-        "methods": method_stats,
-        "shrunk": shrunk,
-        "shrink_max_abs_diff": shrink_diff,
-        "reload_max_abs_diff": reload_diff,
+    return size
+
+
+def _compression_record(
+    measured: dict[str, Any],
+    reloaded: nn.Module,
+    sparsity: dict[str, Any],
+    lr: float,
+    started: float,
+    cfg: CompressConfig,
+) -> dict[str, Any]:
+    """The report's ``compression`` section: the ``measured`` method statistics and output checks, then
+    the final model's factorized modules and sparsity, the settings and the seconds since ``started``."""
+    return {
+        **measured,
         "factorized_modules": sorted(
             n for n, m in unwrap(reloaded).named_modules() if isinstance(m, FACTORIZED)
         ),
@@ -530,13 +596,16 @@ def compress(cfg: CompressConfig) -> dict[str, Any]:
         ],
         "config": to_dict(cfg),
     }
+
+
+def _write_reports(report: dict[str, Any], out: Path) -> None:
+    """``report.json`` and ``report.md``, the files that mark the folder finished. The generic renderer
+    would dump the per-layer stats as one long JSON block: the markdown has tables for them instead."""
     write_report(report, out)
-    # the generic renderer would dump the per-layer stats as one long JSON block: use tables instead
     summary = {k: v for k, v in report.items() if k != "compression"}
     markdown = render_report(jsonable(summary)) + "\n" + compression_markdown(report)
     atomic_write_text(out / "report.md", markdown)
     log.info("report written to %s", out / "report.md")
-    return report
 
 
 def _short_stats(stats: dict[str, Any]) -> str:
