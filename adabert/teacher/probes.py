@@ -15,7 +15,9 @@ import math
 import shutil
 import tempfile
 import time
-from dataclasses import replace
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -201,34 +203,121 @@ def probe(cfg: ProbeConfig) -> KnowledgeStore:
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)  # a device that is not here is refused before any work
     teacher_path = resolve_model(cfg.teacher)
+    info = _teacher_info(teacher_path)
+    task = _probe_task(cfg, teacher_path, info)
+    data = _data_settings(cfg, teacher_path, info)
+    seed_everything(cfg.seed)
+    model, tokenizer = _load_teacher(teacher_path, task, device)
+    num_layers = model.config.num_hidden_layers
+
+    splits, tokens = _load_rows(task, data, cfg.train_limit, tokenizer)
+    dev_split = task.default_dev
+    sizes = {s: len(r) for s, r in splits.items()}
+    logger.info("probing %s (%d layers) on %s: %s", teacher_path, num_layers, task.name, sizes)
+
+    timings: dict[str, float] = {}
+    out_dir = Path(cfg.output_dir)
+    teacher_logits, probes, probe_logits = _teacher_pass_and_probes(
+        cfg, task, model, tokenizer, splits, tokens, out_dir, timings
+    )
+    teacher_metrics = {s: logit_metrics(task, teacher_logits[s], r) for s, r in splits.items()}
+    probe_metrics = _probe_metrics(task, splits, probe_logits, num_layers)
+    _log_table(task, probe_metrics, teacher_metrics[dev_split], dev_split)
+
+    work, key = _work_for(out_dir, teacher_path, model, splits["train"], data.max_length, probes)
+    with _timed(timings, "distilled_table_s"):
+        distilled = _distilled_table(cfg, teacher_path, info, model, tokenizer, tokens["train"])
+    augmented = _augment(
+        cfg, task, model, tokenizer, splits["train"], probes, data.max_length, work, key, timings
+    )
+
+    store_splits = {s: (r, teacher_logits[s], probe_logits[s], tokens[s]) for s, r in splits.items()}
+    report = _probe_report(task, teacher_path, teacher_metrics, probe_metrics, store_splits, augmented)
+    store = write_store(
+        out_dir,
+        task=task,
+        data_dir=data.data_dir,
+        max_length=data.max_length,
+        teacher_dir=teacher_path,
+        model=model,
+        tokenizer=tokenizer,
+        workdir=work,
+        extra=_reports_writer(cfg, task, data, report, timings, t0),
+        splits=store_splits,
+        teacher_metrics=teacher_metrics,
+        probe_metrics=probe_metrics,
+        distilled=distilled,
+        augmented=augmented,
+    )
+    logger.info(
+        "probe stage done in %.1fs (%s)",
+        time.perf_counter() - t0,
+        ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()),
+    )
+    return store
+
+
+@contextmanager
+def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    """Record the seconds the block took as ``timings[name]`` (only when it finishes)."""
+    t = time.perf_counter()
+    yield
+    timings[name] = time.perf_counter() - t
+
+
+def _teacher_info(teacher_path: str) -> dict[str, Any]:
+    """What a teacher folder records of its fine-tuning (``{}`` for a hub model). A folder whose fine-tuning
+    diverged or was killed holds no teacher: it is refused here."""
     if Path(teacher_path).is_dir():
         from adabert.model_folder import check_finished
 
-        check_finished(teacher_path)  # a fine-tuning that diverged or was killed: not a teacher
-    info = _read_task_file(teacher_path)
+        check_finished(teacher_path)
+    return _read_task_file(teacher_path)
+
+
+def _probe_task(cfg: ProbeConfig, teacher_path: str, info: dict[str, Any]) -> TaskSpec:
+    """The task: ``--task``, else the one the teacher was fine-tuned on (as its task file records it)."""
     if cfg.task is not None:
-        task = get_task(cfg.task)
-    elif "task" in info:
+        return get_task(cfg.task)
+    if "task" in info:
         try:
-            task = TaskSpec.from_dict(info["task"])
+            return TaskSpec.from_dict(info["task"])
         except (TypeError, ValueError) as err:
             raise TeacherError(
                 f"{Path(teacher_path) / TASK_FILE}: not a task definition ({err}); re-run the "
                 "fine-tuning or pass --task"
             ) from None
-    else:
-        raise TeacherError(
-            f"{teacher_path} has no {TASK_FILE} (it was not fine-tuned by adabert): pass the "
-            "task (--task) and, for local data, --data-dir"
-        )
+    raise TeacherError(
+        f"{teacher_path} has no {TASK_FILE} (it was not fine-tuned by adabert): pass the "
+        "task (--task) and, for local data, --data-dir"
+    )
+
+
+@dataclass(frozen=True)
+class _DataSettings:
+    """Which rows the store is made of and how long they are tokenized."""
+
+    data_dir: str | None
+    max_length: int
+    dev_limit: int | None
+    seed: int  # picks the row subsets
+
+
+def _data_settings(cfg: ProbeConfig, teacher_path: str, info: dict[str, Any]) -> _DataSettings:
+    """The user's data settings, with what they leave out taken from the teacher's fine-tuning: the store
+    then holds the dev rows (and subset) the teacher was measured on."""
     data_dir = cfg.data_dir
     if data_dir is None and isinstance(info.get("data_dir"), str):  # older teachers: as finetune was given it
         data_dir = str(resolve_recorded(info["data_dir"], teacher_path))
     max_length = cfg.max_length or info.get("max_length") or FinetuneConfig.max_length
     dev_limit = cfg.dev_limit if cfg.dev_limit is not None else info.get("dev_limit")
     data_seed = info.get("seed", cfg.seed)  # the teacher's seed picks the same dev subset it saw
-    seed_everything(cfg.seed)
+    return _DataSettings(data_dir, max_length, dev_limit, data_seed)
 
+
+def _load_teacher(teacher_path: str, task: TaskSpec, device: torch.device) -> tuple[nn.Module, Any]:
+    """The frozen teacher on ``device`` and its tokenizer; a teacher with another number of outputs than the
+    task's labels is refused (it was fine-tuned on another task)."""
     if Path(teacher_path).is_dir():  # a finished teacher: refused unless its weights fit its config
         from adabert.model_folder import load_classifier
 
@@ -244,53 +333,63 @@ def probe(cfg: ProbeConfig) -> KnowledgeStore:
             f"teacher {teacher_path} has {model.config.num_labels} outputs but task "
             f"{task.name} has {task.num_labels} labels; fine-tune it on this task first"
         )
-    num_layers = model.config.num_hidden_layers
-    hidden = model.config.hidden_size
+    return model, tokenizer
 
-    splits = {"train": load_split(task, "train", data_dir, limit=cfg.train_limit, seed=data_seed)}
+
+def _load_rows(
+    task: TaskSpec, data: _DataSettings, train_limit: int | None, tokenizer: Any
+) -> tuple[dict[str, Dataset], dict[str, TokenRows]]:
+    """The training rows (the first ``train_limit`` of a seeded shuffle) and every dev split's, and each
+    split tokenized once: the teacher pass and the store share the tokens."""
+    splits = {"train": load_split(task, "train", data.data_dir, limit=train_limit, seed=data.seed)}
     for s in task.dev_splits:
-        splits[s] = load_split(task, s, data_dir, limit=dev_limit, seed=data_seed)
-    dev_split = task.default_dev
+        splits[s] = load_split(task, s, data.data_dir, limit=data.dev_limit, seed=data.seed)
     tokens = {
-        s: TokenRows.tokenize(r["text_a"], r["text_b"] if task.is_pair else None, tokenizer, max_length)
+        s: TokenRows.tokenize(r["text_a"], r["text_b"] if task.is_pair else None, tokenizer, data.max_length)
         for s, r in splits.items()
     }
-    logger.info(
-        "probing %s (%d layers) on %s: %s",
-        teacher_path,
-        num_layers,
-        task.name,
-        {s: len(r) for s, r in splits.items()},
-    )
+    return splits, tokens
 
-    timings: dict[str, float] = {}
-    out_dir = Path(cfg.output_dir)
+
+def _teacher_pass_and_probes(
+    cfg: ProbeConfig,
+    task: TaskSpec,
+    model: nn.Module,
+    tokenizer: Any,
+    splits: dict[str, Dataset],
+    tokens: dict[str, TokenRows],
+    out_dir: Path,
+    timings: dict[str, float],
+) -> tuple[dict[str, np.ndarray], LayerProbes, dict[str, np.ndarray]]:
+    """One teacher pass over every split, caching each layer's features, then the probes trained on the
+    training rows' features: the teacher's logits, the probes and their logits per split. The features
+    (memory-mapped beside the store when large) are gone afterwards."""
+    num_layers, hidden = model.config.num_hidden_layers, model.config.hidden_size
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.features.", dir=out_dir.parent) as scratch:
-        t = time.perf_counter()
-        teacher_logits, features = {}, {}
-        for s, rows in splits.items():
-            features[s] = _feature_buffer((len(rows), num_layers + 1, hidden), Path(scratch))
-            teacher_logits[s], _ = run_teacher(
-                model, tokens[s], tokenizer, cfg.batch_size, f"teacher {s}", features_out=features[s]
+        with _timed(timings, "teacher_pass_s"):
+            teacher_logits, features = {}, {}
+            for s, rows in splits.items():
+                features[s] = _feature_buffer((len(rows), num_layers + 1, hidden), Path(scratch))
+                teacher_logits[s], _ = run_teacher(
+                    model, tokens[s], tokenizer, cfg.batch_size, f"teacher {s}", features_out=features[s]
+                )
+        with _timed(timings, "probe_training_s"):
+            labels = np.asarray(splits["train"]["label"])
+            probes = train_probes(
+                task, features["train"], labels, cfg.epochs, cfg.batch_size, cfg.lr, cfg.seed
             )
-        timings["teacher_pass_s"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        probes = train_probes(
-            task,
-            features["train"],
-            np.asarray(splits["train"]["label"]),
-            cfg.epochs,
-            cfg.batch_size,
-            cfg.lr,
-            cfg.seed,
-        )
-        probe_logits = {s: _apply_probes(probes, f) for s, f in features.items()}
-        timings["probe_training_s"] = time.perf_counter() - t
+            probe_logits = {s: _apply_probes(probes, f) for s, f in features.items()}
         del features
+    return teacher_logits, probes, probe_logits
 
-    teacher_metrics = {s: logit_metrics(task, teacher_logits[s], rows) for s, rows in splits.items()}
+
+def _probe_metrics(
+    task: TaskSpec, splits: dict[str, Dataset], probe_logits: dict[str, np.ndarray], num_layers: int
+) -> list[dict[str, Any]]:
+    """Each layer's probe measured on the main dev split, the training rows and (when the task has
+    several) every dev split: how much of the task each layer holds."""
+    dev_split = task.default_dev
     probe_metrics = []
     for j in range(num_layers + 1):
         entry: dict[str, Any] = {
@@ -303,89 +402,103 @@ def probe(cfg: ProbeConfig) -> KnowledgeStore:
                 s: logit_metrics(task, probe_logits[s][:, j], splits[s]) for s in task.dev_splits
             }
         probe_metrics.append(entry)
-    _log_table(task, probe_metrics, teacher_metrics[dev_split], dev_split)
+    return probe_metrics
 
+
+def _work_for(
+    out_dir: Path, teacher_path: str, model: nn.Module, train: Dataset, max_length: int, probes: LayerProbes
+) -> tuple[Path, dict[str, Any]]:
+    """The store's work folder for this teacher, training rows, length and probes (kept from an interrupted
+    run that had the same), with the probes saved in it; and that key."""
     sha, _ = teacher_hash(teacher_path, model)
     key = {
         "teacher": sha,
-        "train": fingerprint(splits["train"]),
+        "train": fingerprint(train),
         "max_length": max_length,
         "probes": _tensor_digest(probes.state_dict()),
     }
     work = _work_dir(out_dir, key)
     save_file({k: v.contiguous() for k, v in probes.state_dict().items()}, str(work / "probes.safetensors"))
+    return work, key
 
-    t = time.perf_counter()
+
+def _distilled_table(
+    cfg: ProbeConfig,
+    teacher_path: str,
+    info: dict[str, Any],
+    model: nn.Module,
+    tokenizer: Any,
+    train: TokenRows,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The distilled token table (weighted by the tokens' counts in the training rows) and its settings."""
     source = _distill_source(cfg, teacher_path, info, model)
-    counts = token_counts(tokens["train"].ids, model.config.vocab_size)
+    counts = token_counts(train.ids, model.config.vocab_size)
     distilled = distill_token_table(source, tokenizer, counts, cfg.distill_sif or None)
-    distilled_settings = {"source": cfg.distill_source, "sif": cfg.distill_sif, "counted_on": "train"}
-    timings["distilled_table_s"] = time.perf_counter() - t
+    return distilled, {"source": cfg.distill_source, "sif": cfg.distill_sif, "counted_on": "train"}
 
-    augmented = None
-    factor = augment_factor(cfg, len(splits["train"]))
-    if factor > 0:
-        t = time.perf_counter()
-        augmented = _augment(
-            replace(cfg, augment_factor=factor), task, model, tokenizer, splits["train"], probes, max_length,
-            work, key,
-        )  # fmt: skip
-        timings["augmentation_s"] = time.perf_counter() - t
 
-    store_splits = {s: (rows, teacher_logits[s], probe_logits[s], tokens[s]) for s, rows in splits.items()}
+def _probe_report(
+    task: TaskSpec,
+    teacher_path: str,
+    teacher_metrics: dict[str, dict[str, float]],
+    probe_metrics: list[dict[str, Any]],
+    store_splits: dict[str, tuple],
+    augmented: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """``probe_metrics.json`` but for the timings, which are added as the store is written."""
+    rows = {s: len(v[0]) for s, v in store_splits.items()}
+    if augmented is not None:
+        rows[AUGMENTED] = augmented["rows"]
+    return {
+        "task": task.name,
+        "teacher": teacher_path,
+        "split": task.default_dev,
+        "main_metric": task.main_metric,
+        "teacher_metrics": teacher_metrics,
+        "probes": probe_metrics,
+        "rows": rows,
+        "augmentation": augmented,
+    }
 
-    def extras(tmp: Path) -> None:
+
+def _reports_writer(
+    cfg: ProbeConfig,
+    task: TaskSpec,
+    data: _DataSettings,
+    report: dict[str, Any],
+    timings: dict[str, float],
+    t0: float,
+) -> Callable[[Path], None]:
+    """What ``write_store`` calls on its work folder before the rename: the report completed with the
+    timings up to then (the stage's wall time since ``t0`` too), its plot and the resolved settings."""
+
+    def write(tmp: Path) -> None:
         timings["wall_time_s"] = time.perf_counter() - t0
-        rows = {s: len(v[0]) for s, v in store_splits.items()}
-        if augmented is not None:
-            rows[AUGMENTED] = augmented["rows"]
-        report = {
-            "task": task.name,
-            "teacher": teacher_path,
-            "split": dev_split,
-            "main_metric": task.main_metric,
-            "teacher_metrics": teacher_metrics,
-            "probes": probe_metrics,
-            "rows": rows,
-            "augmentation": augmented,
-            "timings": {k: round(v, 2) for k, v in timings.items()},
-        }
-        atomic_write_json(tmp / "probe_metrics.json", report)
-        _plot_probes(
-            tmp / "probe_metrics.png",
-            task,
-            [m[task.main_metric] for m in probe_metrics],
-            teacher_metrics[dev_split][task.main_metric],
-            dev_split,
-        )
-        save_config(
-            replace(cfg, task=task.name, data_dir=data_dir, max_length=max_length, dev_limit=dev_limit),
-            tmp / "config.json",
-        )
-        (tmp / WORK_KEY).unlink(missing_ok=True)
+        report["timings"] = {k: round(v, 2) for k, v in timings.items()}
+        _write_reports(tmp, cfg, task, data, report)
 
-    store = write_store(
-        out_dir,
-        task=task,
-        data_dir=data_dir,
-        max_length=max_length,
-        teacher_dir=teacher_path,
-        model=model,
-        tokenizer=tokenizer,
-        splits=store_splits,
-        teacher_metrics=teacher_metrics,
-        probe_metrics=probe_metrics,
-        extra=extras,
-        workdir=work,
-        distilled=(distilled, distilled_settings),
-        augmented=augmented,
+    return write
+
+
+def _write_reports(
+    tmp: Path, cfg: ProbeConfig, task: TaskSpec, data: _DataSettings, report: dict[str, Any]
+) -> None:
+    """The report, the plot of each layer's probe against the teacher, and the settings as resolved (what a
+    re-run needs to make the same store); the work folder's key goes, since the folder becomes the store."""
+    atomic_write_json(tmp / "probe_metrics.json", report)
+    dev_split = report["split"]
+    _plot_probes(
+        tmp / "probe_metrics.png",
+        task,
+        [m[task.main_metric] for m in report["probes"]],
+        report["teacher_metrics"][dev_split][task.main_metric],
+        dev_split,
     )
-    logger.info(
-        "probe stage done in %.1fs (%s)",
-        time.perf_counter() - t0,
-        ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()),
+    resolved = replace(
+        cfg, task=task.name, data_dir=data.data_dir, max_length=data.max_length, dev_limit=data.dev_limit
     )
-    return store
+    save_config(resolved, tmp / "config.json")
+    (tmp / WORK_KEY).unlink(missing_ok=True)
 
 
 WORK_KEY = "work.json"
@@ -451,14 +564,17 @@ def _augment(
     max_length: int,
     work: Path,
     key: dict[str, Any],
-) -> dict[str, Any]:
-    """Teacher-labelled copies of the training rows, streamed into the work folder (resumable)."""
-    sources = np.arange(len(train))
-    if cfg.augment_rows is not None and cfg.augment_rows < len(train):
-        sources = np.sort(np.random.default_rng(cfg.seed).choice(len(train), cfg.augment_rows, replace=False))
-    chosen = train.select(sources)
-    texts_a = list(chosen["text_a"])
-    texts_b = list(chosen["text_b"]) if task.is_pair else None
+    timings: dict[str, float],
+) -> dict[str, Any] | None:
+    """Teacher-labelled copies of the training rows, streamed into the work folder (resumable), when asked
+    for (``--augment-factor``, or ``--augment-to`` topping a small task up); None when not. The seconds
+    they took go into ``timings``."""
+    factor = augment_factor(cfg, len(train))
+    if factor <= 0:
+        return None
+    t = time.perf_counter()
+    cfg = replace(cfg, augment_factor=factor)
+    texts_a, texts_b = _augment_sources(cfg, train, task.is_pair)
     augmenter = Augmenter(
         tokenizer,
         model.get_input_embeddings().weight,
@@ -468,16 +584,6 @@ def _augment(
         cfg.augment_ngram_prob,
         cfg.augment_neighbours,
     )
-    settings = {
-        **key,
-        "factor": cfg.augment_factor,
-        "rows": cfg.augment_rows,
-        "replace_prob": cfg.augment_replace_prob,
-        "mask_prob": cfg.augment_mask_prob,
-        "ngram_prob": cfg.augment_ngram_prob,
-        "neighbours": cfg.augment_neighbours,
-        "seed": cfg.seed,
-    }
 
     def label(a: list[str], b: list[str] | None) -> tuple[TokenRows, np.ndarray, np.ndarray]:
         rows = TokenRows.tokenize(a, b, tokenizer, max_length)
@@ -500,7 +606,7 @@ def _augment(
         label,
         (task.num_labels, model.config.num_hidden_layers + 1),
         task.is_regression,
-        settings,
+        _augment_settings(cfg, key),
         cfg.seed,
         progress=progress,
     )
@@ -513,7 +619,33 @@ def _augment(
         logger.info(
             "augmented rows: %d (the teacher keeps the source label on %.1f%%)", len(labels), 100 * agree
         )
+    timings["augmentation_s"] = time.perf_counter() - t
     return entry
+
+
+def _augment_sources(cfg: ProbeConfig, train: Dataset, pair: bool) -> tuple[list[str], list[str] | None]:
+    """The texts the copies are made from: every training row, or ``--augment-rows`` of them (a seeded
+    choice, in row order)."""
+    sources = np.arange(len(train))
+    if cfg.augment_rows is not None and cfg.augment_rows < len(train):
+        sources = np.sort(np.random.default_rng(cfg.seed).choice(len(train), cfg.augment_rows, replace=False))
+    chosen = train.select(sources)
+    return list(chosen["text_a"]), list(chosen["text_b"]) if pair else None
+
+
+def _augment_settings(cfg: ProbeConfig, key: dict[str, Any]) -> dict[str, Any]:
+    """What decides the augmented rows besides the work folder's ``key``: an interrupted augmentation
+    continues only under the same settings, any change starts it afresh."""
+    return {
+        **key,
+        "factor": cfg.augment_factor,
+        "rows": cfg.augment_rows,
+        "replace_prob": cfg.augment_replace_prob,
+        "mask_prob": cfg.augment_mask_prob,
+        "ngram_prob": cfg.augment_ngram_prob,
+        "neighbours": cfg.augment_neighbours,
+        "seed": cfg.seed,
+    }
 
 
 def _log_table(
