@@ -21,9 +21,10 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -34,6 +35,8 @@ _BRACKETED = re.compile(r"^\[.*\]$")  # [PAD], [unused17], ...: never useful rep
 _CHUNK = 1024
 SPLIT = "train_aug"
 PROGRESS = f"{SPLIT}.progress.json"
+_IDS_BIN = f"{SPLIT}.ids.bin"  # the copies' token ids, appended chunk by chunk (int32)
+_ROWS_JSONL = f"{SPLIT}.rows.jsonl"  # the copies' texts, one JSON object a line
 
 
 def _candidate_mask(tokenizer: Any, vocab_rows: int) -> torch.Tensor:
@@ -188,11 +191,44 @@ def stream_augmented(
     chunk records what is on disk; a run with the same ``settings`` continues from it, any other
     starts afresh. Returns the split's manifest entry.
     """
-    from numpy.lib.format import open_memmap
-
     n_src, total = len(texts_a), len(texts_a) * factor
+    files = _array_files(total, shapes, regression)
+    state, arrays, resume = _open_work(workdir, files, settings, total, n_src)
+    with (
+        _appending(workdir / _IDS_BIN, 4 * state["ids"], resume) as ids_fh,
+        _appending(workdir / _ROWS_JSONL, state["text_bytes"], resume) as text_fh,
+    ):
+        for start in range(state["rows_done"], n_src, chunk_rows):
+            stop = min(n_src, start + chunk_rows)
+            rng = np.random.default_rng([seed, start // chunk_rows])
+            a, b = augmenter.copies(
+                texts_a[start:stop], None if texts_b is None else texts_b[start:stop], factor, rng
+            )
+            tokens, logits, probe_logits = label(a, b)
+            made_from = np.arange(start, stop) if sources is None else sources[start:stop]
+            columns = _chunk_columns(tokens, logits, probe_logits, made_from, factor, regression)
+            _fill(arrays, slice(start * factor, stop * factor), columns)
+            _append_rows(ids_fh, text_fh, tokens.ids, a, b)
+            state = {
+                **state,
+                "rows_done": stop,
+                "ids": state["ids"] + len(tokens.ids),
+                "text_bytes": text_fh.tell(),
+            }
+            _fsync_json(workdir / PROGRESS, state)
+            if progress is not None:
+                progress(stop, n_src)
+    _finish_split(workdir, arrays, total)
+    return {"rows": total, "source_rows": n_src, "factor": factor, "settings": settings}
+
+
+def _array_files(
+    total: int, shapes: tuple[int, int], regression: bool
+) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """Shape and dtype of each per-row array of the split (``shapes`` is ``(C, L+1)``): memory-mapped
+    ``.npy`` files that chunks are written into in place."""
     classes, levels = shapes
-    files = {
+    return {
         "second": ((total,), np.int32),
         "source": ((total,), np.int64),
         "copy": ((total,), np.int32),
@@ -201,21 +237,34 @@ def stream_augmented(
         "teacher_logits": ((total, classes), np.float32),
         "probe_logits": ((total, levels, classes), np.float32),
     }
-    path = {name: workdir / f"{SPLIT}.{name}.npy" for name in files}
-    ids_path, text_path, progress_path = (
-        workdir / f"{SPLIT}.ids.bin",
-        workdir / f"{SPLIT}.rows.jsonl",
-        workdir / PROGRESS,
-    )
+
+
+def _array_path(workdir: Path, name: str) -> Path:
+    """Where the per-row array ``name`` is kept (the store reads the finished ones under the same names)."""
+    return workdir / f"{SPLIT}.{name}.npy"
+
+
+def _open_work(
+    workdir: Path,
+    files: dict[str, tuple[tuple[int, ...], Any]],
+    settings: dict[str, Any],
+    total: int,
+    n_src: int,
+) -> tuple[dict[str, Any], dict[str, np.ndarray], bool]:
+    """The progress state, the memory-mapped arrays and whether they continue an earlier run: one that
+    left a progress file for the same ``settings`` and all its files; otherwise all starts afresh."""
+    from numpy.lib.format import open_memmap
+
+    path = {name: _array_path(workdir, name) for name in files}
     state = {"settings": settings, "rows": total, "rows_done": 0, "ids": 0, "text_bytes": 0}
     try:
-        saved = json.loads(progress_path.read_text())
+        saved = json.loads((workdir / PROGRESS).read_text())
     except (FileNotFoundError, ValueError):
         saved = None
     resume = bool(
         saved
         and (saved.get("settings"), saved.get("rows")) == (settings, total)
-        and all(p.exists() for p in (ids_path, text_path, *path.values()))
+        and all(p.exists() for p in (workdir / _IDS_BIN, workdir / _ROWS_JSONL, *path.values()))
     )
     if resume:
         state = saved
@@ -226,59 +275,71 @@ def stream_augmented(
             name: open_memmap(path[name], mode="w+", dtype=dtype, shape=shape)
             for name, (shape, dtype) in files.items()
         }
-        _fsync_json(progress_path, state)
-    with (
-        open(ids_path, "ab" if resume else "wb") as ids_fh,
-        open(text_path, "ab" if resume else "wb") as text_fh,
-    ):
-        ids_fh.truncate(4 * state["ids"])
-        text_fh.truncate(state["text_bytes"])
-        ids_fh.seek(0, os.SEEK_END)
-        text_fh.seek(0, os.SEEK_END)
-        for start in range(state["rows_done"], n_src, chunk_rows):
-            stop = min(n_src, start + chunk_rows)
-            rng = np.random.default_rng([seed, start // chunk_rows])
-            a, b = augmenter.copies(
-                texts_a[start:stop], None if texts_b is None else texts_b[start:stop], factor, rng
-            )
-            tokens, logits, probe_logits = label(a, b)
-            lo, hi = start * factor, stop * factor
-            arrays["second"][lo:hi] = tokens.second
-            arrays["lengths"][lo:hi] = tokens.lengths
-            made_from = np.arange(start, stop) if sources is None else sources[start:stop]
-            arrays["source"][lo:hi] = np.repeat(made_from, factor)
-            arrays["copy"][lo:hi] = np.tile(np.arange(factor), stop - start)
-            arrays["teacher_logits"][lo:hi] = logits
-            arrays["probe_logits"][lo:hi] = probe_logits
-            arrays["labels"][lo:hi] = logits[:, 0] if regression else logits.argmax(-1)
-            for array in arrays.values():
-                array.flush()
-            ids_fh.write(np.ascontiguousarray(tokens.ids, dtype=np.int32).tobytes())
-            lines = "".join(
-                json.dumps({"text_a": x, **({"text_b": b[i]} if b else {})}) + "\n" for i, x in enumerate(a)
-            )
-            text_fh.write(lines.encode())
-            for fh in (ids_fh, text_fh):
-                fh.flush()
-                os.fsync(fh.fileno())
-            state = {
-                **state,
-                "rows_done": stop,
-                "ids": state["ids"] + len(tokens.ids),
-                "text_bytes": text_fh.tell(),
-            }
-            _fsync_json(progress_path, state)
-            if progress is not None:
-                progress(stop, n_src)
-    # finish: offsets from the lengths, the flat ids as .npy, and no work files left
+        _fsync_json(workdir / PROGRESS, state)
+    return state, arrays, resume
+
+
+@contextmanager
+def _appending(path: Path, size: int, resume: bool) -> Iterator[BinaryIO]:
+    """``path`` open for appending after its first ``size`` bytes, which the progress file vouches for
+    (a write cut short by a kill is dropped); a fresh run starts it empty."""
+    with open(path, "ab" if resume else "wb") as fh:
+        fh.truncate(size)
+        fh.seek(0, os.SEEK_END)
+        yield fh
+
+
+def _chunk_columns(
+    tokens: Any,
+    logits: np.ndarray,
+    probe_logits: np.ndarray,
+    made_from: np.ndarray,
+    factor: int,
+    regression: bool,
+) -> dict[str, np.ndarray]:
+    """A chunk's values of the per-row arrays: ``factor`` consecutive copies of each source row, labelled
+    with the teacher's prediction (its score for regression)."""
+    return {
+        "second": tokens.second,
+        "lengths": tokens.lengths,
+        "source": np.repeat(made_from, factor),
+        "copy": np.tile(np.arange(factor), len(made_from)),
+        "teacher_logits": logits,
+        "probe_logits": probe_logits,
+        "labels": logits[:, 0] if regression else logits.argmax(-1),
+    }
+
+
+def _fill(arrays: dict[str, np.ndarray], rows: slice, columns: dict[str, np.ndarray]) -> None:
+    """Write a chunk's ``columns`` into its ``rows`` and flush them, before the progress file counts them."""
+    for name, values in columns.items():
+        arrays[name][rows] = values
+    for array in arrays.values():
+        array.flush()
+
+
+def _append_rows(ids_fh: BinaryIO, text_fh: BinaryIO, ids: Any, a: list[str], b: list[str] | None) -> None:
+    """Append a chunk's token ids and texts and fsync both, before the progress file counts them."""
+    ids_fh.write(np.ascontiguousarray(ids, dtype=np.int32).tobytes())
+    lines = "".join(
+        json.dumps({"text_a": x, **({"text_b": b[i]} if b else {})}) + "\n" for i, x in enumerate(a)
+    )
+    text_fh.write(lines.encode())
+    for fh in (ids_fh, text_fh):
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _finish_split(workdir: Path, arrays: dict[str, np.ndarray], total: int) -> None:
+    """The split as the store reads it: offsets from the lengths, the flat ids as ``.npy``, and no work
+    files left (the arrays are closed first)."""
     lengths = np.asarray(arrays.pop("lengths"))
     offsets = np.zeros(total + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     with open(workdir / f"{SPLIT}.offsets.npy", "wb") as fh:
         np.save(fh, offsets)
     with open(workdir / f"{SPLIT}.ids.npy", "wb") as fh:
-        np.save(fh, np.fromfile(ids_path, dtype=np.int32))
-    del arrays
-    for leftover in (ids_path, path["lengths"], progress_path):
+        np.save(fh, np.fromfile(workdir / _IDS_BIN, dtype=np.int32))
+    arrays.clear()
+    for leftover in (workdir / _IDS_BIN, _array_path(workdir, "lengths"), workdir / PROGRESS):
         leftover.unlink()
-    return {"rows": total, "source_rows": n_src, "factor": factor, "settings": settings}
