@@ -208,34 +208,74 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     dev_rows = {
         s: load_split(task, s, cfg.data_dir, limit=cfg.dev_limit, seed=cfg.seed) for s in task.dev_splits
     }
+    dev_sizes = {s: len(r) for s, r in dev_rows.items()}
     logger.info(
-        "fine-tuning %s on %s: %d train rows, dev %s",
-        model_path,
-        task.name,
-        len(train_rows),
-        {s: len(r) for s, r in dev_rows.items()},
+        "fine-tuning %s on %s: %d train rows, dev %s", model_path, task.name, len(train_rows), dev_sizes
     )
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = _classifier(model_path, task, device)
+    train_enc = _model_inputs(encode(train_rows, tokenizer, cfg.max_length), tokenizer, labels=True)
+    dev_enc = {s: encode(r, tokenizer, cfg.max_length) for s, r in dev_rows.items()}
+    loader = _train_loader(train_enc, tokenizer, cfg, generator)
+    optimizer, scheduler = _optimizer(model, cfg, max(1, len(loader) * cfg.epochs))
+
+    (out_dir / TASK_FILE).unlink(missing_ok=True)  # written last: until then the folder is unfinished
+    save_pretrained_atomic(out_dir, tokenizer)
+    save_config(cfg, out_dir / CONFIG_FILE)
+    metrics = _new_metrics(task, model_path, len(train_rows), dev_sizes)
+    best = -math.inf
+    for epoch in range(1, cfg.epochs + 1):
+        e0 = time.perf_counter()
+        train_loss = _train_epoch(model, loader, optimizer, scheduler, device, cfg, epoch)
+        dev = {
+            s: _dev_metrics(model, enc, dev_rows[s], tokenizer, task, cfg, epoch, s)
+            for s, enc in dev_enc.items()
+        }
+        _record_epoch(metrics, epoch, train_loss, dev, round(time.perf_counter() - e0, 2))
+        score = dev[task.default_dev][task.main_metric]
+        if score > best or metrics["best_epoch"] is None:
+            best = score
+            _keep_best(model, out_dir, task, metrics, epoch, dev)
+        metrics["wall_time_s"] = round(time.perf_counter() - t0, 2)
+        atomic_write_json(out_dir / METRICS_FILE, metrics)
+
+    _write_task_file(out_dir, cfg, task)
+    metrics["wall_time_s"] = round(time.perf_counter() - t0, 2)
+    atomic_write_json(out_dir / METRICS_FILE, metrics)
+    logger.info("fine-tuning done in %.1fs; best epoch %s", metrics["wall_time_s"], metrics["best_epoch"])
+    return metrics
+
+
+def _classifier(model_path: str, task: TaskSpec, device: torch.device) -> nn.Module:
+    """The base model with a classification head for the task's labels, on ``device``. A checkpoint
+    fine-tuned elsewhere may have a head of another size: it is re-initialised, not refused."""
     label_kw: dict[str, Any] = {"num_labels": task.num_labels, **task.label_config()}
-    # A checkpoint fine-tuned elsewhere may have a head of another size: re-initialise it, don't fail.
     model = AutoModelForSequenceClassification.from_pretrained(
         model_path, ignore_mismatched_sizes=True, **label_kw
     )
     model.to(device)
+    return model
 
-    train_enc = _model_inputs(encode(train_rows, tokenizer, cfg.max_length), tokenizer, labels=True)
-    dev_enc = {s: encode(r, tokenizer, cfg.max_length) for s, r in dev_rows.items()}
+
+def _train_loader(
+    train_enc: Dataset, tokenizer: Any, cfg: FinetuneConfig, generator: torch.Generator
+) -> DataLoader:
+    """Shuffled training batches, padded per batch; with ``group_by_length`` batches of rows of similar
+    length (less padding, so faster on long-tailed tasks)."""
     collator = DataCollatorWithPadding(tokenizer)
     if cfg.group_by_length:
         lengths = np.fromiter((len(x) for x in train_enc["input_ids"]), dtype=np.int64, count=len(train_enc))
         sampler = LengthGroupedBatches(lengths, cfg.batch_size, np.random.default_rng(cfg.seed))
-        loader = DataLoader(train_enc, batch_sampler=sampler, collate_fn=collator)
-    else:
-        loader = DataLoader(
-            train_enc, batch_size=cfg.batch_size, shuffle=True, generator=generator, collate_fn=collator
-        )
+        return DataLoader(train_enc, batch_sampler=sampler, collate_fn=collator)
+    return DataLoader(
+        train_enc, batch_size=cfg.batch_size, shuffle=True, generator=generator, collate_fn=collator
+    )
 
+
+def _optimizer(model: nn.Module, cfg: FinetuneConfig, total: int) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW without weight decay on biases and norms, and a linear schedule with warm-up over the
+    ``total`` steps (BERT's recipe)."""
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
     groups = [
         {
@@ -245,84 +285,118 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
     ]
     optimizer = optim.adam(groups, decoupled=True, lr=cfg.lr)  # fused: 22M params, 0.1 s -> 0.02 s a step
-    total = max(1, len(loader) * cfg.epochs)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
+    return optimizer, scheduler
 
-    (out_dir / TASK_FILE).unlink(missing_ok=True)  # written last: until then the folder is unfinished
-    save_pretrained_atomic(out_dir, tokenizer)
-    save_config(cfg, out_dir / CONFIG_FILE)
-    main_metric, main_split = task.main_metric, task.default_dev
-    metrics: dict[str, Any] = {
+
+def _train_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    device: torch.device,
+    cfg: FinetuneConfig,
+    epoch: int,
+) -> float:
+    """One epoch of training; returns the mean loss per row. A non-finite loss or gradient stops it before
+    the step would spread it into the weights."""
+    model.train()
+    running, seen = 0.0, 0
+    bar = progress_bar(loader, desc=f"finetune epoch {epoch}/{cfg.epochs}", unit="batch", leave=False)
+    for step, batch in enumerate(bar, 1):
+        loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), _MAX_GRAD_NORM)
+        if not (torch.isfinite(loss) and torch.isfinite(norm)):  # stop before the step spreads it
+            what = f"loss became {loss.item()}" if not torch.isfinite(loss) else "gradient became inf"
+            raise DivergenceError(
+                f"{Path(cfg.output_dir)}: fine-tuning diverged, the {what} at epoch {epoch}, step {step}; "
+                f"lower --lr (now {cfg.lr}) and run again (the folder holds no finished teacher)"
+            )
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        running += loss.item() * len(batch["input_ids"])
+        seen += len(batch["input_ids"])
+        bar.set_postfix(loss=f"{running / seen:.4f}")
+    return running / max(seen, 1)
+
+
+def _dev_metrics(
+    model: nn.Module,
+    enc: Dataset,
+    rows: Dataset,
+    tokenizer: Any,
+    task: TaskSpec,
+    cfg: FinetuneConfig,
+    epoch: int,
+    split: str,
+) -> dict[str, float]:
+    """The model's metrics on one dev split; a model whose outputs are NaN or infinite is never kept."""
+    dev_logits, _ = run_teacher(model, enc, tokenizer, cfg.batch_size, f"dev {split}")
+    if not np.isfinite(dev_logits).all():
+        raise DivergenceError(
+            f"{Path(cfg.output_dir)}: fine-tuning diverged, the model's {split} outputs hold NaN or "
+            f"infinite values after epoch {epoch}; lower --lr (now {cfg.lr}) and run again (the folder "
+            "holds no finished teacher)"
+        )
+    return logit_metrics(task, dev_logits, rows)
+
+
+def _new_metrics(
+    task: TaskSpec, model_path: str, train_rows: int, dev_rows: dict[str, int]
+) -> dict[str, Any]:
+    """``metrics.json`` before the first epoch: what is trained on which rows; the history, the best epoch
+    and the wall time are filled in epoch by epoch."""
+    return {
         "task": task.name,
         "model": model_path,
-        "main_metric": main_metric,
-        "main_split": main_split,
-        "train_rows": len(train_rows),
-        "dev_rows": {s: len(r) for s, r in dev_rows.items()},
+        "main_metric": task.main_metric,
+        "main_split": task.default_dev,
+        "train_rows": train_rows,
+        "dev_rows": dev_rows,
         "history": [],
         "best_epoch": None,
         "best": None,
         "wall_time_s": None,
     }
-    best = -math.inf
-    for epoch in range(1, cfg.epochs + 1):
-        e0 = time.perf_counter()
-        model.train()
-        running, seen = 0.0, 0
-        bar = progress_bar(loader, desc=f"finetune epoch {epoch}/{cfg.epochs}", unit="batch", leave=False)
-        for step, batch in enumerate(bar, 1):
-            loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
-            loss.backward()
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), _MAX_GRAD_NORM)
-            if not (torch.isfinite(loss) and torch.isfinite(norm)):  # stop before the step spreads it
-                what = f"loss became {loss.item()}" if not torch.isfinite(loss) else "gradient became inf"
-                raise DivergenceError(
-                    f"{out_dir}: fine-tuning diverged, the {what} at epoch {epoch}, step {step}; lower --lr "
-                    f"(now {cfg.lr}) and run again (the folder holds no finished teacher)"
-                )
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            running += loss.item() * len(batch["input_ids"])
-            seen += len(batch["input_ids"])
-            bar.set_postfix(loss=f"{running / seen:.4f}")
-        dev = {}
-        for s, enc in dev_enc.items():
-            dev_logits, _ = run_teacher(model, enc, tokenizer, cfg.batch_size, f"dev {s}")
-            if not np.isfinite(dev_logits).all():  # never keep a model whose outputs are NaN / inf
-                raise DivergenceError(
-                    f"{out_dir}: fine-tuning diverged, the model's {s} outputs hold NaN or infinite values "
-                    f"after epoch {epoch}; lower --lr (now {cfg.lr}) and run again (the folder holds no "
-                    "finished teacher)"
-                )
-            dev[s] = logit_metrics(task, dev_logits, dev_rows[s])
-        score = dev[main_split][main_metric]
-        record = {
-            "epoch": epoch,
-            "train_loss": running / max(seen, 1),
-            "dev": dev,
-            "seconds": round(time.perf_counter() - e0, 2),
-        }
-        metrics["history"].append(record)
-        summary = "; ".join(
-            f"{s}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()) for s, m in dev.items()
-        )
-        logger.info("epoch %d: train loss %.4f; %s", epoch, record["train_loss"], summary)
-        if score > best or metrics["best_epoch"] is None:
-            best = score
-            metrics["best_epoch"], metrics["best"] = epoch, dev
-            save_pretrained_atomic(out_dir, model)
-            logger.info(
-                "epoch %d is the best so far (%s %s = %.4f): saved to %s",
-                epoch,
-                main_split,
-                main_metric,
-                score,
-                out_dir,
-            )
-        metrics["wall_time_s"] = round(time.perf_counter() - t0, 2)
-        atomic_write_json(out_dir / METRICS_FILE, metrics)
 
+
+def _record_epoch(
+    metrics: dict[str, Any], epoch: int, train_loss: float, dev: dict[str, dict[str, float]], seconds: float
+) -> None:
+    """Add the epoch to the metrics' history and log its training loss and dev metrics."""
+    record = {"epoch": epoch, "train_loss": train_loss, "dev": dev, "seconds": seconds}
+    metrics["history"].append(record)
+    summary = "; ".join(f"{s}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()) for s, m in dev.items())
+    logger.info("epoch %d: train loss %.4f; %s", epoch, record["train_loss"], summary)
+
+
+def _keep_best(
+    model: nn.Module,
+    out_dir: Path,
+    task: TaskSpec,
+    metrics: dict[str, Any],
+    epoch: int,
+    dev: dict[str, dict[str, float]],
+) -> None:
+    """Save the model of the best epoch so far into the folder (a later, worse epoch never replaces it) and
+    record it in the metrics."""
+    metrics["best_epoch"], metrics["best"] = epoch, dev
+    save_pretrained_atomic(out_dir, model)
+    logger.info(
+        "epoch %d is the best so far (%s %s = %.4f): saved to %s",
+        epoch,
+        task.default_dev,
+        task.main_metric,
+        dev[task.default_dev][task.main_metric],
+        out_dir,
+    )
+
+
+def _write_task_file(out_dir: Path, cfg: FinetuneConfig, task: TaskSpec) -> None:
+    """``adabert_task.json``, written last: the task and the data settings the probes take over, and the
+    mark of a finished teacher."""
     atomic_write_json(
         out_dir / TASK_FILE,
         {
@@ -335,7 +409,3 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
             "seed": cfg.seed,
         },
     )
-    metrics["wall_time_s"] = round(time.perf_counter() - t0, 2)
-    atomic_write_json(out_dir / METRICS_FILE, metrics)
-    logger.info("fine-tuning done in %.1fs; best epoch %s", metrics["wall_time_s"], metrics["best_epoch"])
-    return metrics
