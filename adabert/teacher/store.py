@@ -36,7 +36,8 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -508,22 +509,66 @@ def write_store(
     store, and an existing store at ``path`` is replaced only once the new one is complete.
     ``extra(tmp_dir)`` may add further files (reports, plots) before the rename.
     """
-    from adabert.data import TokenRows
     from adabert.teacher.static_embeddings import table_hash
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    num_labels = int(task.num_labels)
     num_layers = int(model.config.num_hidden_layers)
+    manifest = _manifest(
+        path, teacher_dir, model, tokenizer, task, data_dir, max_length, teacher_metrics, probe_metrics
+    )
+    with _building(path, workdir) as tmp:
+        tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        save_file(_embedding_tables(model), str(tmp / "embeddings.safetensors"))
+        for split, parts in splits.items():
+            manifest["splits"][split] = _write_rows(
+                tmp, path, split, parts, task, tokenizer, max_length, num_layers
+            )
+        if augmented is not None:
+            manifest["splits"][AUGMENTED] = augmented
+        if distilled is not None:
+            tables, settings = distilled
+            save_file(tables, str(tmp / "distilled.safetensors"))
+            manifest["distilled"] = {
+                **settings,
+                "sha256": table_hash(tables),
+                "teacher": manifest["teacher"]["sha256"],
+            }
+        if extra is not None:
+            extra(tmp)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        seal_tree(tmp)  # the usual modes (mkdtemp makes an owner-only folder), every file on disk
+        _replace_dir(tmp, path)
+    logger.info(
+        "knowledge store written to %s (%s)",
+        path,
+        ", ".join(f"{s}: {i['rows']} rows" for s, i in manifest["splits"].items()),
+    )
+    return KnowledgeStore.open(path)
+
+
+def _manifest(
+    path: Path,
+    teacher_dir: str | Path,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    task: TaskSpec,
+    data_dir: str | None,
+    max_length: int,
+    teacher_metrics: dict[str, dict[str, float]],
+    probe_metrics: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The store's manifest but for its splits (filled in as they are written) and the distilled table:
+    what the store was made from, so that a reader can check the teacher, tokenizer and rows it is given."""
     sha, hash_kind = teacher_hash(teacher_dir, model)
     cfg = model.config
-    manifest: dict[str, Any] = {
+    return {
         "format_version": FORMAT_VERSION,
         "task": task.to_dict(),
         "data_dir": None if data_dir is None else record_absolute(data_dir),  # outside the run: where it is
         "max_length": int(max_length),
-        "num_labels": num_labels,
-        "num_layers": num_layers,
+        "num_labels": int(task.num_labels),
+        "num_layers": int(model.config.num_hidden_layers),
         "teacher": {
             **_teacher_record(teacher_dir, path),
             "sha256": sha,
@@ -546,61 +591,77 @@ def write_store(
         "probe_metrics": probe_metrics,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+@contextmanager
+def _building(path: Path, workdir: Path | None) -> Iterator[Path]:
+    """The folder the store is built in: ``workdir``, else a new temporary one beside ``path``. On any
+    failure a temporary one is removed (a caller's work dir holds resumable parts: the caller decides) and
+    an OS error is reported as the store's."""
     tmp = workdir or Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        tokenizer.save_pretrained(str(tmp / "tokenizer"))
-        save_file(_embedding_tables(model), str(tmp / "embeddings.safetensors"))
-        for split, (rows, t_logits, p_logits, *tokens) in splits.items():
-            n = len(rows)
-            t_logits, p_logits = np.asarray(t_logits), np.asarray(p_logits)
-            if t_logits.shape != (n, num_labels) or p_logits.shape != (n, num_layers + 1, num_labels):
-                raise ValueError(
-                    f"split {split!r}: {n} rows but teacher logits {t_logits.shape} and probe "
-                    f"logits {p_logits.shape}; expected ({n}, {num_labels}) and "
-                    f"({n}, {num_layers + 1}, {num_labels})"
-                )
-            for kind, values in (("teacher", t_logits), ("probe", p_logits)):
-                bad = np.flatnonzero(~np.isfinite(values.reshape(n, -1)).all(axis=1))
-                if len(bad):  # a broken teacher: nothing downstream could learn from these rows
-                    raise StoreError(
-                        f"{path}: the {kind} logits of split {split!r} are NaN or infinite on "
-                        f"{len(bad)} of {n} rows (first: row {int(bad[0])}); the teacher or "
-                        "its probes diverged: fine-tune or probe again with a lower --lr"
-                    )
-            rows = rows.select_columns([c for c in ROW_COLUMNS if c in rows.column_names])
-            texts_b = rows["text_b"] if "text_b" in rows.column_names else None
-            token_rows = (
-                tokens[0] if tokens else TokenRows.tokenize(rows["text_a"], texts_b, tokenizer, max_length)
-            )
-            rows.flatten_indices().save_to_disk(str(tmp / "rows" / split))
-            write_split(
-                tmp, split, token_rows, np.asarray(rows["label"]), t_logits, p_logits, task.is_regression
-            )
-            manifest["splits"][split] = {"rows": n, "fingerprint": fingerprint(rows)}
-        if augmented is not None:
-            manifest["splits"][AUGMENTED] = augmented
-        if distilled is not None:
-            tables, settings = distilled
-            save_file(tables, str(tmp / "distilled.safetensors"))
-            manifest["distilled"] = {**settings, "sha256": table_hash(tables), "teacher": sha}
-        if extra is not None:
-            extra(tmp)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        seal_tree(tmp)  # the usual modes (mkdtemp makes an owner-only folder), every file on disk
-        _replace_dir(tmp, path)
+        yield tmp
     except BaseException as err:
-        if workdir is None:  # a caller's work dir holds resumable parts: the caller decides
+        if workdir is None:
             shutil.rmtree(tmp, ignore_errors=True)
         translated = as_os_error(err, path) if isinstance(err, Exception) else err
         if translated is not err:
             raise translated from err
         raise
-    logger.info(
-        "knowledge store written to %s (%s)",
-        path,
-        ", ".join(f"{s}: {i['rows']} rows" for s, i in manifest["splits"].items()),
-    )
-    return KnowledgeStore.open(path)
+
+
+def _check_logits(
+    path: Path,
+    split: str,
+    n: int,
+    t_logits: np.ndarray,
+    p_logits: np.ndarray,
+    num_labels: int,
+    num_layers: int,
+) -> None:
+    """Refuse logits of other shapes than the split's rows and the teacher's labels and layers, and NaN or
+    infinite ones: a broken teacher, from which nothing downstream could learn."""
+    if t_logits.shape != (n, num_labels) or p_logits.shape != (n, num_layers + 1, num_labels):
+        raise ValueError(
+            f"split {split!r}: {n} rows but teacher logits {t_logits.shape} and probe "
+            f"logits {p_logits.shape}; expected ({n}, {num_labels}) and "
+            f"({n}, {num_layers + 1}, {num_labels})"
+        )
+    for kind, values in (("teacher", t_logits), ("probe", p_logits)):
+        bad = np.flatnonzero(~np.isfinite(values.reshape(n, -1)).all(axis=1))
+        if len(bad):
+            raise StoreError(
+                f"{path}: the {kind} logits of split {split!r} are NaN or infinite on "
+                f"{len(bad)} of {n} rows (first: row {int(bad[0])}); the teacher or "
+                "its probes diverged: fine-tune or probe again with a lower --lr"
+            )
+
+
+def _write_rows(
+    tmp: Path,
+    path: Path,
+    split: str,
+    parts: tuple,
+    task: TaskSpec,
+    tokenizer: Any,
+    max_length: int,
+    num_layers: int,
+) -> dict[str, Any]:
+    """One split's rows (their text columns) and arrays, from ``parts`` = ``(rows, teacher_logits,
+    probe_logits[, TokenRows])`` (tokenized here when the tokens are not given), once its logits are
+    checked; returns its manifest entry, whose fingerprint later tells whether a dataset is these rows."""
+    from adabert.data import TokenRows
+
+    rows, t_logits, p_logits, *tokens = parts
+    n = len(rows)
+    t_logits, p_logits = np.asarray(t_logits), np.asarray(p_logits)
+    _check_logits(path, split, n, t_logits, p_logits, int(task.num_labels), num_layers)
+    rows = rows.select_columns([c for c in ROW_COLUMNS if c in rows.column_names])
+    texts_b = rows["text_b"] if "text_b" in rows.column_names else None
+    token_rows = tokens[0] if tokens else TokenRows.tokenize(rows["text_a"], texts_b, tokenizer, max_length)
+    rows.flatten_indices().save_to_disk(str(tmp / "rows" / split))
+    write_split(tmp, split, token_rows, np.asarray(rows["label"]), t_logits, p_logits, task.is_regression)
+    return {"rows": n, "fingerprint": fingerprint(rows)}
 
 
 def _replace_dir(new: Path, path: Path) -> None:
