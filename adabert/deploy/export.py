@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -288,14 +288,56 @@ def export_model(
     leaves the previous export (or none), never a half folder. Files in ``out`` that no export wrote
     are carried over.
     """
-    from adabert.deploy import card
-    from adabert.io import atomic_dir, atomic_write_json
+    from adabert.io import atomic_dir
     from adabert.report.evaluate import load_classifier
     from adabert.teacher.store import KnowledgeStore
 
     model_dir = Path(model_dir)
     out = Path(out) if out is not None else default_output_dir(model_dir, fmt, quantize)
     _check_request(model_dir, out, store_dir, fmt, quantize)
+    _check_numbers(min_agreement, check_rows, latency_repeats, seq_len, atol)
+    store = KnowledgeStore.open(store_dir) if store_dir is not None else None
+    model = load_classifier(model_dir, store.task if store is not None else None)
+    tokenizer = _tokenizer(model_dir, store)
+    pair = store.task.is_pair if store is not None else bool(getattr(model.config, "pair", True))
+    length = _export_length(model, store, seq_len)
+    dummy = lambda batch_size: dummy_batch(model, batch_size, length, pair)  # random padded rows
+    exporter = export_onnx if fmt == "onnx" else export_torchscript
+    name = "model.onnx" if fmt == "onnx" else "model.pt"
+    previous = _previous_files(out)
+
+    with atomic_dir(out) as tmp:
+        fp32_path = tmp / (".fp32.onnx" if quantize else name)
+        exporter(model, fp32_path, seq_len=length, pair=pair, atol=atol)
+        parity = {"dummy_max_abs_diff": check_parity(model, fp32_path, dummy(4), atol)}
+        info: dict[str, Any] = {"file": name, "format": fmt, "quantization": quantize}
+        if store is not None:
+            batches = _dev_batches(store, tokenizer, _CHECK_BATCH if not quantize else check_rows)
+            parity.update(
+                dev_rows=len(batches[0]["input_ids"]),
+                dev_max_abs_diff=check_parity(model, fp32_path, batches[0], atol),
+            )
+        if quantize:
+            info["int8"] = _quantized(
+                fp32_path, tmp / name, store, batches, min_agreement, dummy, latency_repeats
+            )
+        info.update(
+            bytes=(tmp / name).stat().st_size,
+            source=model_dir.name,
+            model_dir=str(model_dir),
+            seq_len=length,
+            atol=atol,
+            parity=parity,
+        )
+        _write_folder(tmp, model, tokenizer, model_dir, store_dir, info)
+        _carry_over(out, tmp, previous)
+    return {**info, "out": str(out)}
+
+
+def _check_numbers(
+    min_agreement: float, check_rows: int | None, latency_repeats: int, seq_len: int | None, atol: float
+) -> None:
+    """Refuse, before any work, settings out of their range."""
     if not 0.0 <= min_agreement <= 1.0:
         raise ExportError(f"--min-agreement must be in [0, 1], got {min_agreement}")
     if check_rows is not None and check_rows < 1:
@@ -306,68 +348,65 @@ def export_model(
         raise ExportError(f"--seq-len must be a positive number of tokens, got {seq_len}")
     if not atol >= 0:
         raise ExportError(f"--atol must be a tolerance >= 0, got {atol}")
-    store = KnowledgeStore.open(store_dir) if store_dir is not None else None
-    model = load_classifier(model_dir, store.task if store is not None else None)
-    tokenizer = _tokenizer(model_dir, store)
-    pair = store.task.is_pair if store is not None else bool(getattr(model.config, "pair", True))
+
+
+def _export_length(model: nn.Module, store: Any, seq_len: int | None) -> int:
+    """The sequence length the export is traced and checked at: ``seq_len``, else the store's, else 128;
+    never more than the model has positions for."""
     length = seq_len or (store.max_length if store is not None else 128)
     positions = getattr(model.config, "max_position_embeddings", None)
     if positions:
         length = min(length, positions)
-    exporter = export_onnx if fmt == "onnx" else export_torchscript
-    name = "model.onnx" if fmt == "onnx" else "model.pt"
-    previous = _previous_files(out)
+    return length
 
-    with atomic_dir(out) as tmp:
-        fp32_path = tmp / (".fp32.onnx" if quantize else name)
-        exporter(model, fp32_path, seq_len=length, pair=pair, atol=atol)
-        parity = {
-            "dummy_max_abs_diff": check_parity(model, fp32_path, dummy_batch(model, 4, length, pair), atol)
-        }
-        info: dict[str, Any] = {"file": name, "format": fmt, "quantization": quantize}
-        if store is not None:
-            batches = _dev_batches(store, tokenizer, _CHECK_BATCH if not quantize else check_rows)
-            parity.update(
-                dev_rows=len(batches[0]["input_ids"]),
-                dev_max_abs_diff=check_parity(model, fp32_path, batches[0], atol),
-            )
-        if quantize:
-            from adabert.deploy.quantize import METHOD, check_int8, compare_onnx_latency, quantize_int8
 
-            int8_path = quantize_int8(fp32_path, tmp / name)
-            rows = sum(len(b["input_ids"]) for b in batches)
-            labels = np.asarray(store.rows(store.dev_split)["label"][:rows])
-            info["int8"] = {
-                "min_agreement": min_agreement,
-                "method": METHOD,
-                **check_int8(fp32_path, int8_path, batches, store.task, labels, min_agreement),
-                "fp32_bytes": fp32_path.stat().st_size,
-                "int8_bytes": int8_path.stat().st_size,
-                "size_ratio": int8_path.stat().st_size / fp32_path.stat().st_size,
-                "latency": compare_onnx_latency(
-                    {"fp32": fp32_path, "int8": int8_path},
-                    lambda bs: dummy_batch(model, bs, length, pair),
-                    repeats=latency_repeats,
-                ),
-            }
-            for row in info["int8"]["latency"].values():
-                row["int8_vs_fp32"] = row["int8_ms"] / row["fp32_ms"]
-            fp32_path.unlink()
-        model.config.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        task = card.task_file(model_dir, store_dir)
-        if task is not None:
-            atomic_write_json(tmp / TASK_FILE, task)
-        info.update(
-            bytes=(tmp / name).stat().st_size,
-            source=model_dir.name,
-            model_dir=str(model_dir),
-            seq_len=length,
-            atol=atol,
-            parity=parity,
-        )
-        card.write_export_card(tmp, model_dir, store_dir, info)
-        info["files"] = sorted([p.name for p in tmp.iterdir()] + [EXPORT_FILE])
-        atomic_write_json(tmp / EXPORT_FILE, info)
-        _carry_over(out, tmp, previous)
-    return {**info, "out": str(out)}
+def _quantized(
+    fp32_path: Path,
+    int8_path: Path,
+    store: Any,
+    batches: list[dict[str, Tensor]],
+    min_agreement: float,
+    make_batch: Callable[[int], dict[str, Tensor]],
+    latency_repeats: int,
+) -> dict[str, Any]:
+    """Quantize the fp32 export to int8 at ``int8_path`` (the fp32 file then goes) and prove it usable:
+    agreement with fp32 on the store's dev ``batches``, and size and latency against fp32 (on batches
+    from ``make_batch``) measured in the same run. Returns that record."""
+    from adabert.deploy.quantize import METHOD, check_int8, compare_onnx_latency, quantize_int8
+
+    int8_path = quantize_int8(fp32_path, int8_path)
+    rows = sum(len(b["input_ids"]) for b in batches)
+    labels = np.asarray(store.rows(store.dev_split)["label"][:rows])
+    record = {
+        "min_agreement": min_agreement,
+        "method": METHOD,
+        **check_int8(fp32_path, int8_path, batches, store.task, labels, min_agreement),
+        "fp32_bytes": fp32_path.stat().st_size,
+        "int8_bytes": int8_path.stat().st_size,
+        "size_ratio": int8_path.stat().st_size / fp32_path.stat().st_size,
+        "latency": compare_onnx_latency(
+            {"fp32": fp32_path, "int8": int8_path}, make_batch, repeats=latency_repeats
+        ),
+    }
+    for row in record["latency"].values():
+        row["int8_vs_fp32"] = row["int8_ms"] / row["fp32_ms"]
+    fp32_path.unlink()
+    return record
+
+
+def _write_folder(
+    tmp: Path, model: nn.Module, tokenizer: Any, model_dir: Path, store_dir: Any, info: dict[str, Any]
+) -> None:
+    """Everything beside the exported file that deployment needs: the model's config, the tokenizer, the
+    task file, the model card and ``export.json`` (``info`` with the folder's file list)."""
+    from adabert.deploy import card
+    from adabert.io import atomic_write_json
+
+    model.config.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    task = card.task_file(model_dir, store_dir)
+    if task is not None:
+        atomic_write_json(tmp / TASK_FILE, task)
+    card.write_export_card(tmp, model_dir, store_dir, info)
+    info["files"] = sorted([p.name for p in tmp.iterdir()] + [EXPORT_FILE])
+    atomic_write_json(tmp / EXPORT_FILE, info)
