@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,14 @@ class Genotype:
         def fail(where: str, message: str) -> GenotypeError:
             return GenotypeError(f"{source}: {where}: {message}")
 
+        space = self._check_fields(fail)
+        self._check_edges(space, fail)
+        self._check_wiring(fail)
+        return self
+
+    def _check_fields(self, fail: Callable[[str, str], GenotypeError]) -> SearchSpace:
+        """Every field but the edges has its type and fits the space, which is found (and returned) first
+        so that the cell shape can be checked against it."""
         if not _is_int(self.version) or self.version != GENOTYPE_VERSION:
             raise fail(
                 "version",
@@ -138,7 +147,11 @@ class Genotype:
             raise fail("embedding", f"expected JSON-serialisable values: {e}") from None
         if not isinstance(self.edges, tuple):
             raise fail("edges", f"expected a sequence of edges, got {_short(self.edges)}")
+        return space
 
+    def _check_edges(self, space: SearchSpace, fail: Callable[[str, str], GenotypeError]) -> None:
+        """Each edge on its own: well-typed, between nodes of the cell into an intermediate node, with an
+        operation of the space (not the zero op), and at most one per pair of nodes."""
         total = self.num_input_nodes + self.num_nodes
         allowed = [op for op in space.ops if op != space.zero_op]
         seen: set[tuple[int, int]] = set()
@@ -169,6 +182,9 @@ class Genotype:
                 raise fail(where, "duplicate edge: each (source, target) pair may carry one op")
             seen.add((e.source, e.target))
 
+    def _check_wiring(self, fail: Callable[[str, str], GenotypeError]) -> None:
+        """The edges together: no cycle (named, which says more than a backward edge), only forward edges,
+        and an input into every intermediate node, so the cell computes in node order."""
         graph = nx.DiGraph((e.source, e.target) for e in self.edges)
         try:
             cycle = nx.find_cycle(graph)
@@ -187,7 +203,6 @@ class Genotype:
         missing = [n for n in self.intermediate_nodes if n not in fed]
         if missing:
             raise fail("edges", f"intermediate node(s) {missing} have no incoming edge")
-        return self
 
     # ---------------------------------------------------------------------------------------- JSON
     def to_dict(self) -> dict[str, Any]:
