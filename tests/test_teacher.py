@@ -179,6 +179,32 @@ def test_probe_writes_a_consistent_store(tiny_bert_dir, tiny_glue_dir, tmp_path)
     again.check_rows("train", load_split("sst2", "train", tiny_glue_dir))
 
 
+def test_copies_of_some_rows_name_the_training_rows_they_came_from(tiny_bert_dir, tiny_glue_dir, tmp_path):
+    """--augment-rows: each copy's source is the training row it was made from, not its place among
+    the chosen rows (a search's weight rows take the copies of their own rows alone)."""
+    cfg = ProbeConfig(
+        teacher=str(tiny_bert_dir),
+        task="sst2",
+        data_dir=str(tiny_glue_dir),
+        max_length=32,
+        output_dir=str(tmp_path / "store"),
+        epochs=1,
+        batch_size=8,
+        augment_factor=2,
+        augment_rows=10,
+        augment_mask_prob=0.0,  # copies differ from their rows by replaced words only
+        augment_replace_prob=0.0,
+        augment_ngram_prob=0.0,
+    )
+    store = probe(cfg)
+    train, aug = store.rows("train"), store.rows("train_aug")
+    source, _ = store.augment_sources()
+    assert len(aug) == 20 and sorted(set(source.tolist())) != list(range(10))
+    words = [text.split() for text in aug["text_a"]]
+    assert words == [train["text_a"][i].split() for i in source]  # unchanged copies: their rows' words
+    assert aug["idx"] == [train["idx"][i] for i in source]
+
+
 def test_probe_reads_the_teachers_task_file(tiny_bert_dir, tiny_glue_dir, tmp_path):
     teacher = tmp_path / "teacher"
     finetune(

@@ -574,7 +574,7 @@ def _augment(
         return None
     t = time.perf_counter()
     cfg = replace(cfg, augment_factor=factor)
-    texts_a, texts_b = _augment_sources(cfg, train, task.is_pair)
+    sources, texts_a, texts_b = _augment_sources(cfg, train, task.is_pair)
     augmenter = Augmenter(
         tokenizer,
         model.get_input_embeddings().weight,
@@ -608,6 +608,7 @@ def _augment(
         task.is_regression,
         _augment_settings(cfg, key),
         cfg.seed,
+        sources=sources,
         progress=progress,
     )
     bar.close()
@@ -623,14 +624,17 @@ def _augment(
     return entry
 
 
-def _augment_sources(cfg: ProbeConfig, train: Dataset, pair: bool) -> tuple[list[str], list[str] | None]:
-    """The texts the copies are made from: every training row, or ``--augment-rows`` of them (a seeded
-    choice, in row order)."""
+def _augment_sources(
+    cfg: ProbeConfig, train: Dataset, pair: bool
+) -> tuple[np.ndarray, list[str], list[str] | None]:
+    """The training rows the copies are made from (every one, or ``--augment-rows`` of them: a seeded
+    choice, in row order) and their texts. The rows are stored with each copy: a search or student
+    that trains on some rows takes the copies of those rows alone."""
     sources = np.arange(len(train))
     if cfg.augment_rows is not None and cfg.augment_rows < len(train):
         sources = np.sort(np.random.default_rng(cfg.seed).choice(len(train), cfg.augment_rows, replace=False))
     chosen = train.select(sources)
-    return list(chosen["text_a"]), list(chosen["text_b"]) if pair else None
+    return sources, list(chosen["text_a"]), list(chosen["text_b"]) if pair else None
 
 
 def _augment_settings(cfg: ProbeConfig, key: dict[str, Any]) -> dict[str, Any]:
