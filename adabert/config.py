@@ -360,6 +360,12 @@ class SearchConfig(Computes):
     aux_skip: float = _f(
         0.0, "weight of an auxiliary skip around each cell, decaying to 0 (DARTS-)", ge=0.0)
     beta_reg: float = _f(0.0, "beta-DARTS regulariser weight on the edge logits", ge=0.0)
+    arch_gradient: str = _f(
+        "gumbel", "the architecture step's gradient: gumbel (straight-through Gumbel-softmax gates on "
+        "the ops' outputs and the head's logits, AdaBERT's: it measures whether scaling a path's output "
+        "lowers the loss) or reinforce (the score-function estimator with a moving-average baseline, "
+        "TuNAS's: the sampled path's held-out loss, less the baseline, weighs its log-probability)",
+        choices=("gumbel", "reinforce"))
     select: str = _f(
         "best_epoch", "genotype selection: last (argmax), best_epoch (best held-out loss), contribution "
         "(measured per edge, DARTS-PT)", choices=("last", "best_epoch", "contribution"))

@@ -64,7 +64,8 @@ class Stepper:
         self.optimizer.zero_grad(set_to_none=True)
         (loss if self.scaler is None else self.scaler.scale(loss)).backward()
         names = ["loss", *terms]
-        values = torch.tensor([loss.item()] + [float(v) for v in terms.values()], dtype=torch.float64)
+        numbers = [v.item() if isinstance(v, torch.Tensor) else float(v) for v in terms.values()]
+        values = torch.tensor([loss.item(), *numbers], dtype=torch.float64)
         reduced = dict(zip(names, distributed.reduce_gradients(self.params, share, values).tolist()))
         if not math.isfinite(reduced["loss"]):
             raise DivergenceError(f"{self.name} loss became {reduced['loss']}{' ' + where if where else ''}")

@@ -69,8 +69,9 @@ def test_search_writes_genotype_picture_log_and_plots(tiny_store, tmp_path):
     assert 1 <= genotype.num_cells <= 3 and genotype.hidden_size == 16
 
 
-def test_fixed_seed_reproduces_and_resume_continues(tiny_store, tmp_path, monkeypatch):
-    full = run_search(search_config(tiny_store, tmp_path / "full", epochs=3))
+@pytest.mark.parametrize("gradient", ["gumbel", "reinforce"])
+def test_fixed_seed_reproduces_and_resume_continues(tiny_store, tmp_path, monkeypatch, gradient):
+    full = run_search(search_config(tiny_store, tmp_path / "full", epochs=3, arch_gradient=gradient))
     # an interrupted run: killed during its third epoch, after two finished epochs
     import adabert.search.loop as search_module
 
@@ -84,10 +85,12 @@ def test_fixed_seed_reproduces_and_resume_continues(tiny_store, tmp_path, monkey
 
     monkeypatch.setattr(search_module, "epoch_record", dies_in_epoch_three)
     with pytest.raises(KeyboardInterrupt):
-        run_search(search_config(tiny_store, tmp_path / "part", epochs=3))
+        run_search(search_config(tiny_store, tmp_path / "part", epochs=3, arch_gradient=gradient))
     monkeypatch.setattr(search_module, "epoch_record", real_evaluate)
     assert len((tmp_path / "part" / "search_log.jsonl").read_text().splitlines()) == 2
-    resumed = run_search(search_config(tiny_store, tmp_path / "part", epochs=3, resume=True))
+    resumed = run_search(
+        search_config(tiny_store, tmp_path / "part", epochs=3, resume=True, arch_gradient=gradient)
+    )
     assert resumed == full
     full_log = [
         json.loads(line) for line in (tmp_path / "full" / "search_log.jsonl").read_text().splitlines()
@@ -424,3 +427,36 @@ def test_schedules_follow_the_phases_with_every_remedy_on(tiny_store, tmp_path):
     assert log[1]["w_lr"] > log[2]["w_lr"] > log[3]["w_lr"] >= cfg.w_lr_min
     assert cfg.tau_start > log[1]["tau"] > log[3]["tau"] >= cfg.tau_end
     assert all(math.isfinite(r["loss"]) for r in log)
+
+
+def test_reinforce_step_moves_the_logits_by_the_paths_loss_alone(tiny_store, tmp_path):
+    """The score-function step: the path runs without gates, the weights get no gradient, and the
+    logits move along (reward - baseline) x grad log p, which lowers the log-probability of a path
+    whose loss is above the baseline."""
+    from adabert.search.loop import Search, StepSchedule, build_search, reinforce_step, search_rows
+    from adabert.teacher.store import KnowledgeStore
+
+    cfg = search_config(tiny_store, tmp_path / "s", arch_gradient="reinforce")
+    store = KnowledgeStore.open(cfg.store)
+    ctx = type("Ctx", (), {"rank": 0, "world_size": 1, "is_main": True})()
+    rows = search_rows(cfg, store, ctx, torch.device("cpu"))
+    s: Search = build_search(cfg, store, rows, tmp_path, torch.device("cpu"), ctx)
+    s.search_start = 0
+    batch = next(iter(rows.heldout))
+    at = StepSchedule(tau=1.0, beta=0.0, w_lr=cfg.w_lr, skip=0.0, free_dropout=0.0)
+    s.arch_baseline = 0.0  # every path's loss is above it: the sampled path must lose probability
+    sample = s.net.sample(1.0, torch.Generator().manual_seed(0))
+    before = float(s.net.log_prob(sample))
+    weights = [p.detach().clone() for p in s.net.weight_parameters()]
+    values = reinforce_step(s, batch, 1.0, sample, at, cfg, False, "here")
+    assert float(s.net.log_prob(sample)) < before
+    assert all(torch.equal(w, p) for w, p in zip(weights, s.net.weight_parameters()))
+    assert all(p.grad is None for p in s.net.weight_parameters())
+    assert values["reward"] > 0 and s.arch_baseline == pytest.approx(0.1 * values["reward"])
+    expected = torch.log_softmax(s.net.edge_logits.detach(), -1)
+    ops = [s.net.zero_index if o is None else o for o in sample.ops]
+    manual = (
+        sum(expected[e, o] for e, o in enumerate(ops))
+        + torch.log_softmax(s.net.depth_logits.detach(), -1)[sample.depth - 1]
+    )
+    assert float(s.net.log_prob(sample)) == pytest.approx(float(manual), rel=1e-6)

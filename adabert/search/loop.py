@@ -215,6 +215,7 @@ class Search:
     history: list[dict[str, Any]] = field(default_factory=list)
     lr_changes: list[dict[str, Any]] = field(default_factory=list)  # rates changed on --resume
     average: judge.WeightAverage | None = None  # the weights judged (None: the current ones)
+    arch_baseline: float | None = None  # --arch-gradient reinforce: the moving average of the reward
 
     def judged(self) -> contextlib.AbstractContextManager:
         """The weights the supernet is judged and the epoch selected with, for a ``with`` block."""
@@ -345,12 +346,47 @@ def arch_step(
 ) -> dict[str, float]:
     """Move the architecture logits on a held-out batch: task loss + efficiency + regulariser."""
     sample = s.net.sample(at.tau, s.sampler)
+    if cfg.arch_gradient == "reinforce":
+        return reinforce_step(s, batch, share, sample, at, cfg, regression, where)
     loss, terms = search_loss(s.net, batch, sample, cfg, regression)
     terms["efficiency"] = s.cost.loss(sample)
     loss = loss + at.beta * terms["efficiency"]
     if cfg.beta_reg:
         loss = loss + cfg.beta_reg * remedies.beta_regulariser(s.net.edge_logits)
     return s.arch(loss, {k: terms[k] for k in TERMS[1:]}, share, where)
+
+
+BASELINE_MOMENTUM = 0.9  # the reward's moving average, over about 10 architecture steps
+
+
+def reinforce_step(
+    s: Search,
+    batch: dict,
+    share: float,
+    sample: Sample,
+    at: StepSchedule,
+    cfg: SearchConfig,
+    regression: bool,
+    where: str,
+) -> dict[str, float]:
+    """The score-function estimator (REINFORCE with a moving-average baseline, as in TuNAS): the
+    sampled path runs without gates, and its held-out task loss plus ``beta x`` its cost, less the
+    baseline, weighs the gradient of its log-probability. In expectation this lowers the loss of the
+    paths drawn, which is what the judge measures; the straight-through gates instead ask whether
+    scaling a path's output would lower the loss, a question of calibration that can favour worse
+    paths (a shallower depth whose logits want to be larger)."""
+    with torch.no_grad():  # the weights take no gradient here
+        loss, terms = search_loss(s.net, batch, Supernet.ungated(sample), cfg, regression)
+    terms["efficiency"] = s.cost.loss(sample).detach()
+    reward = loss.detach().float() + at.beta * terms["efficiency"]
+    baseline = reward if s.arch_baseline is None else torch.tensor(s.arch_baseline, device=reward.device)
+    surrogate = (reward - baseline) * s.net.log_prob(sample)
+    if cfg.beta_reg:
+        surrogate = surrogate + cfg.beta_reg * remedies.beta_regulariser(s.net.edge_logits)
+    values = s.arch(surrogate, {**{k: terms[k] for k in TERMS[1:]}, "reward": reward}, share, where)
+    previous = values["reward"] if s.arch_baseline is None else s.arch_baseline
+    s.arch_baseline = BASELINE_MOMENTUM * previous + (1 - BASELINE_MOMENTUM) * values["reward"]
+    return values
 
 
 # ------------------------------------------------------------------------------------------ epoch
@@ -453,6 +489,7 @@ def save_checkpoint(s: Search, cfg: SearchConfig, path: Path, epoch: int, ctx: A
         **_parts(s),
         "weight_average": s.average,
         "sample_rng": s.sampler.get_state(),
+        "arch_baseline": s.arch_baseline,
         "epoch": epoch + 1,
         "step": s.step,
         "history": s.history,
@@ -483,6 +520,7 @@ def restore(s: Search, state: dict[str, Any], cfg: SearchConfig, path: Path) -> 
     elif s.average is not None:  # a checkpoint without one: the average starts at its weights
         s.average.reset()
     s.sampler.set_state(state["sample_rng"])
+    s.arch_baseline = state.get("arch_baseline")
     s.step, s.history = state["step"], state["history"]
     log.info("resuming from %s after epoch %d", path, state["epoch"])
     return state["epoch"]

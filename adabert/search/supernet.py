@@ -210,6 +210,20 @@ class Supernet(nn.Module):
         edge_index = edges.squeeze(-1).clamp(max=ops.shape[-1] - 1).tolist()
         return self._sample(edge_index, int(depth.clamp(max=self.max_cells - 1)) + 1)
 
+    def log_prob(self, sample: Sample) -> torch.Tensor:
+        """log p of the sample's ops and depth under the logits' softmax, differentiable in the logits
+        (the score-function estimator's)."""
+        ops = [self.zero_index if op is None else op for op in sample.ops]
+        index = torch.tensor(ops, device=self.edge_logits.device).unsqueeze(-1)
+        edges = self.edge_logits.log_softmax(-1).gather(-1, index).sum()
+        return edges + self.depth_logits.log_softmax(-1)[sample.depth - 1]
+
+    @staticmethod
+    def ungated(sample: Sample) -> Sample:
+        """The same sub-network without its straight-through gates (no gradient to the logits)."""
+        edges: list[EdgeChoice] = [None if c is None else (c[0], None) for c in sample.edges]
+        return Sample(edges, sample.depth)
+
     def extreme_sample(self, largest: bool) -> Sample:
         """The sandwich rule's bounds (BigNAS): the deepest stack with each edge's op of the most
         parameters, or one cell of the op of the fewest (the zero op never: it would empty the cell)."""
