@@ -446,10 +446,10 @@ def test_reinforce_step_moves_the_logits_by_the_paths_loss_alone(tiny_store, tmp
     at = StepSchedule(tau=1.0, beta=0.0, w_lr=cfg.w_lr, skip=0.0, free_dropout=0.0)
     s.arch_baseline = 0.0  # every path's loss is above it: the sampled path must lose probability
     sample = s.net.sample(1.0, torch.Generator().manual_seed(0))
-    before = float(s.net.log_prob(sample))
+    before = s.net.log_prob(sample).item()
     weights = [p.detach().clone() for p in s.net.weight_parameters()]
     values = reinforce_step(s, batch, 1.0, sample, at, cfg, False, "here")
-    assert float(s.net.log_prob(sample)) < before
+    assert s.net.log_prob(sample).item() < before
     assert all(torch.equal(w, p) for w, p in zip(weights, s.net.weight_parameters()))
     assert all(p.grad is None for p in s.net.weight_parameters())
     assert values["reward"] > 0 and s.arch_baseline == pytest.approx(0.1 * values["reward"])
@@ -459,4 +459,4 @@ def test_reinforce_step_moves_the_logits_by_the_paths_loss_alone(tiny_store, tmp
         sum(expected[e, o] for e, o in enumerate(ops))
         + torch.log_softmax(s.net.depth_logits.detach(), -1)[sample.depth - 1]
     )
-    assert float(s.net.log_prob(sample)) == pytest.approx(float(manual), rel=1e-6)
+    assert s.net.log_prob(sample).item() == pytest.approx(float(manual), rel=1e-6)
