@@ -630,6 +630,8 @@ def remedies() -> dict[str, dict[str, dict[str, Any]]]:
         "train_embeddings": not d.train_embeddings,
         "sandwich": 0 if d.sandwich else 4,
         "weight_phase": "fixed" if d.weight_phase == "learned" else "learned",
+        "judge_average": 0.0 if d.judge_average else 0.5,
+        "arch_gradient": "reinforce" if d.arch_gradient == "gumbel" else "gumbel",
     }
     out = {"default": {"search": {}}, **{f"{k}={v}": {"search": {k: v}} for k, v in flipped.items()}}
     # the split before the weight steps got three quarters of the non-judge rows, on 4,000 rows
@@ -738,7 +740,8 @@ def main() -> None:
         "--remedies", nargs="*", metavar="NAME",
         help="also the supernet remedies, one undone at a time against the defaults (seed 0): all, or "
         "the NAMEs (shared_head superkernel cell_norm kd_target train_embeddings sandwich weight_phase "
-        "rows augment_copies: the search and student without the store's augmented rows)",
+        "judge_average arch_gradient rows augment_copies: the search and student without the store's "
+        "augmented rows)",
     )  # fmt: skip
     parser.add_argument(
         "--ranking", type=int, default=8, metavar="N",
