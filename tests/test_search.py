@@ -438,7 +438,9 @@ def test_reinforce_step_moves_the_logits_by_the_paths_loss_alone(tiny_store, tmp
 
     cfg = search_config(tiny_store, tmp_path / "s", arch_gradient="reinforce")
     store = KnowledgeStore.open(cfg.store)
-    ctx = type("Ctx", (), {"rank": 0, "world_size": 1, "is_main": True})()
+    from adabert import distributed
+
+    ctx = distributed.setup("cpu")
     rows = search_rows(cfg, store, ctx, torch.device("cpu"))
     s: Search = build_search(cfg, store, rows, tmp_path, torch.device("cpu"), ctx)
     s.search_start = 0

@@ -445,7 +445,7 @@ def save_epoch(
     """Keep the epoch (``--keep``), save the student when it is kept, and checkpoint the loop."""
     t.history.append(record)
     t.epoch = record["epoch"]
-    metric = t.metric
+    metric = t.metric  # --keep best keeps by it
     improved = cfg.keep == "last" or t.best is None or record["dev"][metric] > t.best["dev"][metric]
     if improved:
         t.best = record
