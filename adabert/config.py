@@ -210,6 +210,9 @@ class FinetuneConfig(TaskFiles):
     output_dir: str = _f("runs/sst2/teacher", "where the fine-tuned teacher and its metrics are written")
     max_length: int = _f(128, "maximum tokens per example (pairs: both sentences together)", ge=4, le=65536)
     epochs: int = _f(3, "training epochs", ge=1)
+    keep: str = _f(
+        "best", "which epoch is saved: 'best' by the dev metric, or 'last' (the number of epochs fixed in "
+        "advance, no choice made on dev)", choices=("best", "last"))  # fmt: skip
     batch_size: int = _f(32, "training batch size", ge=1)
     lr: float = _f(5e-5, "AdamW learning rate", gt=0.0)
     weight_decay: float = _f(0.01, "AdamW weight decay", ge=0.0)

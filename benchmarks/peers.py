@@ -84,11 +84,10 @@ def _ft_predict(model: Any, lines: list[str]) -> np.ndarray:
     return np.array([int(model.f.predict(t + "\n", 1, 0.0, "strict")[0][1][9:]) for t in lines])
 
 
-def fasttext_peer(task: Any, data_dir: str, seed: int) -> dict[str, Any]:
+def _fasttext(task: Any, lines: list[str], y: np.ndarray, dev: tuple[list[str], Any], seed: int) -> dict:
+    """fastText with the grid's best settings on a 10% split of ``lines``, retrained on all of them."""
     from adabert.tasks import compute_metrics
 
-    a, b, y = _rows(task, "train", data_dir)
-    lines = [_ft_line(x, b[i] if b else None) for i, x in enumerate(a)]
     fit, held = _holdout(len(lines), seed)
     scores = []
     for settings in FASTTEXT_GRID:
@@ -99,17 +98,52 @@ def fasttext_peer(task: Any, data_dir: str, seed: int) -> dict[str, Any]:
     t = time.perf_counter()
     model = _ft_train(lines, y, best, seed)
     train_s = time.perf_counter() - t
-    da, db, dy = _rows(task, task.default_dev, data_dir)
-    dev_lines = [_ft_line(x, db[i] if db else None) for i, x in enumerate(da)]
+    dev_lines, dy = dev
     metrics = compute_metrics(task, _ft_predict(model, dev_lines), dy)
     latency = _median_ms(lambda t: model.f.predict(t + "\n", 1, 0.0, "strict"), dev_lines, repeats=20)
     return {
         "dev": metrics,
         "settings": best,
+        "train_rows": len(lines),
         "train_seconds": round(train_s, 2),
         "latency_b1_ms": round(latency, 4),
         "selection": {"split": "10% of train", "scores": scores},
     }
+
+
+def _lines(a: list[str], b: list[str] | None) -> list[str]:
+    return [_ft_line(x, b[i] if b else None) for i, x in enumerate(a)]
+
+
+def fasttext_peer(task: Any, data_dir: str, seed: int) -> dict[str, Any]:
+    a, b, y = _rows(task, "train", data_dir)
+    da, db, dy = _rows(task, task.default_dev, data_dir)
+    return _fasttext(task, _lines(a, b), y, (_lines(da, db), dy), seed)
+
+
+def fasttext_on_store(store: Any, copies: int | None, seed: int = 0) -> dict[str, Any]:
+    """fastText on the rows a student of ``store`` trains on, with the teacher's labels: every training
+    row and up to ``copies`` augmented copies of each (None: all). Against the student it measures the
+    architecture, not the teacher's labels or the augmentation."""
+    from adabert.teacher.store import AUGMENTED
+
+    task = store.task
+
+    def split_rows(split: str, keep: np.ndarray | None = None) -> tuple[list[str], np.ndarray]:
+        rows = store.rows(split)
+        a, b = list(rows["text_a"]), list(rows["text_b"]) if task.is_pair else None
+        labels = store.teacher_logits(split).argmax(1)
+        picked = range(len(a)) if keep is None else np.flatnonzero(keep)
+        return [_ft_line(a[i], b[i] if b else None) for i in picked], labels[list(picked)]
+
+    lines, y = split_rows("train")
+    if AUGMENTED in store.splits and copies != 0:
+        copy = store.augment_sources(AUGMENTED)[1]
+        more, more_y = split_rows(AUGMENTED, None if copies is None else copy < copies)
+        lines, y = lines + more, np.concatenate([y, more_y])
+    dev = store.rows(store.dev_split)
+    dev_b = list(dev["text_b"]) if task.is_pair else None
+    return _fasttext(task, lines, y, (_lines(list(dev["text_a"]), dev_b), np.asarray(dev["label"])), seed)
 
 
 # ------------------------------------------------------------------------------------------ Model2Vec

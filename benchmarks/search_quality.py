@@ -71,6 +71,8 @@ def setting_for(task_name: str, train_rows: int, pair: bool, budget: str = "benc
             "train": {"batch_size": 64, **quick["train"]},
             **common,
         }
+    if budget == "full":
+        return {**full_setting(train_rows, pair), **common}
     augment_factor = 20
     augment_rows = min(train_rows, 6000)  # 20 copies of at most 6000 rows: <= 120k teacher-labelled rows
     # a student epoch holds about 20k rows: a small task trains on augmented copies of its rows, a
@@ -89,6 +91,55 @@ def setting_for(task_name: str, train_rows: int, pair: bool, budget: str = "benc
         "train": {"epochs": 3, "batch_size": 64, "augment_copies": copies},
         **common,
     }
+
+
+FULL_ROWS = 200_000  # the ``full`` setting's store: every train row plus augmented ones, up to this
+
+
+def full_setting(train_rows: int, pair: bool) -> dict[str, Any]:
+    """The ``full`` setting: the teacher a user would compress (every train row, 2 epochs fixed in
+    advance, its last epoch kept), a store of every train row topped up with augmented copies to
+    ``FULL_ROWS`` rows in all, and students trained for 2 passes over all of them."""
+    room = max(0, FULL_ROWS - train_rows)
+    factor = min(20, -(-room // max(train_rows, 1)))  # copies per augmented row (0: no room)
+    probe = {"augment_factor": factor, "augment_rows": min(train_rows, room // factor)} if factor else {}
+    return {
+        "budget": "full",
+        "teacher": {
+            "max_length": 128 if pair else 64,
+            "epochs": 2,
+            "lr": 5e-5 if train_rows > 5000 else 3e-5,
+            "batch_size": 32 if train_rows > 5000 else 16,
+            "keep": "last",
+        },
+        "probe": probe,
+        "search": {"epochs": 4, "uniform_warmup_epochs": 2, "train_limit": 20000, "augment_copies": 2},
+        "train": {"epochs": 2, "batch_size": 64, "augment_copies": factor},
+    }
+
+
+def parse_overrides(specs: list[str]) -> dict[str, Any]:
+    """``--search KEY=VALUE`` pairs as the search's settings (numbers and booleans parsed), each key
+    checked against ``adabert search``'s options before any stage runs."""
+    from adabert.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["search"]
+    known = {a.dest for a in sub._actions}
+    out: dict[str, Any] = {}
+    for spec in specs:
+        key, sep, text = spec.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in known:
+            raise SystemExit(f"--search {spec!r}: expected KEY=VALUE with KEY an 'adabert search' option")
+        value: Any = text
+        for kind in (int, float):
+            try:
+                value = kind(text)
+                break
+            except ValueError:
+                pass
+        out[key] = {"true": True, "false": False}.get(text.lower(), value)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -335,7 +386,8 @@ def run_benchmark(args: argparse.Namespace) -> None:
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     train_rows, pair = task_size(args.task, args.data_dir, run_dir)
-    setting = setting_for(args.task, train_rows, pair, "quick" if args.reuse else "benchmark")
+    setting = setting_for(args.task, train_rows, pair, "quick" if args.reuse else args.setting)
+    setting["search"].update(parse_overrides(args.search))
     if args.student_examples:  # a shorter student recipe for every variant alike, recorded in the setting
         setting["train"] = {k: v for k, v in setting["train"].items() if k != "epochs"}
         setting["train"]["examples"] = args.student_examples
@@ -398,6 +450,12 @@ def run_benchmark(args: argparse.Namespace) -> None:
     ranking = ranking_check(run, store_dir, setting, first_search, args) if args.ranking else None
 
     peers = load_or_run(task if args.task == ORDER else task.name, args.data_dir)
+    if setting.get("budget") == "full":  # fastText on the very rows (and teacher labels) the students see
+        from peers import fasttext_on_store
+
+        extra = fasttext_on_store(store, setting["train"]["augment_copies"])
+        metric_of = {**peers["peers"], "fasttext_teacher_rows": extra["dev"][task.main_metric]}
+        peers = {**peers, "peers": metric_of, "details": {**peers["details"], "fasttext_teacher_rows": extra}}
     print(f"[{time.strftime('%H:%M:%S')}] latency run: {len(students)} students and the teacher", flush=True)
     t = time.perf_counter()
     latency = latency_run(students, store_dir.parent / "teacher", setting, task.is_pair)
@@ -471,14 +529,15 @@ def run_benchmark(args: argparse.Namespace) -> None:
     if blind:
         search_result["order_blind_reference"] = [main_metric(path)[1]["accuracy"] for path in blind.values()]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(RESULTS / f"search_quality_{task.name}.json", search_result)
+    name = results_name(task.name, args)
+    atomic_write_json(RESULTS / f"search_quality_{name}.json", search_result)
     points = {n: (latency[n]["1"]["median_ms"], metric[n]) for n in students}
     points["teacher"] = (latency["teacher"]["1"]["median_ms"], teacher_metric)
     peer_points = {
         n: {"latency_b1_ms": d["latency_b1_ms"], "metric": peers["peers"][n]}
         for n, d in peers["details"].items()
     }
-    pareto_plot(RESULTS / f"search_quality_{task.name}.png", task.name, points, peer_points)
+    pareto_plot(RESULTS / f"search_quality_{name}.png", name, points, peer_points)
 
     student = [metric[n] for n in searched]
     student_result = {
@@ -492,7 +551,7 @@ def run_benchmark(args: argparse.Namespace) -> None:
         "stages": run.stages,
         "wall_seconds": search_result["wall_seconds"],
     }
-    path = RESULTS / f"student_quality_{task.name}.json"
+    path = RESULTS / f"student_quality_{name}.json"
     if path.exists():  # keep ablations measured by an earlier --ablations run of the same setting
         old = json.loads(path.read_text())
         if old.get("setting", {}).get("teacher") == setting["teacher"]:
@@ -525,6 +584,12 @@ def run_benchmark(args: argparse.Namespace) -> None:
             indent=1,
         )
     )
+
+
+def results_name(task_name: str, args: argparse.Namespace) -> str:
+    """The results files' ``TASK[_SETTING][_TAG]``: the benchmark setting's own files keep their names."""
+    setting = [args.setting] if getattr(args, "setting", "benchmark") != "benchmark" else []
+    return "_".join([task_name, *setting, *([args.tag] if getattr(args, "tag", None) else [])])
 
 
 def task_size(task: str, data_dir: str, run_dir: Path) -> tuple[int, bool]:
@@ -748,6 +813,18 @@ def main() -> None:
         help="ranking fidelity: N cells drawn from the space, scored inside the seed-0 supernet and "
         "trained alone; Kendall's tau between the two (0 = skip)",
     )  # fmt: skip
+    parser.add_argument(
+        "--setting", choices=("benchmark", "full"), default="benchmark",
+        help="benchmark: the teacher on at most 20k rows, small tasks topped up to about 20k rows; full: "
+        "the teacher on every train row (2 epochs, the last kept), the store topped up to 200k rows, "
+        "students for 2 passes over them (results: search_quality_TASK_full.json)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--search", action="append", default=[], metavar="KEY=VALUE",
+        help="a search setting changed for every seed (repeatable), e.g. arch_gradient=reinforce; "
+        "needs --tag, so the default's results stay",
+    )  # fmt: skip
+    parser.add_argument("--tag", help="suffix of the results files: search_quality_TASK_TAG.json")
     parser.add_argument("--fresh", action="store_true", help="delete the run directory first")
     parser.add_argument(
         "--reuse",
@@ -755,7 +832,15 @@ def main() -> None:
         help="the teacher and store of an 'adabert pipeline' run with the quick budget; search and "
         "students then use that budget's settings",
     )
-    run_benchmark(parser.parse_args())
+    args = parser.parse_args()
+    if args.search and not args.tag:
+        parser.error("--search needs --tag: the results of changed settings go to their own files")
+    if args.reuse and args.setting != "benchmark":
+        parser.error("--reuse takes the quick budget's teacher and store: it cannot go with --setting")
+    if args.tag is not None and not args.tag.replace("_", "").isalnum():
+        parser.error(f"--tag {args.tag!r}: letters, digits and underscores only")
+    parse_overrides(args.search)  # a mistyped key stops here, before any stage
+    run_benchmark(args)
 
 
 if __name__ == "__main__":

@@ -98,6 +98,22 @@ def test_finetune_writes_best_reloadable_checkpoint(tiny_bert_dir, tiny_glue_dir
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
 
+def test_finetune_keep_last_saves_the_last_epoch_whatever_dev_says(tiny_bert_dir, tiny_glue_dir, tmp_path):
+    out = tmp_path / "teacher"
+    cfg = FinetuneConfig(
+        task="sst2", data_dir=str(tiny_glue_dir), model=str(tiny_bert_dir), output_dir=str(out),
+        max_length=32, epochs=2, batch_size=8, lr=2e-3, dev_limit=12, seed=3, keep="last",
+    )  # fmt: skip
+    metrics = finetune(cfg)
+    assert metrics["best_epoch"] == 2 and metrics["best"] == metrics["history"][1]["dev"]
+    dev = load_split("sst2", "dev", tiny_glue_dir, limit=12, seed=3)
+    preds = _predict(out, list(dev["text_a"]), 32).argmax(1)
+    last = metrics["history"][1]["dev"]["dev"]["accuracy"]
+    assert np.mean(preds == np.asarray(dev["label"])) == pytest.approx(last)
+    with pytest.raises(ValueError, match="keep"):
+        FinetuneConfig(keep="first")
+
+
 # ---------------------------------------------------------------------------------------------- probes
 
 

@@ -192,7 +192,8 @@ def logit_metrics(task: TaskSpec, logits: np.ndarray, rows: Dataset) -> dict[str
 
 
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
-    """Fine-tune ``cfg.model`` on ``cfg.task``; keep the best epoch (main metric) in ``cfg.output_dir``.
+    """Fine-tune ``cfg.model`` on ``cfg.task``; keep the best epoch (main metric on dev) or, with
+    ``keep="last"``, the last one in ``cfg.output_dir``.
 
     Returns the metrics dict also written to ``metrics.json`` (per-epoch history, best epoch, wall time).
     """
@@ -234,9 +235,9 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         }
         _record_epoch(metrics, epoch, train_loss, dev, round(time.perf_counter() - e0, 2))
         score = dev[task.default_dev][task.main_metric]
-        if score > best or metrics["best_epoch"] is None:
+        if cfg.keep == "last" or score > best or metrics["best_epoch"] is None:
             best = score
-            _keep_best(model, out_dir, task, metrics, epoch, dev)
+            _keep(model, out_dir, task, metrics, epoch, dev)
         metrics["wall_time_s"] = round(time.perf_counter() - t0, 2)
         atomic_write_json(out_dir / METRICS_FILE, metrics)
 
@@ -372,7 +373,7 @@ def _record_epoch(
     logger.info("epoch %d: train loss %.4f; %s", epoch, record["train_loss"], summary)
 
 
-def _keep_best(
+def _keep(
     model: nn.Module,
     out_dir: Path,
     task: TaskSpec,
@@ -380,12 +381,12 @@ def _keep_best(
     epoch: int,
     dev: dict[str, dict[str, float]],
 ) -> None:
-    """Save the model of the best epoch so far into the folder (a later, worse epoch never replaces it) and
-    record it in the metrics."""
+    """Save the epoch's model into the folder (with ``keep="best"`` only the best so far: a later, worse
+    epoch never replaces it) and record it in the metrics as ``best_epoch``."""
     metrics["best_epoch"], metrics["best"] = epoch, dev
     save_pretrained_atomic(out_dir, model)
     logger.info(
-        "epoch %d is the best so far (%s %s = %.4f): saved to %s",
+        "epoch %d kept (%s %s = %.4f): saved to %s",
         epoch,
         task.default_dev,
         task.main_metric,

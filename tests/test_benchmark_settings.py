@@ -1,0 +1,52 @@
+"""The benchmark's settings: the ``full`` setting's rules, and search overrides checked before any stage."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from search_quality import FULL_ROWS, parse_overrides, results_name, setting_for  # noqa: E402
+
+
+@pytest.mark.parametrize("rows,pair", [(67349, False), (3668, True), (250_000, False), (1, False)])
+def test_full_setting_labels_every_row_and_tops_up_to_the_row_budget(rows, pair):
+    setting = setting_for("any", rows, pair, "full")
+    teacher, probe = setting["teacher"], setting["probe"]
+    assert "train_limit" not in teacher and teacher["epochs"] == 2 and teacher["keep"] == "last"
+    assert teacher["max_length"] == (128 if pair else 64)
+    if rows >= FULL_ROWS:  # no room: no copies
+        assert probe == {} and setting["train"]["augment_copies"] == 0
+        return
+    total = rows + probe["augment_rows"] * probe["augment_factor"]
+    assert total <= FULL_ROWS and probe["augment_rows"] <= rows and 1 <= probe["augment_factor"] <= 20
+    if rows < FULL_ROWS and rows * 21 >= FULL_ROWS:
+        assert total >= 0.99 * FULL_ROWS  # the budget is used, not left half empty
+    assert setting["train"]["augment_copies"] == probe["augment_factor"]  # students see every stored row
+
+
+def test_sst2_full_setting_is_the_issue_s_teacher_and_store():
+    setting = setting_for("sst2", 67349, False, "full")
+    assert setting["probe"] == {"augment_factor": 2, "augment_rows": 66325}  # 199,999 rows in all
+
+
+def test_search_overrides_parse_values_and_refuse_unknown_keys():
+    assert parse_overrides(["arch_gradient=reinforce", "epochs=6", "judge-average=0.25", "sandwich=0"]) == {
+        "arch_gradient": "reinforce", "epochs": 6, "judge_average": 0.25, "sandwich": 0,
+    }  # fmt: skip
+    assert parse_overrides(["superkernel=false"]) == {"superkernel": False}
+    for bad in ("no_such_setting=1", "epochs"):
+        with pytest.raises(SystemExit, match="KEY=VALUE"):
+            parse_overrides([bad])
+
+
+def test_results_files_keep_the_benchmark_setting_s_names():
+    ns = argparse.Namespace
+    assert results_name("sst2", ns(setting="benchmark", tag=None)) == "sst2"
+    assert results_name("sst2", ns(setting="full", tag=None)) == "sst2_full"
+    assert results_name("order", ns(setting="benchmark", tag="reinforce")) == "order_reinforce"
