@@ -301,6 +301,12 @@ def search(
     return out
 
 
+def teacher_parameters(teacher: Path) -> int:
+    from adabert.report.evaluate import load_classifier
+
+    return sum(p.numel() for p in load_classifier(teacher).parameters())
+
+
 def parametric_ops(genotype: Any) -> int:
     from adabert.search.ranking import parametric_ops as weighted
 
@@ -496,6 +502,10 @@ def run_benchmark(args: argparse.Namespace) -> None:
         "searched_speedup_vs_teacher_b32": [latency[n]["32"]["speedup_vs_teacher"] for n in searched],
         "searched_accuracy": [dev[n].get("accuracy") for n in searched],
         "searched_parametric_ops": [parametric_ops(searched_genotypes[s]) for s in args.seeds],
+        "searched_parameters": [
+            json.loads((students[n] / "metrics.json").read_text())["parameters"] for n in searched
+        ],
+        "teacher_parameters": teacher_parameters(store_dir.parent / "teacher"),
         "supernet_heldout": [heldout_entry(evidence[s].get("supernet", {})) for s in args.seeds],
         "warmup_epochs_used": [evidence[s].get("supernet", {}).get("warmup_epochs_used") for s in args.seeds],
         "blind_search": [bool(evidence[s].get("supernet", {}).get("blind")) for s in args.seeds],
