@@ -281,6 +281,27 @@ class ProbeConfig(TaskFiles):
 class SearchConfig(Computes):
     """Differentiable architecture search over a cell space, distilled from the knowledge store."""
 
+    # --help shows the settings by concern, in the order a search uses them
+    HELP_GROUPS: typing.ClassVar[dict[str, tuple[str, ...]]] = {
+        "rows: what the weights, the architecture and the judge see": (
+            "train_limit", "use_augmented", "augment_copies", "arch_fraction", "judge_fraction",
+            "selection_rows", "batch_size"),
+        "the supernet": (
+            "hidden_size", "max_cells", "embeddings", "train_embeddings", "head", "dropout", "cell_norm",
+            "superkernel", "shared_head", "sandwich"),
+        "the weight phase and the judge": (
+            "epochs", "uniform_warmup_epochs", "weight_phase", "max_warmup_epochs", "judge_paths",
+            "judge_average", "w_lr", "w_lr_min", "w_weight_decay", "grad_clip"),
+        "distillation": ("gamma", "kd_temperature", "kd_target"),
+        "architecture steps": (
+            "arch_gradient", "arch_lr", "arch_weight_decay", "tau_start", "tau_end", "tau_anneal_fraction",
+            "free_op_dropout", "aux_skip", "beta_reg"),
+        "efficiency: the budget or AdaBERT's term": (
+            "efficiency", "beta", "beta_warmup_epochs", "target_speedup", "target_latency_ms",
+            "target_params", "target_batch", "latency_threads", "cost_seq_len"),
+        "derivation": ("select", "random_architecture"),
+    }  # fmt: skip
+
     store: str = _f("runs/sst2/store", "knowledge store directory (output of 'teacher probe')")
     output_dir: str = _f("runs/sst2/search", "search directory: log, checkpoints, genotype, plots")
     space: str = _f("adabert_cnn", "search space name (see 'adabert spaces')")
@@ -589,14 +610,20 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+def help_group(cls: type, name: str) -> str | None:
+    """The ``--help`` section of a setting, from the config's ``HELP_GROUPS`` (None: the main list)."""
+    groups = getattr(cls, "HELP_GROUPS", {})
+    return next((group for group, names in groups.items() if name in names), None)
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
     """Add one ``--flag`` per field of the dataclass ``cls``, with its help text and default."""
     hints = _hints(cls)
-    groups: dict[str, Any] = {}
+    groups: dict[str, Any] = {g: parser.add_argument_group(g) for g in getattr(cls, "HELP_GROUPS", {})}
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        group = f.metadata.get("group")
+        group = f.metadata.get("group") or help_group(cls, f.name)
         target = parser if group is None else groups.get(group) or groups.setdefault(
             group, parser.add_argument_group(group)
         )

@@ -28,6 +28,20 @@ def test_every_stage_help_lists_every_setting_with_its_default(command, capsys):
     assert "(default:" in text and "--config FILE" in text
 
 
+def test_search_help_groups_name_real_settings_once_each_in_order(capsys):
+    names = {f.name for f in cfgmod.dataclasses.fields(cfgmod.SearchConfig)}
+    grouped = [n for group in cfgmod.SearchConfig.HELP_GROUPS.values() for n in group]
+    assert len(grouped) == len(set(grouped)) and set(grouped) <= names
+    with pytest.raises(SystemExit):
+        main(["search", "--help"])
+    text = capsys.readouterr().out
+    starts = [text.index(f"\n{group}:\n") for group in cfgmod.SearchConfig.HELP_GROUPS]
+    assert starts == sorted(starts)  # the sections in the order a search uses them
+    listed = {flag: text.index(f"\n  --{flag} ") for flag in ("train-limit", "arch-gradient", "select")}
+    assert starts[0] < listed["train-limit"] < starts[1]  # each setting sits under its section
+    assert starts[4] < listed["arch-gradient"] < starts[5] and starts[6] < listed["select"]
+
+
 def test_top_level_help_shows_the_pipeline(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
