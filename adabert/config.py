@@ -490,6 +490,10 @@ class TrainConfig(Computes):
         "learned", "position table: learned, or none (zero and frozen: only the cells' ops can see word "
         "order; with an identity cell and the paper head, an order-blind reference)",
         choices=("learned", "none"))
+    average: float = _f(
+        0.5, "the student is scored and saved as an exponential moving average of its weights over about "
+        "this many epochs of steps (Polyak averaging): the last step's weights wander, the average "
+        "generalises better (0 = the last step's weights)", ge=0.0, le=100.0)
     keep: str = _f(
         "last", "epoch whose weights are kept: last, or best by the main dev metric (a choice made on "
         "the dev rows, so the dev figure it reports is optimistic)", choices=("last", "best"))

@@ -5,7 +5,8 @@ each compute their loss their own way (the CE/KD blend is :func:`adabert.distill
 after the loss is the same for all of them, and lives here once:
 
 * :class:`Stepper`: backward, the sum of the ranks' weighted gradients, the finite-loss guard, fp16
-  loss scaling, clipping, the optimizer's step and the scheduler's;
+  loss scaling, clipping, the optimizer's step and the scheduler's, and a :class:`WeightAverage` of
+  the weights where the loop keeps one;
 * :func:`save_loop` and :func:`restore_loop`: a loop's state after an epoch (its optimizers,
   schedulers, scalers, every rank's random state, its settings) in a safetensors checkpoint, and
   back, refusing settings that changed and applying learning rates that ``--resume`` may change.
@@ -14,6 +15,8 @@ after the loss is the same for all of them, and lives here once:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,53 @@ def batches(loader: Any, desc: str, ctx: Any) -> Any:
     return progress(with_shares(loader), total=len(loader), desc=desc, leave=False, disable=not ctx.is_main)
 
 
+class WeightAverage:
+    """An exponential moving average of a network's weights (Polyak averaging), updated by the
+    :class:`Stepper` after each step: the weights a supernet is judged with, and those a student is
+    scored and saved with. The current weights' held-out loss wanders by several percent from one
+    epoch to the next (a search judged on them ends its weight phase on a low point, and its first
+    search epoch reads as a rise that is noise); the average moves only with what the steps keep
+    doing.
+    """
+
+    def __init__(self, params: list[torch.nn.Parameter], steps: float) -> None:
+        self.params = params
+        self.decay = 1.0 - 1.0 / max(1.0, steps)  # an average over about ``steps`` steps
+        self.reset()
+
+    def reset(self) -> None:
+        """Start the average at the current weights."""
+        self.average = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for average, param in zip(self.average, self.params):
+            average.lerp_(param.detach(), 1.0 - self.decay)
+
+    @contextmanager
+    def applied(self) -> Iterator[None]:
+        """The averaged weights in the network for the ``with`` block, the current ones after it."""
+        current = [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            for param, average in zip(self.params, self.average):
+                param.copy_(average)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for param, value in zip(self.params, current):
+                    param.copy_(value)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {str(i): average for i, average in enumerate(self.average)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        shapes = [tuple(p.shape) for p in self.params]
+        if len(state) != len(shapes) or any(tuple(state[str(i)].shape) != s for i, s in enumerate(shapes)):
+            raise ValueError("the checkpoint's weight average does not fit this network")
+        self.average = [state[str(i)].to(p.device, p.dtype).clone() for i, p in enumerate(self.params)]
+
+
 @dataclass
 class Stepper:
     """The step of one optimizer over ``params``; ``name`` says whose loss diverged."""
@@ -50,6 +100,7 @@ class Stepper:
     name: str = "training"
     scaler: torch.amp.GradScaler | None = None  # fp16 only
     scheduler: Any = None  # stepped after the optimizer
+    average: WeightAverage | None = None  # updated after each step
 
     def __call__(
         self, loss: torch.Tensor, terms: dict[str, torch.Tensor], share: float = 1.0, where: str = ""
@@ -79,6 +130,8 @@ class Stepper:
             self.scaler.update()
         if self.scheduler is not None:
             self.scheduler.step()
+        if self.average is not None:
+            self.average.update()
         return reduced
 
 

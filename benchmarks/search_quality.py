@@ -53,6 +53,11 @@ def setting_for(task_name: str, train_rows: int, pair: bool, budget: str = "benc
 
     ``budget="quick"``: the search and student settings of the pipeline's ``quick`` budget, on the
     teacher and store of a ``quick`` pipeline run (``--reuse``)."""
+    from adabert.config import TrainConfig
+
+    # the student's weight average, named in every train command: a run directory kept from before
+    # it was the default reuses no student trained without it
+    average = TrainConfig().average
     common = {
         "init": "supernet",  # as the pipeline trains its student; every variant from the seed-0 search
         "ranking_share": 0.25,  # cells of the ranking check train on a quarter of the recipe
@@ -68,11 +73,12 @@ def setting_for(task_name: str, train_rows: int, pair: bool, budget: str = "benc
             "teacher": quick["finetune"],
             "probe": quick["probe"],
             "search": dict(quick["search"]),
-            "train": {"batch_size": 64, **quick["train"]},
+            "train": {"batch_size": 64, **quick["train"], "average": average},
             **common,
         }
     if budget == "full":
-        return {**full_setting(train_rows, pair), **common}
+        full = full_setting(train_rows, pair)
+        return {**full, "train": {**full["train"], "average": average}, **common}
     augment_factor = 20
     augment_rows = min(train_rows, 6000)  # 20 copies of at most 6000 rows: <= 120k teacher-labelled rows
     # a student epoch holds about 20k rows: a small task trains on augmented copies of its rows, a
@@ -88,7 +94,7 @@ def setting_for(task_name: str, train_rows: int, pair: bool, budget: str = "benc
         },
         "probe": {"augment_factor": augment_factor, "augment_rows": augment_rows},
         "search": {"epochs": 4, "uniform_warmup_epochs": 2, "train_limit": 20000, "augment_copies": 2},
-        "train": {"epochs": 3, "batch_size": 64, "augment_copies": copies},
+        "train": {"epochs": 3, "batch_size": 64, "augment_copies": copies, "average": average},
         **common,
     }
 

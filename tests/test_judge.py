@@ -14,9 +14,9 @@ import torch
 from conftest import tiny_sentence
 from test_search import search_config
 
+from adabert.engine import WeightAverage
 from adabert.search.judge import (
     BLIND,
-    WeightAverage,
     WeightPhaseRule,
     blind_search,
     judge_paths,

@@ -8,6 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file
 
 from adabert.config import TrainConfig
@@ -61,3 +62,45 @@ def test_the_resume_state_lives_beside_the_student_and_more_epochs_resume(tiny_s
 def test_sizes_are_labelled_in_the_units_they_are_computed_in():
     assert format_bytes(17 * 2**20) == "17.00 MiB" and format_bytes(1536) == "1.50 KiB"
     assert format_bytes(3 * 2**30) == "3.00 GiB" and format_bytes(512) == "512 B"
+
+
+def _averaged(genotype: Path, store: Path, out: Path, epochs: int, resume: bool = False, average=0.5) -> dict:
+    cfg = TrainConfig(genotype=str(genotype), store=str(store), output_dir=str(out), epochs=epochs,
+                      batch_size=8, resume=resume, average=average)  # fmt: skip
+    return train_student(cfg)
+
+
+def test_the_student_is_saved_as_its_weight_average_which_resumes(tiny_store, tmp_path, monkeypatch):
+    from adabert import engine
+    from adabert.checkpoint import load_state
+    from adabert.student.train import STATE_KIND
+
+    run_search(search_config(tiny_store, tmp_path / "search", epochs=1))
+    genotype, student = tmp_path / "search" / "genotype.json", tmp_path / "student"
+    _averaged(genotype, tiny_store, student, 1)
+    saved = load_file(student / "model.safetensors")
+    state = load_state(state_path(student), STATE_KIND)
+    names = [n for n, _ in _model(student).named_parameters()]
+    average = [state["weight_average"][str(i)] for i in range(len(names))]
+    assert all(torch.equal(saved[n], a) for n, a in zip(names, average) if n in saved)
+    assert any(not torch.equal(saved[n], state["model"][n]) for n in names if n in saved)  # not the last step
+
+    loaded = []
+    original = engine.WeightAverage.load_state_dict
+    monkeypatch.setattr(engine.WeightAverage, "load_state_dict",
+                        lambda self, s: (loaded.append(s), original(self, s))[1])  # fmt: skip
+    resumed = _averaged(genotype, tiny_store, student, 2, resume=True)
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+    assert len(loaded) == 1 and all(torch.equal(loaded[0][str(i)], a) for i, a in enumerate(average))
+
+    plain = tmp_path / "plain"
+    _averaged(genotype, tiny_store, plain, 1, average=0.0)  # the last step's weights, no average kept
+    state = load_state(state_path(plain), STATE_KIND)
+    weights = load_file(plain / "model.safetensors")
+    assert "weight_average" not in state and all(torch.equal(weights[k], state["model"][k]) for k in weights)
+
+
+def _model(folder: Path):
+    from adabert.report.evaluate import load_classifier
+
+    return load_classifier(folder)

@@ -15,8 +15,6 @@ beat the trivial predictor is flagged (:func:`blind_search`): its cell was chose
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,52 +69,6 @@ def supernet_score(net: Supernet, paths: list[Sample], loader: Any, task: Any) -
     """The mean over ``paths`` of each path's held-out loss and metrics."""
     scores = [score(net, path, loader, task) for path in paths]
     return {key: float(np.mean([s[key] for s in scores])) for key in scores[0]}
-
-
-class WeightAverage:
-    """An exponential moving average of the supernet's weights (Polyak averaging), the weights it is
-    judged with. At a constant learning rate the current weights' held-out loss wanders by several
-    percent from one epoch to the next; judged on them, the weight phase ends on a low point and the
-    first search epoch reads as a rise that is the weights' noise, not the architecture steps'. The
-    average moves only with what the steps keep doing.
-    """
-
-    def __init__(self, params: list[torch.nn.Parameter], steps: float) -> None:
-        self.params = params
-        self.decay = 1.0 - 1.0 / max(1.0, steps)  # an average over about ``steps`` steps
-        self.reset()
-
-    def reset(self) -> None:
-        """Start the average at the current weights."""
-        self.average = [p.detach().clone() for p in self.params]
-
-    @torch.no_grad()
-    def update(self) -> None:
-        for average, param in zip(self.average, self.params):
-            average.lerp_(param.detach(), 1.0 - self.decay)
-
-    @contextmanager
-    def applied(self) -> Iterator[None]:
-        """The averaged weights in the network for the ``with`` block, the current ones after it."""
-        current = [p.detach().clone() for p in self.params]
-        with torch.no_grad():
-            for param, average in zip(self.params, self.average):
-                param.copy_(average)
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for param, value in zip(self.params, current):
-                    param.copy_(value)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {str(i): average for i, average in enumerate(self.average)}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        shapes = [tuple(p.shape) for p in self.params]
-        if len(state) != len(shapes) or any(tuple(state[str(i)].shape) != s for i, s in enumerate(shapes)):
-            raise ValueError("the checkpoint's weight average does not fit this supernet")
-        self.average = [state[str(i)].to(p.device, p.dtype).clone() for i, p in enumerate(self.params)]
 
 
 @dataclass(frozen=True)

@@ -214,7 +214,7 @@ class Search:
     step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     lr_changes: list[dict[str, Any]] = field(default_factory=list)  # rates changed on --resume
-    average: judge.WeightAverage | None = None  # the weights judged (None: the current ones)
+    average: engine.WeightAverage | None = None  # the weights judged (None: the current ones)
     arch_baseline: float | None = None  # --arch-gradient reinforce: the moving average of the reward
 
     def judged(self) -> contextlib.AbstractContextManager:
@@ -307,10 +307,7 @@ def weight_step(
     else:
         loss, terms = search_loss(s.net, batch, sample, cfg, regression, at.skip, at.free_dropout)
     terms["efficiency"] = torch.zeros(())
-    reduced = s.weights(loss, {k: terms[k] for k in TERMS[1:]}, share, where)
-    if s.average is not None:
-        s.average.update()
-    return reduced
+    return s.weights(loss, {k: terms[k] for k in TERMS[1:]}, share, where)
 
 
 def sandwich_loss(
@@ -636,7 +633,7 @@ def build_search(
         steps_per_epoch=data.steps(len(rows.weights), cfg.batch_size),
     )
     if cfg.judge_average > 0:
-        s.average = judge.WeightAverage(w_params, cfg.judge_average * s.steps_per_epoch)
+        s.average = s.weights.average = engine.WeightAverage(w_params, cfg.judge_average * s.steps_per_epoch)
     return s
 
 

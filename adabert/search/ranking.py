@@ -61,7 +61,7 @@ def supernet_scores(search_dir: str | Path, genotypes: list[Genotype]) -> list[d
     from adabert import data
     from adabert.checkpoint import load_state
     from adabert.config import SearchConfig, load_config
-    from adabert.search.judge import WeightAverage
+    from adabert.engine import WeightAverage
     from adabert.search.loop import CHECKPOINT, CHECKPOINT_KIND, build_supernet, load_weights, split_rows
     from adabert.search.selection import score
     from adabert.teacher.store import KnowledgeStore

@@ -17,6 +17,7 @@ every device), scored in fp32 and saved with CPU tensors.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -226,10 +227,15 @@ class Training:
     device: torch.device
     ctx: Any
     metric: str  # the dev metric --keep best keeps by
+    average: engine.WeightAverage | None = None  # --average: the weights scored and saved
     epoch: int = 0  # epochs finished
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] | None = None  # the kept epoch's record
     lr_changes: list[dict[str, Any]] = field(default_factory=list)  # --lr changed on --resume
+
+    def averaged(self) -> Any:
+        """The weights the student is scored and saved with, for a ``with`` block."""
+        return contextlib.nullcontext() if self.average is None else self.average.applied()
 
 
 def train_student(cfg: TrainConfig) -> dict[str, Any]:
@@ -256,7 +262,9 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     epochs = cfg.epochs if cfg.examples is None else max(1, math.ceil(cfg.examples / max(1, len(train))))
     step = stepper(cfg, params, steps_per_epoch * epochs, device)
-    t = Training(model, probes, step, device, ctx, store.task.main_metric)
+    if cfg.average:
+        step.average = engine.WeightAverage(list(model.parameters()), cfg.average * steps_per_epoch)
+    t = Training(model, probes, step, device, ctx, store.task.main_metric, step.average)
     resume_from = resume(t, cfg, genotype, state_file, legacy_state)
     log.info(
         "training on %s (%s): %d rows, %d epochs of %d steps, %d dev rows",
@@ -282,7 +290,8 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
                 resume_from if epoch == first else state_file, epoch, f"--lr (now {cfg.lr:g})"
             )
             raise DivergenceError(f"{err}; {advice}") from None
-        record.update(score_dev(t, dev_loader, store.task), seconds=time.perf_counter() - started)
+        with t.averaged():
+            record.update(score_dev(t, dev_loader, store.task), seconds=time.perf_counter() - started)
         log.info(
             "epoch %d: loss %.4f dev %s (%.0fs)", epoch + 1, record["loss"], record["dev"], record["seconds"]
         )
@@ -371,6 +380,10 @@ def resume(t: Training, cfg: TrainConfig, genotype: Genotype, state_file: Path, 
         state, resume_from, to_dict(cfg), RESUMABLE_CHANGES, parts, rates, cfg.seed, t.device
     )
     t.model.load_state_dict(state["model"])
+    if t.average is not None:  # a checkpoint without one (--average is not resumable): from its weights
+        t.average.reset()
+        if "weight_average" in state:
+            t.average.load_state_dict(state["weight_average"])
     if t.probes is not None:
         t.probes.load_state_dict(state["probes"])
     t.epoch, t.history, t.best = state["epoch"], state["history"], state["best"]
@@ -450,9 +463,11 @@ def save_epoch(
     if improved:
         t.best = record
     if t.ctx.is_main and improved:
-        save_pretrained_atomic(out, t.model, tokenizer)
+        with t.averaged():
+            save_pretrained_atomic(out, t.model, tokenizer)
     state = {
         "model": t.model,
+        "weight_average": t.average,
         "probes": t.probes,
         "optimizer": t.step.optimizer,
         "scheduler": t.step.scheduler,
