@@ -492,8 +492,9 @@ class TrainConfig(Computes):
         choices=("learned", "none"))
     average: float = _f(
         0.5, "the student is scored and saved as an exponential moving average of its weights over about "
-        "this many epochs of steps (Polyak averaging): the last step's weights wander, the average "
-        "generalises better (0 = the last step's weights)", ge=0.0, le=100.0)
+        "this many epochs of steps, at most a quarter of all its steps (Polyak averaging): the last "
+        "step's weights wander, the average generalises better (0 = the last step's weights)",
+        ge=0.0, le=100.0)
     keep: str = _f(
         "last", "epoch whose weights are kept: last, or best by the main dev metric (a choice made on "
         "the dev rows, so the dev figure it reports is optimistic)", choices=("last", "best"))

@@ -104,3 +104,21 @@ def _model(folder: Path):
     from adabert.report.evaluate import load_classifier
 
     return load_classifier(folder)
+
+
+def test_the_weight_average_spans_at_most_a_quarter_of_a_short_training(tiny_store, tmp_path, monkeypatch):
+    from adabert import engine
+
+    run_search(search_config(tiny_store, tmp_path / "search", epochs=1))
+    windows = []
+    original = engine.WeightAverage.__init__
+
+    def recording(self, params, steps):
+        windows.append(steps)
+        original(self, params, steps)
+
+    monkeypatch.setattr(engine.WeightAverage, "__init__", recording)
+    genotype = tmp_path / "search" / "genotype.json"
+    _averaged(genotype, tiny_store, tmp_path / "short", 1, average=2.0)  # 6 steps: 2 epochs would be 12
+    _averaged(genotype, tiny_store, tmp_path / "long", 4, average=0.5)  # 24 steps: half an epoch is 3
+    assert windows == [1.5, 3.0]

@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 STATE = "training_state.safetensors"
 STATE_KIND = "training"
 STATE_DIR_SUFFIX = ".resume"
+AVERAGE_SHARE = 0.25  # the weight average spans at most this share of all the training's steps
 # Settings that may change between an interrupted training run and its resumption.
 RESUMABLE_CHANGES = {
     "resume",
@@ -262,8 +263,9 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     epochs = cfg.epochs if cfg.examples is None else max(1, math.ceil(cfg.examples / max(1, len(train))))
     step = stepper(cfg, params, steps_per_epoch * epochs, device)
-    if cfg.average:
-        step.average = engine.WeightAverage(list(model.parameters()), cfg.average * steps_per_epoch)
+    if cfg.average:  # over at most the last quarter of a short training, not mostly its first steps
+        window = min(cfg.average * steps_per_epoch, AVERAGE_SHARE * steps_per_epoch * epochs)
+        step.average = engine.WeightAverage(list(model.parameters()), window)
     t = Training(model, probes, step, device, ctx, store.task.main_metric, step.average)
     resume_from = resume(t, cfg, genotype, state_file, legacy_state)
     log.info(
