@@ -14,6 +14,7 @@ after the loss is the same for all of them, and lives here once:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -88,6 +89,11 @@ class WeightAverage:
         if len(state) != len(shapes) or any(tuple(state[str(i)].shape) != s for i, s in enumerate(shapes)):
             raise ValueError("the checkpoint's weight average does not fit this network")
         self.average = [state[str(i)].to(p.device, p.dtype).clone() for i, p in enumerate(self.params)]
+
+
+def averaged(average: WeightAverage | None) -> Any:
+    """A ``with`` block under ``average``'s weights, or under the current ones when there is none."""
+    return contextlib.nullcontext() if average is None else average.applied()
 
 
 @dataclass

@@ -214,12 +214,16 @@ class Search:
     step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     lr_changes: list[dict[str, Any]] = field(default_factory=list)  # rates changed on --resume
-    average: engine.WeightAverage | None = None  # the weights judged (None: the current ones)
     arch_baseline: float | None = None  # --arch-gradient reinforce: the moving average of the reward
+
+    @property
+    def average(self) -> engine.WeightAverage | None:
+        """The weights judged (None: the current ones), kept by the weight steps' stepper."""
+        return self.weights.average
 
     def judged(self) -> contextlib.AbstractContextManager:
         """The weights the supernet is judged and the epoch selected with, for a ``with`` block."""
-        return contextlib.nullcontext() if self.average is None else self.average.applied()
+        return engine.averaged(self.average)
 
 
 @dataclass(frozen=True)
@@ -633,7 +637,7 @@ def build_search(
         steps_per_epoch=data.steps(len(rows.weights), cfg.batch_size),
     )
     if cfg.judge_average > 0:
-        s.average = s.weights.average = engine.WeightAverage(w_params, cfg.judge_average * s.steps_per_epoch)
+        s.weights.average = engine.WeightAverage(w_params, cfg.judge_average * s.steps_per_epoch)
     return s
 
 

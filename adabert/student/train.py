@@ -17,7 +17,6 @@ every device), scored in fp32 and saved with CPU tensors.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -228,15 +227,19 @@ class Training:
     device: torch.device
     ctx: Any
     metric: str  # the dev metric --keep best keeps by
-    average: engine.WeightAverage | None = None  # --average: the weights scored and saved
     epoch: int = 0  # epochs finished
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] | None = None  # the kept epoch's record
     lr_changes: list[dict[str, Any]] = field(default_factory=list)  # --lr changed on --resume
 
+    @property
+    def average(self) -> engine.WeightAverage | None:
+        """``--average``: the weights scored and saved, kept by the stepper (None: the current ones)."""
+        return self.step.average
+
     def averaged(self) -> Any:
         """The weights the student is scored and saved with, for a ``with`` block."""
-        return contextlib.nullcontext() if self.average is None else self.average.applied()
+        return engine.averaged(self.average)
 
 
 def train_student(cfg: TrainConfig) -> dict[str, Any]:
@@ -266,7 +269,7 @@ def train_student(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.average:  # over at most the last quarter of a short training, not mostly its first steps
         window = min(cfg.average * steps_per_epoch, AVERAGE_SHARE * steps_per_epoch * epochs)
         step.average = engine.WeightAverage(list(model.parameters()), window)
-    t = Training(model, probes, step, device, ctx, store.task.main_metric, step.average)
+    t = Training(model, probes, step, device, ctx, store.task.main_metric)
     resume_from = resume(t, cfg, genotype, state_file, legacy_state)
     log.info(
         "training on %s (%s): %d rows, %d epochs of %d steps, %d dev rows",
