@@ -127,10 +127,11 @@ def full_setting(train_rows: int, pair: bool) -> dict[str, Any]:
 def parse_overrides(specs: list[str]) -> dict[str, Any]:
     """``--search KEY=VALUE`` pairs as the search's settings (numbers and booleans parsed), each key
     checked against ``adabert search``'s options before any stage runs."""
-    from adabert.cli import build_parser
+    import dataclasses
 
-    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["search"]
-    known = {a.dest for a in sub._actions}
+    from adabert.config import SearchConfig
+
+    known = {f.name for f in dataclasses.fields(SearchConfig)}
     out: dict[str, Any] = {}
     for spec in specs:
         key, sep, text = spec.partition("=")
