@@ -165,9 +165,19 @@ def flags(settings: dict[str, Any]) -> list[str]:
     return out
 
 
+def resume_state(output: Path) -> Path:
+    """Where an interrupted stage left the state that ``--resume`` continues from: a search's
+    checkpoint in its folder, a training's in the sibling ``<folder>.resume/``."""
+    if (output / "checkpoint.safetensors").is_file():
+        return output / "checkpoint.safetensors"
+    return output.parent / f"{output.name}.resume" / "training_state.safetensors"
+
+
 class Runner:
     """Runs ``adabert`` commands in subprocesses, records each one's wall time and peak memory, and
-    skips a command whose output folder already holds its ``done`` marker with the same command."""
+    skips a command whose output folder already holds its ``done`` marker with the same command.
+    A stage stopped part-way (a session's end) continues with ``--resume`` when the same command
+    runs again, so a benchmark longer than one sitting loses at most an epoch."""
 
     def __init__(self, run_dir: Path, threads: int) -> None:
         self.run_dir, self.threads = run_dir, threads
@@ -187,14 +197,23 @@ class Runner:
             if done.get("command") == command[3:]:
                 self.stages[name] = {**done, "reused": True}
                 return done
-        if output.exists() and output.name not in ("store",):
-            shutil.rmtree(output)
-        print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(command[3:])}", flush=True)
         log_path = self.run_dir / "logs" / f"{name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        started_marker = log_path.with_suffix(".started.json")
+        resume = (
+            started_marker.is_file()
+            and json.loads(started_marker.read_text()).get("command") == command[3:]
+            and resume_state(output).is_file()
+        )
+        if output.exists() and output.name not in ("store",) and not resume:
+            shutil.rmtree(output)
+        started_marker.write_text(json.dumps({"command": command[3:]}))
+        shown = " ".join(command[3:]) + " (resumed)" * resume
+        print(f"[{time.strftime('%H:%M:%S')}] {name}: {shown}", flush=True)
         started = time.perf_counter()
-        with open(log_path, "w") as log:
-            proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        with open(log_path, "a" if resume else "w") as log:
+            argv = command + ["--resume"] * resume
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env)
             _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - started
         if status != 0:
@@ -204,6 +223,7 @@ class Runner:
             "seconds": round(seconds, 1),
             "peak_rss_mb": round(usage.ru_maxrss / 1024),
             "threads": self.threads,
+            **({"resumed": True} if resume else {}),
         }
         marker.write_text(json.dumps(record))
         self.stages[name] = record

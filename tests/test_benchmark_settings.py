@@ -50,3 +50,40 @@ def test_results_files_keep_the_benchmark_setting_s_names():
     assert results_name("sst2", ns(setting="benchmark", tag=None)) == "sst2"
     assert results_name("sst2", ns(setting="full", tag=None)) == "sst2_full"
     assert results_name("order", ns(setting="benchmark", tag="reinforce")) == "order_reinforce"
+
+
+def test_runner_resumes_a_stage_stopped_part_way_and_only_the_same_command(tmp_path, monkeypatch):
+    import search_quality
+
+    calls: list[list[str]] = []
+    outcome = {"status": 1}
+
+    class Process:
+        def __init__(self, argv, **_):
+            calls.append(argv)
+            output = Path(argv[argv.index("--output-dir") + 1])
+            output.mkdir(parents=True, exist_ok=True)
+            (output / "checkpoint.safetensors").write_bytes(b"state")  # an epoch's checkpoint
+            self.pid = 0
+
+    monkeypatch.setattr(search_quality.subprocess, "Popen", Process)
+    monkeypatch.setattr(search_quality.os, "wait4", lambda pid, _: (pid, outcome["status"] << 8, _Usage()))
+    run = search_quality.Runner(tmp_path, threads=1)
+    output = tmp_path / "searches" / "seed0"
+    args = ["search", "--output-dir", str(output), "--seed", "0"]
+    with pytest.raises(SystemExit, match="search_seed0 failed"):
+        run("search_seed0", args, output)  # stopped part-way: its checkpoint stays
+    assert "--resume" not in calls[-1] and (output / "checkpoint.safetensors").is_file()
+    outcome["status"] = 0
+    record = run("search_seed0", args, output)
+    assert calls[-1][-1] == "--resume" and record["resumed"] and record["command"][-1] == "0"
+    run("search_seed0", args, output)
+    assert run.stages["search_seed0"]["reused"] and len(calls) == 2  # done: not run again
+    (output / ".benchmark_done.json").unlink()
+    (output / "stale").write_text("")
+    run("search_seed0", [*args[:-1], "1"], output)  # another command: a fresh start, nothing resumed
+    assert "--resume" not in calls[-1] and not (output / "stale").exists()
+
+
+class _Usage:
+    ru_maxrss = 1024
