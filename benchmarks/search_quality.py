@@ -414,7 +414,7 @@ def run_benchmark(args: argparse.Namespace) -> None:
     from search_spaces import get_space
 
     started = time.perf_counter()
-    run_dir = Path(args.run_dir or f"runs/bench/{args.task}")
+    run_dir = Path(args.run_dir or f"runs/bench/{results_name(args.task, args)}")  # a tag: its own stages
     if args.fresh and run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -826,7 +826,11 @@ def main() -> None:
     )
     parser.add_argument("task")
     parser.add_argument("--data-dir", default="../shared/data/glue")
-    parser.add_argument("--run-dir", help="where every stage writes (default: runs/bench/TASK)")
+    parser.add_argument(
+        "--run-dir",
+        help="where every stage writes (default: runs/bench/TASK, or TASK_full, TASK_TAG): every "
+        "student starts from its run's first supernet, so a changed setting needs a folder of its own",
+    )
     parser.add_argument(
         "--teacher-model", default="default", help="checkpoint the teacher is fine-tuned from"
     )
