@@ -203,6 +203,7 @@ class Runner:
         resume = (
             started_marker.is_file()
             and json.loads(started_marker.read_text()).get("command") == command[3:]
+            and output.is_dir()  # a folder deleted by hand is a stage to redo, whatever state is beside it
             and resume_state(output).is_file()
         )
         if output.exists() and output.name not in ("store",) and not resume:

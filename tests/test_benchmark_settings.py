@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -83,6 +84,12 @@ def test_runner_resumes_a_stage_stopped_part_way_and_only_the_same_command(tmp_p
     (output / "stale").write_text("")
     run("search_seed0", [*args[:-1], "1"], output)  # another command: a fresh start, nothing resumed
     assert "--resume" not in calls[-1] and not (output / "stale").exists()
+    (output / ".benchmark_done.json").unlink()
+    shutil.rmtree(output)  # deleted by hand to redo it: its state elsewhere is not resumed
+    (tmp_path / "searches" / "seed0.resume").mkdir()
+    (tmp_path / "searches" / "seed0.resume" / "training_state.safetensors").write_bytes(b"state")
+    run("search_seed0", [*args[:-1], "1"], output)
+    assert "--resume" not in calls[-1]
 
 
 class _Usage:
