@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import statistics
@@ -173,6 +174,16 @@ def resume_state(output: Path) -> Path:
     return output.parent / f"{output.name}.resume" / "training_state.safetensors"
 
 
+def same_stage(recorded: list[str] | None, command: list[str]) -> bool:
+    """Whether a recorded command is ``command``, wherever the benchmark's checkout was: the fixed
+    genotypes are named by their path in it, and a run folder outlives a checkout."""
+
+    def local(args: list[str]) -> list[str]:
+        return [re.sub(r"^.*/benchmarks/genotypes/", "benchmarks/genotypes/", arg) for arg in args]
+
+    return recorded is not None and local(recorded) == local(command)
+
+
 class Runner:
     """Runs ``adabert`` commands in subprocesses, records each one's wall time and peak memory, and
     skips a command whose output folder already holds its ``done`` marker with the same command.
@@ -194,7 +205,7 @@ class Runner:
         marker = output / ".benchmark_done.json"
         if marker.is_file():
             done = json.loads(marker.read_text())
-            if done.get("command") == command[3:]:
+            if same_stage(done.get("command"), command[3:]):
                 self.stages[name] = {**done, "reused": True}
                 return done
         log_path = self.run_dir / "logs" / f"{name}.log"
@@ -202,7 +213,7 @@ class Runner:
         started_marker = log_path.with_suffix(".started.json")
         resume = (
             started_marker.is_file()
-            and json.loads(started_marker.read_text()).get("command") == command[3:]
+            and same_stage(json.loads(started_marker.read_text()).get("command"), command[3:])
             and output.is_dir()  # a folder deleted by hand is a stage to redo, whatever state is beside it
             and resume_state(output).is_file()
         )

@@ -94,3 +94,15 @@ def test_runner_resumes_a_stage_stopped_part_way_and_only_the_same_command(tmp_p
 
 class _Usage:
     ru_maxrss = 1024
+
+
+def test_a_stage_is_the_same_whichever_checkout_names_the_fixed_genotypes():
+    from search_quality import same_stage
+
+    def command(genotype: str) -> list[str]:
+        return ["train", "--genotype", f"{genotype}/benchmarks/genotypes/conv_cell.json", "--seed", "0"]
+
+    old = command("/work/a")
+    assert same_stage(old, command("/elsewhere"))
+    assert not same_stage(old, [*old[:2], "/work/a/benchmarks/genotypes/bag.json", *old[3:]])
+    assert not same_stage(old, [*old[:-1], "1"]) and not same_stage(None, old)
