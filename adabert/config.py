@@ -345,8 +345,9 @@ class SearchConfig(Computes):
         "architecture steps (single-path one-shot), so every op trains before any is judged; the "
         "search phase then runs epochs - uniform_warmup_epochs epochs", ge=0)
     weight_phase: str = _f(
-        "learned", "when the weight phase ends: learned (once the supernet's held-out loss is clearly "
-        "below the trivial predictor's and stops improving, at most --max-warmup-epochs) or fixed "
+        "learned", "when the weight phase ends: learned (once the supernet's best held-out loss is clearly "
+        "below the trivial predictor's and stops improving, at most --max-warmup-epochs; the search goes "
+        "on from that best epoch's weights) or fixed "
         "(after --uniform-warmup-epochs, whatever the evidence)", choices=("learned", "fixed"))
     max_warmup_epochs: int = _f(
         16, "weight phase: the cap of a learned weight phase, in epochs", ge=1, le=1000)

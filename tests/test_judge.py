@@ -52,6 +52,40 @@ def test_weight_phase_ends_once_learned_and_flat_or_at_the_cap():
     assert ends and "cap of 5 epoch(s) reached, NOT learned" in why
     ends, why = weight_phase_verdict([0.69, 0.69], 0.69, WeightPhaseRule(2, 5, fixed=True))
     assert ends and why.startswith("fixed weight phase of 2 epoch(s)")
+    # a supernet that learned, then overfit its rows: its best epoch decides, not its last
+    ends, why = weight_phase_verdict([0.65, 0.58, 0.61, 0.66], 0.65, rule)
+    assert ends and why.startswith("learned and stopped improving after 4 epoch(s)") and "best 0.5800" in why
+
+
+def test_the_weight_phase_ends_on_its_best_epoch_and_the_search_goes_on_from_its_weights():
+    from adabert.config import SearchConfig
+    from adabert.engine import Stepper
+    from adabert.search.loop import Search, end_weight_phase, supernet_evidence
+
+    layer = torch.nn.Linear(2, 1)
+    params = list(layer.parameters())
+    stepper = Stepper(params, torch.optim.SGD(params, lr=0.1), clip=1.0)
+    stepper.average = WeightAverage(params, steps=4)
+    s = Search(net=None, weights=stepper, arch=None, sampler=None, cost=None, steps_per_epoch=10)
+    cfg = SearchConfig(store="s", output_dir="o", epochs=6, uniform_warmup_epochs=2, max_warmup_epochs=8)
+    ends = {}
+    for epoch, loss in enumerate([0.65, 0.50, 0.56, 0.60], start=1):  # learned by epoch 2, then overfit
+        with torch.no_grad():
+            for p in params:
+                p.fill_(float(epoch))
+        stepper.average.reset()  # the judged weights: epoch's own value
+        s.step = 10 * epoch
+        record = {"epoch": epoch, "step": s.step, "phase": "uniform warm-up"}
+        s.history.append({**record, "supernet": {"loss": loss, "trivial_loss": 0.69, "accuracy": 1 - loss}})
+        ends = end_weight_phase(s, cfg)
+        s.history[-1].update(ends)
+        assert bool(ends) == (epoch == 4)
+    assert ends["weights_from"] == 2 and "from epoch 2's weights" in ends["weight_phase_end"]
+    restored = [*params, *stepper.average.average]
+    assert all(torch.all(t == 2.0) for t in restored)  # the search goes on from epoch 2, averaged too
+    assert s.search_start == 40 and s.best is None
+    evidence = supernet_evidence(s.history)
+    assert evidence["warmup_loss"] == 0.50 and evidence["warmup_epochs_used"] == 4
 
 
 def test_blind_search_needs_a_supernet_clearly_below_the_trivial_loss():

@@ -8,8 +8,10 @@ from the architecture distribution after it), against the trivial predictor's lo
 of the training label prior for classification, the variance around the training mean for
 regression.
 
-The weight phase ends on that evidence (:func:`weight_phase_verdict`): once the loss is clearly below
-the trivial one and has stopped improving, or at a cap, saying which. A search whose supernet never
+The weight phase ends on that evidence (:func:`weight_phase_verdict`): once its best loss is clearly
+below the trivial one and has stopped improving, or at a cap, saying which; the search then goes on
+from the weights of its best epoch (early stopping: on a small task the supernet overfits its rows,
+and its held-out loss turns up while its training loss still falls). A search whose supernet never
 beat the trivial predictor is flagged (:func:`blind_search`): its cell was chosen without task signal.
 """
 
@@ -90,10 +92,14 @@ class WeightPhaseRule:
 
 
 def weight_phase_verdict(losses: list[float], trivial: float, rule: WeightPhaseRule) -> tuple[bool, str]:
-    """Whether the weight phase ends after the epochs whose held-out losses are ``losses``, and why."""
-    epochs, last = len(losses), losses[-1]
-    learned = last <= (1 - rule.margin) * trivial
-    ratio = f"held-out loss {last:.4f} = {last / trivial:.3f} x the trivial {trivial:.4f}"
+    """Whether the weight phase ends after the epochs whose held-out losses are ``losses``, and why.
+    Learned means its best epoch so far was clearly below the trivial loss: a supernet that has begun
+    to overfit has learned, and more epochs only take it further from its best."""
+    epochs, best = len(losses), min(losses)
+    learned = best <= (1 - rule.margin) * trivial
+    ratio = (
+        f"held-out loss {losses[-1]:.4f}, best {best:.4f} = {best / trivial:.3f} x the trivial {trivial:.4f}"
+    )
     if epochs < rule.min_epochs:
         return False, ""
     if rule.fixed:

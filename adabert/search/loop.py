@@ -6,9 +6,10 @@ architecture step. Two phases:
 
 * the weight phase samples every op and depth uniformly and takes no architecture step, so every op
   is trained before any is judged; it lasts at least ``uniform_warmup_epochs`` and ends once the
-  supernet has learned the task (:mod:`adabert.search.judge`: its mean held-out loss over sampled
-  paths is clearly below the trivial predictor's and has stopped improving), at most
-  ``max_warmup_epochs`` (``weight_phase="fixed"``: exactly ``uniform_warmup_epochs``);
+  supernet has learned the task (:mod:`adabert.search.judge`: its best mean held-out loss over
+  sampled paths is clearly below the trivial predictor's and has stopped improving), at most
+  ``max_warmup_epochs`` (``weight_phase="fixed"``: exactly ``uniform_warmup_epochs``), with the
+  weights of its best epoch;
 * the search phase, ``epochs - uniform_warmup_epochs`` epochs of alternating steps.
 
 Three disjoint sets of training rows: weight rows (with their augmented copies), architecture rows,
@@ -215,6 +216,7 @@ class Search:
     history: list[dict[str, Any]] = field(default_factory=list)
     lr_changes: list[dict[str, Any]] = field(default_factory=list)  # rates changed on --resume
     arch_baseline: float | None = None  # --arch-gradient reinforce: the moving average of the reward
+    best: list[torch.Tensor] | None = None  # the weight phase's best judged weights, until it ends
 
     @property
     def average(self) -> engine.WeightAverage | None:
@@ -491,6 +493,7 @@ def save_checkpoint(s: Search, cfg: SearchConfig, path: Path, epoch: int, ctx: A
         "weight_average": s.average,
         "sample_rng": s.sampler.get_state(),
         "arch_baseline": s.arch_baseline,
+        "best_weights": None if s.best is None else {str(i): t for i, t in enumerate(s.best)},
         "epoch": epoch + 1,
         "step": s.step,
         "history": s.history,
@@ -522,6 +525,9 @@ def restore(s: Search, state: dict[str, Any], cfg: SearchConfig, path: Path) -> 
         s.average.reset()
     s.sampler.set_state(state["sample_rng"])
     s.arch_baseline = state.get("arch_baseline")
+    if state.get("best_weights") is not None:
+        best = state["best_weights"]
+        s.best = [best[str(i)].to(p.device, p.dtype) for i, p in enumerate(s.weights.params)]
     s.step, s.history = state["step"], state["history"]
     log.info("resuming from %s after epoch %d", path, state["epoch"])
     return state["epoch"]
@@ -752,15 +758,39 @@ def end_weight_phase(s: Search, cfg: SearchConfig) -> dict[str, Any]:
         max_epochs=cfg.max_warmup_epochs,
         fixed=cfg.weight_phase == "fixed",
     )
-    warm = [r["supernet"]["loss"] for r in s.history if r.get("phase") == WARM_UP]
-    ends, why = judge.weight_phase_verdict(warm, s.history[-1]["supernet"]["trivial_loss"], rule)
+    warm = [r for r in s.history if r.get("phase") == WARM_UP]
+    losses = [r["supernet"]["loss"] for r in warm]
+    if not rule.fixed and losses[-1] == min(losses):
+        s.best = [t.detach().clone() for t in judged_weights(s)]
+    ends, why = judge.weight_phase_verdict(losses, s.history[-1]["supernet"]["trivial_loss"], rule)
     if not ends:
         plan_steps(s, cfg)
         return {}
+    end = {"weight_phase_end": why}
+    best = warm[losses.index(min(losses))]["epoch"]
+    if s.best is not None and best != warm[-1]["epoch"]:
+        load_judged_weights(s, s.best)
+        why = f"{why}; the search goes on from epoch {best}'s weights"
+        end = {"weight_phase_end": why, "weights_from": best}
+    s.best = None
     s.search_start = s.step
     plan_steps(s, cfg)
-    log.info("weight phase ended: %s", why)
-    return {"weight_phase_end": why}
+    log.info("weight phase ended: %s", end["weight_phase_end"])
+    return end
+
+
+def judged_weights(s: Search) -> list[torch.Tensor]:
+    """The weights the supernet is judged with: their moving average, or the current ones."""
+    return s.average.average if s.average is not None else [p.detach() for p in s.weights.params]
+
+
+@torch.no_grad()
+def load_judged_weights(s: Search, tensors: list[torch.Tensor]) -> None:
+    """Put judged weights back in the supernet, as its current weights and its average's start."""
+    for param, value in zip(s.weights.params, tensors):
+        param.copy_(value)
+    if s.average is not None:
+        s.average.reset()
 
 
 def supernet_evidence(history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -770,9 +800,12 @@ def supernet_evidence(history: list[dict[str, Any]]) -> dict[str, Any]:
         return {"blind": False}
     warm = [r for r in judged if r.get("phase") == WARM_UP]
     search = [r for r in judged if r.get("phase") != WARM_UP]
+    # the weights the search phase started from: the weight phase's last epoch, or the best it went back to
+    ended = next((r for r in warm if r.get("weight_phase_end")), warm[-1] if warm else None)
+    start = next((r for r in warm if r["epoch"] == ended.get("weights_from")), ended) if ended else None
     out = {
         "trivial_loss": judged[-1]["supernet"]["trivial_loss"],
-        "warmup_loss": warm[-1]["supernet"]["loss"] if warm else None,
+        "warmup_loss": start["supernet"]["loss"] if start else None,
         "warmup_epochs_used": len(warm),
         "weight_phase_end": next((r["weight_phase_end"] for r in warm if r.get("weight_phase_end")), None),
         "search_losses": [r["supernet"]["loss"] for r in search],
@@ -781,7 +814,7 @@ def supernet_evidence(history: list[dict[str, Any]]) -> dict[str, Any]:
     }
     if "majority_accuracy" in judged[-1]["supernet"]:
         out["majority_accuracy"] = judged[-1]["supernet"]["majority_accuracy"]
-        out["warmup_accuracy"] = warm[-1]["supernet"].get("accuracy") if warm else None
+        out["warmup_accuracy"] = start["supernet"].get("accuracy") if start else None
     return out
 
 
