@@ -427,7 +427,8 @@ class SearchConfig(Computes):
     )
     use_augmented: bool = _f(True, "also train on the store's augmented rows when present")
     augment_copies: int | None = _f(
-        None, "at most this many augmented copies per row (default: all stored)", ge=0)
+        None, "at most this many augmented copies per row, the next stored ones each epoch (default: all "
+        "stored)", ge=0)
     random_architecture: bool = _f(False, "ablation: skip the search, draw a random genotype from the space")
     device: str = _f(
         "auto", _DEVICE_HELP + "; under torchrun each process uses cuda:LOCAL_RANK. The latency table "

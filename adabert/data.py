@@ -181,13 +181,15 @@ def load_split(
     seed: int = 0,
     augment_copies: int | None = None,
     rows: np.ndarray | None = None,
+    first_copy: int = 0,
 ) -> StoreSplit:
     """A stored split with its teacher outputs, memory-mapped.
 
     ``limit`` keeps a seeded random subset of the split's rows (``rows``: these rows), and then only
     the augmented rows made from those rows, so a subset never leaks the other rows through
     augmentation. ``augment_copies`` keeps at most that many augmented copies of each row (all
-    stored copies when None).
+    stored copies when None): the stored copies ``first_copy``, ``first_copy + 1``, ... (cycling), so
+    a loop that moves ``first_copy`` on each epoch sees fresh copies while they last.
     """
     total = len(store.labels(split))
     keep = np.arange(total) if rows is None else np.asarray(rows, dtype=np.int64)
@@ -200,7 +202,8 @@ def load_split(
         chosen[keep] = True
         wanted = chosen[source]
         if augment_copies is not None:
-            wanted &= copy < augment_copies
+            stored = int(copy.max()) + 1 if len(copy) else 1
+            wanted &= (copy - first_copy) % stored < augment_copies
         parts.append(("train_aug", np.flatnonzero(wanted)))
     splits = [
         (store.tokens(name), store.labels(name), store.teacher_logits(name), store.probe_logits(name))

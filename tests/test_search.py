@@ -4,6 +4,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -342,6 +343,21 @@ def test_the_student_trains_on_every_row_plus_the_augmented_ones(tiny_store, tmp
         ]
     assert rows == {"all": 48 + 144, "one_copy": 48 + 48, "none": 48, "subset": 10 + 30}
     assert len(KnowledgeStore.open(tmp_path / "aug").labels("train")) == 48
+
+    # the search's weights take the next stored copies each epoch, cycling, as many rows each time
+    from adabert.search.loop import weight_rows
+
+    aug = KnowledgeStore.open(tmp_path / "aug")
+    source, copy = aug.augment_sources("train_aug")
+    cfg = search_config(tmp_path / "aug", tmp_path / "s", augment_copies=1)
+    originals = np.arange(0, 48, 2)
+    taken = []
+    for epoch in range(4):
+        split = weight_rows(cfg, aug, originals, epoch)
+        copies = split.index[split.index >= 48] - 48
+        assert len(split) == 48 and sorted(source[copies]) == originals.tolist()
+        taken.append(set(copy[copies].tolist()))
+    assert taken == [{0}, {1}, {2}, {0}]
 
 
 def test_candidates_are_scored_on_batch_statistics_and_running_statistics_stay():

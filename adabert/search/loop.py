@@ -188,15 +188,24 @@ def split_rows(
             f"judge_fraction={cfg.judge_fraction} and arch_fraction={cfg.arch_fraction}; use more rows or "
             "smaller fractions"
         )
-    weights = data.load_split(
-        store,
-        "train",
-        rows=np.sort(order[n_arch:]),
-        with_augmented=cfg.use_augmented,
-        augment_copies=cfg.augment_copies,
-    )
+    weights = weight_rows(cfg, store, np.sort(order[n_arch:]), epoch=0)
     arch = data.load_split(store, "train", rows=np.sort(order[:n_arch]))
     return weights, arch, data.load_split(store, "train", rows=np.sort(judge))
+
+
+def weight_rows(cfg: SearchConfig, store: KnowledgeStore, rows: np.ndarray, epoch: int) -> data.StoreSplit:
+    """The weight steps' rows of an epoch: ``rows`` and ``--augment-copies`` of their stored copies,
+    the next ones each epoch (a small task's store holds up to 20 per row: the weights see them all
+    in turn instead of overfitting the same few)."""
+    copies = cfg.augment_copies
+    return data.load_split(
+        store,
+        "train",
+        rows=rows,
+        with_augmented=cfg.use_augmented,
+        augment_copies=copies,
+        first_copy=epoch * copies if copies else 0,
+    )
 
 
 @dataclass
@@ -601,12 +610,13 @@ def run_search(cfg: SearchConfig) -> Genotype:
 class SearchRows:
     """The search's rows: weight and architecture rows to train on, judge and dev loaders to score on."""
 
-    weights: data.StoreSplit
+    weights: data.StoreSplit  # the first epoch's (:func:`weight_rows` gives each epoch's)
     arch: data.StoreSplit
     judge: data.StoreSplit
     heldout: Any  # this rank's loader of the judge rows
     dev: Any  # this rank's loader of the dev rows
     baseline: dict[str, float]  # the trivial predictor on the judge rows
+    originals: np.ndarray  # the weight rows without their copies
 
 
 def search_rows(cfg: SearchConfig, store: KnowledgeStore, ctx: Any, device: torch.device) -> SearchRows:
@@ -619,6 +629,7 @@ def search_rows(cfg: SearchConfig, store: KnowledgeStore, ctx: Any, device: torc
         data.scoring_loader(judge_rows, cfg.batch_size * 2, ctx, device),
         data.scoring_loader(dev, cfg.batch_size * 2, ctx, device),
         trivial_baseline(store, weights, judge_rows),
+        weights.index[weights.index < len(store.labels("train"))],  # copies follow the originals
     )
 
 
@@ -660,9 +671,10 @@ def search_epoch(
 ) -> Genotype:
     """One epoch's steps, then the supernet judged, the genotype derived and the epoch recorded."""
     started = time.perf_counter()
+    weights = weight_rows(cfg, store, rows.originals, epoch)
     try:
         terms = run_epoch(
-            s, epoch, s.search_start is None, cfg, rows.weights, rows.arch, store.task.is_regression, ctx
+            s, epoch, s.search_start is None, cfg, weights, rows.arch, store.task.is_regression, ctx
         )
     except DivergenceError as err:
         rates = f"--w-lr (now {cfg.w_lr:g}) or --arch-lr (now {cfg.arch_lr:g})"
