@@ -86,6 +86,17 @@ def test_the_weight_phase_ends_on_its_best_epoch_and_the_search_goes_on_from_its
     assert s.search_start == 40 and s.best is None
     evidence = supernet_evidence(s.history)
     assert evidence["warmup_loss"] == 0.50 and evidence["warmup_epochs_used"] == 4
+    # 20% over its best epoch: it overfit its rows, and the search phase leaves the weights alone
+    assert s.frozen and ends["weights_frozen"] and "it overfit its rows" in ends["weight_phase_end"]
+
+    # a best epoch before the last one, within noise of it: its weights, still trained on
+    s2 = Search(net=None, weights=stepper, arch=None, sampler=None, cost=None, steps_per_epoch=10)
+    for epoch, loss in enumerate([0.65, 0.50, 0.502, 0.505], start=1):
+        s2.step = 10 * epoch
+        record = {"epoch": epoch, "step": s2.step, "phase": "uniform warm-up"}
+        s2.history.append({**record, "supernet": {"loss": loss, "trivial_loss": 0.69}})
+        ends = end_weight_phase(s2, cfg)
+    assert ends["weights_from"] == 2 and not s2.frozen and "weights_frozen" not in ends
 
 
 def test_blind_search_needs_a_supernet_clearly_below_the_trivial_loss():

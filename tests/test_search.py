@@ -478,3 +478,23 @@ def test_reinforce_step_moves_the_logits_by_the_paths_loss_alone(tiny_store, tmp
         + torch.log_softmax(s.net.depth_logits.detach(), -1)[sample.depth - 1]
     )
     assert s.net.log_prob(sample).item() == pytest.approx(float(manual), rel=1e-6)
+
+
+def test_a_search_phase_after_an_overfit_weight_phase_steps_the_architecture_alone(tiny_store, tmp_path):
+    from adabert import distributed
+    from adabert.search import loop
+    from adabert.teacher.store import KnowledgeStore
+
+    cfg = search_config(tiny_store, tmp_path / "s", epochs=1)
+    store, device = KnowledgeStore.open(tiny_store), torch.device("cpu")
+    ctx = distributed.setup(device)
+    rows = loop.search_rows(cfg, store, ctx, device)
+    s = loop.build_search(cfg, store, rows, tmp_path / "s", device, ctx)
+    loop.plan_steps(s, cfg)
+    s.frozen = True  # as the weight phase leaves it when its held-out loss rose past its best epoch
+    weights = [p.detach().clone() for p in s.weights.params]
+    logits = s.net.edge_logits.detach().clone()
+    record = loop.run_epoch(s, 0, False, cfg, rows.weights, rows.arch, False, ctx)
+    assert all(torch.equal(a, p) for a, p in zip(weights, s.weights.params))
+    assert not torch.equal(logits, s.net.edge_logits) and math.isfinite(record["loss"])
+    assert s.step == s.steps_per_epoch and sum(map(sum, record["op_counts"])) == 0  # no weight samples

@@ -11,8 +11,10 @@ regression.
 The weight phase ends on that evidence (:func:`weight_phase_verdict`): once its best loss is clearly
 below the trivial one and has stopped improving, or at a cap, saying which; the search then goes on
 from the weights of its best epoch (early stopping: on a small task the supernet overfits its rows,
-and its held-out loss turns up while its training loss still falls). A search whose supernet never
-beat the trivial predictor is flagged (:func:`blind_search`): its cell was chosen without task signal.
+and its held-out loss turns up while its training loss still falls), and when the phase ended well
+above that epoch (``OVERFIT_MARGIN``) it keeps them fixed, stepping the architecture alone. A search
+whose supernet never beat the trivial predictor is flagged (:func:`blind_search`): its cell was chosen
+without task signal.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from adabert.search.selection import score
 from adabert.search.supernet import Sample, Supernet
 
 BLIND_MARGIN = 0.02  # a held-out loss within 2% of the trivial one is noise, not task signal
+OVERFIT_MARGIN = 0.02  # a weight phase that ended over 2% above its best epoch overfit its rows
 BLIND = (
     "the cell was chosen without task signal: the supernet never predicted held-out rows better "
     "than the trivial predictor"

@@ -226,6 +226,7 @@ class Search:
     lr_changes: list[dict[str, Any]] = field(default_factory=list)  # rates changed on --resume
     arch_baseline: float | None = None  # --arch-gradient reinforce: the moving average of the reward
     best: list[torch.Tensor] | None = None  # the weight phase's best judged weights, until it ends
+    frozen: bool = False  # the weights overfit their rows: the search phase steps the architecture alone
 
     @property
     def average(self) -> engine.WeightAverage | None:
@@ -429,14 +430,15 @@ def run_epoch(
     for batch, share in bar:
         where = f"at epoch {epoch + 1}, step {s.step}"
         at = step_schedule(s, cfg)
-        sample = s.net.uniform_sample(s.sampler) if warm else s.net.sample(at.tau, s.sampler)
-        for e, op in enumerate(sample.ops):
-            counts[e, s.net.zero_index if op is None else op] += 1
-        terms = weight_step(s, to_device(batch, s.device), share, sample, at, cfg, regression, where)
+        if not s.frozen:
+            sample = s.net.uniform_sample(s.sampler) if warm else s.net.sample(at.tau, s.sampler)
+            for e, op in enumerate(sample.ops):
+                counts[e, s.net.zero_index if op is None else op] += 1
+            terms = weight_step(s, to_device(batch, s.device), share, sample, at, cfg, regression, where)
         if not warm:
             a_batch, a_share = next(a_batches)
-            a_batch = to_device(a_batch, s.device)
-            terms["efficiency"] = arch_step(s, a_batch, a_share, at, cfg, regression, where)["efficiency"]
+            arch = arch_step(s, to_device(a_batch, s.device), a_share, at, cfg, regression, where)
+            terms = arch if s.frozen else {**terms, "efficiency": arch["efficiency"]}
         for key, value in terms.items():
             sums[key] += value
         s.step += 1
@@ -538,6 +540,7 @@ def restore(s: Search, state: dict[str, Any], cfg: SearchConfig, path: Path) -> 
         best = state["best_weights"]
         s.best = [best[str(i)].to(p.device, p.dtype) for i, p in enumerate(s.weights.params)]
     s.step, s.history = state["step"], state["history"]
+    s.frozen = any(r.get("weights_frozen") for r in s.history)
     log.info("resuming from %s after epoch %d", path, state["epoch"])
     return state["epoch"]
 
@@ -784,6 +787,9 @@ def end_weight_phase(s: Search, cfg: SearchConfig) -> dict[str, Any]:
         load_judged_weights(s, s.best)
         why = f"{why}; the search goes on from epoch {best}'s weights"
         end = {"weight_phase_end": why, "weights_from": best}
+        if losses[-1] > (1 + judge.OVERFIT_MARGIN) * min(losses):
+            s.frozen = True  # more weight steps on these rows would only take the supernet further off
+            end.update(weight_phase_end=f"{why}, kept fixed: it overfit its rows", weights_frozen=True)
     s.best = None
     s.search_start = s.step
     plan_steps(s, cfg)
