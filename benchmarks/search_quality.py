@@ -169,9 +169,10 @@ def flags(settings: dict[str, Any]) -> list[str]:
 def resume_state(output: Path) -> Path:
     """Where an interrupted stage left the state that ``--resume`` continues from: a search's
     checkpoint in its folder, a training's in the sibling ``<folder>.resume/``."""
-    if (output / "checkpoint.safetensors").is_file():
-        return output / "checkpoint.safetensors"
-    return output.parent / f"{output.name}.resume" / "training_state.safetensors"
+    from adabert.search.loop import CHECKPOINT
+    from adabert.student.train import state_path
+
+    return output / CHECKPOINT if (output / CHECKPOINT).is_file() else state_path(output)
 
 
 def same_stage(recorded: list[str] | None, command: list[str]) -> bool:
