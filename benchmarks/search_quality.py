@@ -2,6 +2,7 @@
 
     python benchmarks/search_quality.py TASK [--run-dir runs/bench/TASK] [--seeds 0 1 2] [--ablations]
     python benchmarks/search_quality.py TASK --reuse runs/quick_TASK   # the quick budget's setting
+    python benchmarks/search_quality.py TASK --train probe_kd=1.0 --tag probe_kd  # a changed recipe
 
 On the same teacher, knowledge store and training recipe (the ``setting`` below, recorded in both
 files), it trains and evaluates:
@@ -125,20 +126,20 @@ def full_setting(train_rows: int, pair: bool) -> dict[str, Any]:
     }
 
 
-def parse_overrides(specs: list[str]) -> dict[str, Any]:
-    """``--search KEY=VALUE`` pairs as the search's settings (numbers and booleans parsed), each key
-    checked against ``adabert search``'s options before any stage runs."""
+def parse_overrides(specs: list[str], stage: str = "search") -> dict[str, Any]:
+    """``--search`` (or ``--train``) ``KEY=VALUE`` pairs as that stage's settings (numbers and booleans
+    parsed), each key checked against ``adabert search``'s (``train``'s) options before any stage runs."""
     import dataclasses
 
-    from adabert.config import SearchConfig
+    from adabert.config import SearchConfig, TrainConfig
 
-    known = {f.name for f in dataclasses.fields(SearchConfig)}
+    known = {f.name for f in dataclasses.fields({"search": SearchConfig, "train": TrainConfig}[stage])}
     out: dict[str, Any] = {}
     for spec in specs:
         key, sep, text = spec.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or key not in known:
-            raise SystemExit(f"--search {spec!r}: expected KEY=VALUE with KEY an 'adabert search' option")
+            raise SystemExit(f"--{stage} {spec!r}: expected KEY=VALUE with KEY an 'adabert {stage}' option")
         value: Any = text
         for kind in (int, float):
             try:
@@ -434,6 +435,7 @@ def run_benchmark(args: argparse.Namespace) -> None:
     train_rows, pair = task_size(args.task, args.data_dir, run_dir)
     setting = setting_for(args.task, train_rows, pair, "quick" if args.reuse else args.setting)
     setting["search"].update(parse_overrides(args.search))
+    setting["train"].update(parse_overrides(args.train, "train"))  # every variant's student alike
     if args.student_examples:  # a shorter student recipe for every variant alike, recorded in the setting
         setting["train"] = {k: v for k, v in setting["train"].items() if k != "epochs"}
         setting["train"]["examples"] = args.student_examples
@@ -878,6 +880,10 @@ def main() -> None:
         help="a search setting changed for every seed (repeatable), e.g. arch_gradient=reinforce; "
         "needs --tag, so the default's results stay",
     )  # fmt: skip
+    parser.add_argument(
+        "--train", action="append", default=[], metavar="KEY=VALUE",
+        help="a student setting changed for every variant (repeatable), e.g. probe_kd=1.0; needs --tag",
+    )  # fmt: skip
     parser.add_argument("--tag", help="suffix of the results files: search_quality_TASK_TAG.json")
     parser.add_argument("--fresh", action="store_true", help="delete the run directory first")
     parser.add_argument(
@@ -887,13 +893,14 @@ def main() -> None:
         "students then use that budget's settings",
     )
     args = parser.parse_args()
-    if args.search and not args.tag:
-        parser.error("--search needs --tag: the results of changed settings go to their own files")
+    if (args.search or args.train) and not args.tag:
+        parser.error("--search and --train need --tag: the results of changed settings go to their own files")
     if args.reuse and args.setting != "benchmark":
         parser.error("--reuse takes the quick budget's teacher and store: it cannot go with --setting")
     if args.tag is not None and not args.tag.replace("_", "").isalnum():
         parser.error(f"--tag {args.tag!r}: letters, digits and underscores only")
     parse_overrides(args.search)  # a mistyped key stops here, before any stage
+    parse_overrides(args.train, "train")
     run_benchmark(args)
 
 

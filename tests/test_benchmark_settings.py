@@ -44,6 +44,9 @@ def test_search_overrides_parse_values_and_refuse_unknown_keys():
     for bad in ("no_such_setting=1", "epochs"):
         with pytest.raises(SystemExit, match="KEY=VALUE"):
             parse_overrides([bad])
+    assert parse_overrides(["probe_kd=1.0", "epochs=4"], "train") == {"probe_kd": 1.0, "epochs": 4}
+    with pytest.raises(SystemExit, match="--train 'arch_gradient=reinforce'.*'adabert train' option"):
+        parse_overrides(["arch_gradient=reinforce"], "train")  # a search setting, not a student's
 
 
 def test_results_files_keep_the_benchmark_setting_s_names():
