@@ -480,12 +480,15 @@ def test_reinforce_step_moves_the_logits_by_the_paths_loss_alone(tiny_store, tmp
     assert s.net.log_prob(sample).item() == pytest.approx(float(manual), rel=1e-6)
 
 
-def test_a_search_phase_after_an_overfit_weight_phase_steps_the_architecture_alone(tiny_store, tmp_path):
+@pytest.mark.parametrize("gradient", ["gumbel", "reinforce"])
+def test_a_search_phase_after_an_overfit_weight_phase_steps_the_architecture_alone(
+    tiny_store, tmp_path, gradient
+):
     from adabert import distributed
     from adabert.search import loop
     from adabert.teacher.store import KnowledgeStore
 
-    cfg = search_config(tiny_store, tmp_path / "s", epochs=1)
+    cfg = search_config(tiny_store, tmp_path / "s", epochs=1, arch_gradient=gradient)
     store, device = KnowledgeStore.open(tiny_store), torch.device("cpu")
     ctx = distributed.setup(device)
     rows = loop.search_rows(cfg, store, ctx, device)

@@ -438,7 +438,7 @@ def run_epoch(
         if not warm:
             a_batch, a_share = next(a_batches)
             arch = arch_step(s, to_device(a_batch, s.device), a_share, at, cfg, regression, where)
-            terms = arch if s.frozen else {**terms, "efficiency": arch["efficiency"]}
+            terms = {k: arch[k] for k in TERMS} if s.frozen else {**terms, "efficiency": arch["efficiency"]}
         for key, value in terms.items():
             sums[key] += value
         s.step += 1
