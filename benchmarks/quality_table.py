@@ -95,7 +95,9 @@ def _supernet_rows(result: dict[str, Any]) -> list[str]:
     if ranking:
         rows += ["", f"Ranking fidelity: Kendall's tau {ranking['kendall_tau']:+.3f} between the seed-0 "
                  f"supernet's held-out loss and the dev metric trained alone, over {len(ranking['cells'])} "
-                 f"cells drawn from the space (trained alone with {ranking.get('train')})."]  # fmt: skip
+                 f"cells drawn from the space (trained alone with {ranking.get('train')}"
+                 + (", from the supernet's weights as every student here" if ranking.get("init") == "supernet"
+                    else "") + ")."]  # fmt: skip
     blind_reference = result.get("order_blind_reference")
     if blind_reference:
         rows += ["", f"Order-blind reference (identity cell, mean head, no position table), dev accuracy "

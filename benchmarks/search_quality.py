@@ -62,7 +62,6 @@ def setting_for(task_name: str, train_rows: int, pair: bool, budget: str = "benc
     average = TrainConfig().average
     common = {
         "init": "supernet",  # as the pipeline trains its student; every variant from the seed-0 search
-        "ranking_share": 0.25,  # cells of the ranking check train on a quarter of the recipe
         "latency": {"batches": [1, 32], "seq_len": 128, "threads": 1, "repeats": 5, "warmup": 2},
         "random": {"count": 5, "tolerance": 0.15, "batch": 1},
     }
@@ -708,29 +707,26 @@ def paired_bootstrap(store: Any, a: list[Path], b: list[Path], draws: int = 2000
 
 def ranking_check(run: Runner, store: Path, setting: dict[str, Any], search_dir: Path, args: Any) -> dict:
     """Kendall's tau between the seed-0 supernet's held-out score of ``--ranking`` cells drawn from the
-    space and their dev metric when trained alone from scratch (the train recipe at ``ranking_share`` of
-    its examples or epochs: a proxy, as one-shot ranking studies use)."""
+    space and their dev metric when trained alone, as every student of the table trains: the same
+    recipe and the same start. A shorter recipe from scratch is no proxy here: it ranks pooling cells,
+    which converge in a few thousand steps, above convolutions, which overtake them with the full
+    recipe (SST-2: 0.81 against 0.67-0.74 at a quarter of the recipe, 0.81 against 0.83-0.85 at all)."""
     from adabert.genotype import Genotype
     from adabert.search.ranking import ranking_cells, ranking_record, supernet_scores
 
     searched = Genotype.load(search_dir / "genotype.json")
     cells = ranking_cells(searched.space, args.ranking, 500, searched.hidden_size, searched.embedding)
     inside = supernet_scores(search_dir, cells)
-    recipe = dict(setting["train"])
-    share = setting["ranking_share"]
-    if recipe.get("examples"):
-        recipe["examples"] = max(1, int(recipe["examples"] * share))
-    else:
-        recipe["epochs"] = max(1, round(recipe.get("epochs", 3) * share))
+    init = search_dir if setting["init"] == "supernet" else None
     alone = []
     for i, cell in enumerate(cells):
         digest = hashlib.sha256(json.dumps(cell.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
         path = run.run_dir / "ranking" / f"cell{i}_{digest}.json"  # a new draw is a new stage
         path.parent.mkdir(parents=True, exist_ok=True)
         cell.save(path)
-        out = train(run, f"ranking_cell{i}", path, store, {**setting, "train": recipe}, args.seeds[0])
+        out = train(run, f"ranking_cell{i}", path, store, setting, args.seeds[0], supernet=init)
         alone.append(main_metric(out)[0])
-    return {**ranking_record(cells, inside, alone), "train": recipe}
+    return {**ranking_record(cells, inside, alone), "train": setting["train"], "init": setting["init"]}
 
 
 def remedies() -> dict[str, dict[str, dict[str, Any]]]:
