@@ -183,3 +183,63 @@ def test_the_latency_table_times_students_with_the_head_they_will_have(tiny_bert
     assert table.info["head"] == "match" and heads == ["match", "match"]  # the depth-1 and depth-2 students
     keys = {latency.table_key(space, 16, 16, (1,), 1, "sha", True, head) for head in ("match", "paper")}
     assert len(keys) == 2  # another head: another table
+
+
+def test_a_student_slower_than_the_table_says_is_fitted_again_until_its_timing_holds():
+    space = get_space("adabert_cnn")
+    table = _table(space)
+    kept = ((0, 2), (1, 2), (0, 3), (2, 3), (2, 4), (3, 4))
+    wide = Genotype(space.name, 3, tuple(Edge(s, t, "conv3") for s, t in space.edges if (s, t) in kept), 16)
+    logits = torch.zeros(len(space.edges), len(space.ops))
+    depth_logits = torch.tensor([0.0, 0.1, 0.2])
+    # the table: 56.5 ms at batch 1 and 188 ms at batch 32, within 60 and 200 ms
+    cost = BudgetCost(space, table, 60.0, "ms", 1, also={1: 60.0, 32: 200.0})
+    assert cost.fit(wide, logits, depth_logits) == wide
+
+    def slow(g):  # batch 32 costs twice what the table says per cell
+        deep = table.base["32"] + 2 * (table.predict(g, 32) - table.base["32"])
+        return {1: {"student": table.predict(g, 1)}, 32: {"student": deep}}
+
+    checked, timings = cost.check(wide, logits, depth_logits, slow)
+    assert checked != wide and slow(checked)[32]["student"] <= 200.0 and slow(checked)[1]["student"] <= 60.0
+    assert [t["within"] for t in timings] == [False] * (len(timings) - 1) + [True]
+    assert timings[0]["batches"]["32"]["student_ms"] == pytest.approx(371.0)  # 5 + 2 x 183
+    assert timings[0]["batches"]["32"]["predicted_ms"] == pytest.approx(188.0)
+    assert cost.describe()["correction"]["32"] > 1.9
+    # a student as fast as the table says is left as it is, timed once
+    honest = BudgetCost(space, table, 60.0, "ms", 1, also={1: 60.0, 32: 200.0})
+    as_said = lambda g: {b: {"student": table.predict(g, b)} for b in (1, 32)}  # noqa: E731
+    same, once = honest.check(wide, logits, depth_logits, as_said)
+    assert same == wide and len(once) == 1 and once[0]["within"]
+    # a parameter budget is exact: there is nothing to time
+    assert BudgetCost(space, table, 100.0, "params", 1).limits() == {}
+
+
+def test_a_speedup_budget_is_checked_against_the_teacher_timed_beside_the_student():
+    space = get_space("adabert_cnn")
+    table = _table(space)  # the teacher: 40 ms at batch 1, 400 at batch 32
+    kept = ((0, 2), (1, 2), (0, 3), (2, 3), (2, 4), (3, 4))
+    wide = Genotype(space.name, 3, tuple(Edge(s, t, "conv3") for s, t in space.edges if (s, t) in kept), 16)
+    logits, depth_logits = torch.zeros(len(space.edges), len(space.ops)), torch.tensor([0.0, 0.1, 0.2])
+    limits = {1: 40.0 / 0.5, 32: 400.0 / 0.5}  # 2x slower than the teacher: the wide cell fits
+    cost = BudgetCost(space, table, limits[1], "ms", 1, also=limits, speedup=0.5)
+
+    def loaded(g):  # the machine now runs everything 3x slower than on the table's day
+        return {b: {"student": 3 * table.predict(g, b), "teacher": 3 * table.teacher[str(b)]}
+                for b in (1, 32)}
+
+    same, timings = cost.check(wide, logits, depth_logits, loaded)
+    assert same == wide and timings[0]["within"]  # 169.5 ms against 240: the speedup holds
+    assert timings[0]["batches"]["1"]["limit_ms"] == pytest.approx(240.0)
+    assert timings[0]["batches"]["1"]["teacher_ms"] == pytest.approx(120.0)
+
+
+def test_a_student_is_timed_whole_beside_the_teacher():
+    space = get_space("adabert_cnn")
+    kept = ((0, 2), (1, 2), (0, 3), (2, 3), (2, 4), (3, 4))
+    cell = Genotype(space.name, 2, tuple(Edge(s, t, "conv3") for s, t in space.edges if (s, t) in kept), 16)
+    models = {"cell": latency.build_student(cell, EMBEDDING, 2, "pooled")}
+    one = Genotype.from_dict({**cell.to_dict(), "num_cells": 1})
+    models["one"] = latency.build_student(one, EMBEDDING, 2, "paper")
+    ms = latency.time_models(models, seq_len=16, pair=False, batches=(1, 4), seconds=0.05)
+    assert set(ms) == {"cell", "one"} and all(set(t) == {1, 4} and min(t.values()) > 0 for t in ms.values())

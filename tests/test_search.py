@@ -68,6 +68,16 @@ def test_search_writes_genotype_picture_log_and_plots(tiny_store, tmp_path):
         assert len(record["op_probabilities"]) == 9 and len(record["depth_probabilities"]) == 3
     assert log[1]["tau"] < log[0]["tau"] <= 1.0
     assert 1 <= genotype.num_cells <= 3 and genotype.hidden_size == 16
+    # the chosen genotype's student was built and timed at both batch sizes of the budget
+    timed = json.loads((out / "selection.json").read_text())["latency_check"]
+    assert Genotype.from_dict(timed[-1]["genotype"]) == genotype
+    assert set(timed[-1]["batches"]) == {"1", "32"}
+    # a speedup budget: the teacher is timed beside the student, and the limits follow its time now
+    batches = timed[-1]["batches"]
+    assert min(batches["1"]["teacher_ms"], batches["32"]["student_ms"], timed[-1]["drift"]) > 0
+    assert batches["32"]["limit_ms"] == pytest.approx(
+        json.loads((out / "latency_table.json").read_text())["teacher"]["32"] / 15 * timed[-1]["drift"]
+    )
 
 
 @pytest.mark.parametrize("gradient", ["gumbel", "reinforce"])
@@ -280,7 +290,9 @@ def test_selection_by_best_epoch_and_by_contribution(tiny_store, tmp_path):
     assert chosen["epoch"] == best["epoch"] == best_epoch(log)["epoch"]
     assert Genotype.load(tmp_path / "best" / "genotype.json") == Genotype.from_dict(best["genotype"])
 
-    run_search(search_config(tiny_store, tmp_path / "pt", epochs=2, select="contribution"))
+    # a budget every cell meets: the contributions alone decide (the tiny teacher is as fast as a student)
+    loose = search_config(tiny_store, tmp_path / "pt", epochs=2, select="contribution", target_speedup=1e-3)
+    run_search(loose)
     chosen = json.loads((tmp_path / "pt" / "selection.json").read_text())
     genotype = Genotype.load(tmp_path / "pt" / "genotype.json")
     assert chosen["selection"] == "contribution" and len(chosen["edges"]) == 9

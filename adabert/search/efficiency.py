@@ -10,6 +10,9 @@ Two terms, chosen by ``--efficiency``:
 * ``paper``: AdaBERT's ``(K / K_max) x mean over edges of sum_o y_o cost(o)``, with each op's cost the
   average of softmaxes of its size and its FLOPs; it always pushes towards cheaper ops.
 
+The table sums parts timed alone; the selected genotype's student is then timed whole
+(:meth:`BudgetCost.check`) and fitted again where the sum was too low.
+
 Both read the straight-through one-hots of a sample, so their value is the sampled network's cost
 and their gradient reaches the edge and depth logits. A cell keeps ``edges_per_node`` edges per node
 after derivation, so a sample's cost counts that many edges at its mean edge cost.
@@ -17,6 +20,7 @@ after derivation, so a sample's cost counts that many edges at its mean edge cos
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -86,10 +90,12 @@ class BudgetCost:
         batch: int,
         edges_per_node: int = 2,
         also: dict[int, float] | None = None,
+        speedup: float | None = None,
     ) -> None:
         if target <= 0 or any(t <= 0 for t in (also or {}).values()):
             raise ValueError(f"the efficiency targets must be positive, got {target} and {also}")
         self.target, self.unit, self.batch, self.table = target, unit, batch, table
+        self.speedup = speedup  # the limits are the teacher's time over this: checked against it, timed
         self.also = {b: t for b, t in (also or {}).items() if b != batch} if unit == "ms" else {}
         self.edges = edges_per_node * space.num_nodes
         b = str(batch)
@@ -100,6 +106,9 @@ class BudgetCost:
             per_op = [float(table.params[name]) for name in space.ops]
             self.fixed, self.cell = 0.0, 0.0
         self.space, self.ops = space, list(space.ops)
+        # measured / predicted per batch, raised by ``check`` where a built student is slower than the
+        # table says (the additive table misses what deep cells cost at large batches)
+        self.correction = {b: 1.0 for b in self.limits()}
         self.per_op = torch.tensor(per_op, dtype=torch.float32)
         if space.zero_op is not None:
             self.per_op[space.ops.index(space.zero_op)] = 0.0
@@ -116,21 +125,73 @@ class BudgetCost:
     def loss(self, sample: Sample) -> torch.Tensor:
         return (self.cost(sample) / self.target - 1).abs()
 
+    def limits(self) -> dict[int, float]:
+        """Milliseconds by batch size the derived genotype must stay within (none for parameters)."""
+        return {self.batch: self.target, **self.also} if self.unit == "ms" else {}
+
+    def predicted_ms(self, genotype: Genotype, batch: int) -> float:
+        """The table's milliseconds of the student of ``genotype`` at ``batch``, before any correction."""
+        b = str(batch)
+        edges = sum(self.table.ops[e.op][b] for e in genotype.edges)  # derived: never the zero op
+        return self.table.base[b] + genotype.num_cells * (self.table.cell[b] + edges)
+
     def genotype_cost(self, genotype: Genotype) -> float:
         """The cost of a derived genotype, in the target's unit."""
+        if self.unit == "ms":
+            return self.correction[self.batch] * self.predicted_ms(genotype, self.batch)
         per_op = self.per_op.tolist()
-        edges = sum(per_op[self.ops.index(e.op)] for e in genotype.edges)
-        return self.fixed + genotype.num_cells * (self.cell + edges)
+        return sum(per_op[self.ops.index(e.op)] for e in genotype.edges) * genotype.num_cells
 
     def budget_used(self, genotype: Genotype) -> float:
         """The largest fraction of any limit the genotype spends (at most 1: within every limit)."""
         used = self.genotype_cost(genotype) / self.target
         for batch, target in self.also.items():
-            b = str(batch)
-            edges = sum(self.table.ops[e.op][b] for e in genotype.edges)  # derived: never the zero op
-            cost = self.table.base[b] + genotype.num_cells * (self.table.cell[b] + edges)
-            used = max(used, cost / target)
+            used = max(used, self.correction[batch] * self.predicted_ms(genotype, batch) / target)
         return used
+
+    def check(
+        self,
+        genotype: Genotype,
+        edge_logits: torch.Tensor,
+        depth_logits: torch.Tensor,
+        measure: Callable[[Genotype], dict[int, dict[str, float]]],
+        tries: int = 4,
+        tolerance: float = 0.1,
+    ) -> tuple[Genotype, list[dict[str, Any]]]:
+        """The genotype whose built student, timed, stays within every limit, and each timing.
+
+        The table predicts a student as a sum of parts timed alone; deep cells at batch 32 can cost
+        twice that. ``measure`` times the student (``student`` ms per batch size) and, for a speedup
+        budget, the teacher beside it at one batch size (``teacher``): the table may have been measured
+        under another load, so its limits are scaled by the teacher's time now over the table's
+        (``drift``). Where the student spends more than ``tolerance`` over its limit, the table's
+        predictions at that batch are scaled by how far they fell short, and the genotype is fitted
+        again, at most ``tries`` times."""
+        timings = []
+        for attempt in range(tries):
+            measured = measure(genotype)
+            now = [t["teacher"] / self.table.teacher[str(b)] for b, t in measured.items() if "teacher" in t]
+            drift = now[0] if now and self.speedup else 1.0
+            row: dict[str, Any] = {"genotype": genotype.to_dict(), "batches": {}, "drift": drift}
+            over = False
+            for batch, table_limit in self.limits().items():
+                predicted, times = self.predicted_ms(genotype, batch), measured[batch]
+                limit = table_limit * drift
+                row["batches"][str(batch)] = {**{f"{k}_ms": v for k, v in times.items()},
+                                              "predicted_ms": predicted, "limit_ms": limit}  # fmt: skip
+                used, expected = times["student"] / limit, predicted / table_limit
+                if used > 1 + tolerance:
+                    over = True
+                    self.correction[batch] = max(self.correction[batch], used / expected)
+            row["within"] = not over
+            timings.append(row)
+            if not over or attempt == tries - 1:
+                break
+            fitted = self.fit(genotype, edge_logits, depth_logits)
+            if fitted == genotype:
+                break  # nothing cheaper left
+            genotype = fitted
+        return genotype, timings
 
     def fit(self, genotype: Genotype, edge_logits: torch.Tensor, depth_logits: torch.Tensor) -> Genotype:
         """The derived genotype brought within the target, giving up as little of the logits as it can.
@@ -181,4 +242,5 @@ class BudgetCost:
             "per_op": self.per_op.tolist(),
             "fixed": self.fixed,
             "cell": self.cell,
+            "correction": {str(b): c for b, c in self.correction.items()},
         }

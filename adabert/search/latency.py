@@ -140,6 +140,51 @@ def _identity_genotype(space: SearchSpace, depth: int, hidden: int, embedding: d
     ), op
 
 
+def build_student(genotype: Any, embedding: dict[str, Any], num_labels: int, head: str) -> torch.nn.Module:
+    """The student of ``genotype`` with random weights (its time does not depend on them), in eval mode."""
+    from adabert.student.network import AdaBertStudentConfig, AdaBertStudentForSequenceClassification
+
+    config = AdaBertStudentConfig(
+        genotype=genotype.to_dict(),
+        vocab_size=embedding["vocab_size"],
+        max_position_embeddings=embedding["max_position_embeddings"],
+        hidden_size=genotype.hidden_size,
+        pair=embedding["pair"],
+        num_labels=num_labels,
+        head=head,
+        head_norm=True,
+    )
+    return AdaBertStudentForSequenceClassification(config).eval()
+
+
+def time_models(
+    models: dict[str, torch.nn.Module],
+    seq_len: int,
+    pair: bool,
+    batches: tuple[int, ...],
+    threads: int = 1,
+    seconds: float = 1.0,
+) -> dict[str, dict[int, float]]:
+    """Median milliseconds per call of each model per batch size, timed call by call in turn (load on
+    the machine falls on all of them alike), with as many calls as fit in about ``seconds`` per batch
+    size (at least 3): a teacher at batch 32 takes a second a call."""
+    from adabert.report.evaluate import EvalMode, accepted_inputs, dummy_batch, time_calls
+
+    out: dict[str, dict[int, float]] = {name: {} for name in models}
+    with EvalMode(list(models.values()), threads):
+        for batch in batches:
+            calls = {}
+            for name, model in models.items():
+                inputs = accepted_inputs(model, dummy_batch(model, batch, seq_len, pair))
+                calls[name] = lambda m=model, b=inputs: m(**b)
+            first = time_calls(calls, 1, warmup=1)
+            per_round = sum(t[0] for t in first.values())
+            repeats = max(3, min(20, int(seconds / max(per_round, 1e-6))))
+            for name, times in time_calls(calls, repeats - 1, warmup=0).items():
+                out[name][batch] = 1000 * statistics.median(first[name] + times)
+    return out
+
+
 def measure_table(
     space: SearchSpace,
     hidden: int,
@@ -154,7 +199,6 @@ def measure_table(
 ) -> LatencyTable:
     """Time every op, two identity students (with ``head``) and the teacher, interleaved, per batch."""
     from adabert.report.evaluate import EvalMode, accepted_inputs, dummy_batch, time_calls
-    from adabert.student.network import AdaBertStudentConfig, AdaBertStudentForSequenceClassification
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -162,17 +206,7 @@ def measure_table(
         students, identity = {}, None
         for depth in (1, 2):
             genotype, identity = _identity_genotype(space, depth, hidden, embedding)
-            config = AdaBertStudentConfig(
-                genotype=genotype.to_dict(),
-                vocab_size=embedding["vocab_size"],
-                max_position_embeddings=embedding["max_position_embeddings"],
-                hidden_size=hidden,
-                pair=embedding["pair"],
-                num_labels=num_labels,
-                head=head,
-                head_norm=True,
-            )
-            students[depth] = AdaBertStudentForSequenceClassification(config).eval()
+            students[depth] = build_student(genotype, embedding, num_labels, head)
     pair = bool(embedding["pair"])
     result: dict[str, dict[str, float]] = {"ops": {}, "base": {}, "cell": {}, "teacher": {}}
     for name in space.ops:

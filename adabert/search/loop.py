@@ -143,7 +143,8 @@ def build_efficiency(cfg: SearchConfig, store: KnowledgeStore, net: Supernet) ->
         return BudgetCost(net.space, table, cfg.target_latency_ms, "ms", cfg.target_batch)
     # a speedup holds at every batch size of the table, the target batch's being the loss's
     limits = {int(b): ms / cfg.target_speedup for b, ms in table.teacher.items()}
-    return BudgetCost(net.space, table, limits[cfg.target_batch], "ms", cfg.target_batch, also=limits)
+    target, batch = limits[cfg.target_batch], cfg.target_batch
+    return BudgetCost(net.space, table, target, "ms", batch, also=limits, speedup=cfg.target_speedup)
 
 
 def load_latency_table(cfg: SearchConfig, store: KnowledgeStore, space: SearchSpace, hidden: int) -> Any:
@@ -704,6 +705,8 @@ def finish_search(
         raise UserError(f"{out}: nothing to search (epochs={cfg.epochs})")
     with s.judged():
         genotype, evidence = select(cfg.select, s.net, s.history, rows.heldout, store.task)
+    if isinstance(s.cost, BudgetCost) and s.cost.limits():
+        genotype, evidence["latency_check"] = checked_latency(s, cfg, store, genotype, ctx)
     evidence["supernet"] = supernet_evidence(s.history)
     evidence["lr_changes"] = s.lr_changes
     if evidence["supernet"]["blind"]:
@@ -719,6 +722,49 @@ def finish_search(
         log.info("selected (%s) genotype:\n%s", cfg.select, genotype)
     distributed.barrier()
     return genotype
+
+
+def checked_latency(
+    s: Search, cfg: SearchConfig, store: KnowledgeStore, genotype: Genotype, ctx: Any
+) -> tuple[Genotype, list[dict[str, Any]]]:
+    """The selected genotype, its student built and timed at every limit's batch size (beside the
+    teacher under a speedup budget; on the main process, shared with the others) and fitted again
+    where it is slower than the table predicted."""
+    from adabert.model_folder import load_classifier
+    from adabert.search.latency import build_student, time_models
+
+    cost = s.cost
+    embedding, batches = genotype_embedding(store), tuple(cost.limits())
+    head = head_kind(cfg.head, store.task.is_pair)
+    teacher = load_classifier(store.teacher_path).eval() if cost.speedup and ctx.is_main else None
+
+    def measure(g: Genotype) -> dict[int, dict[str, float]]:
+        times = None
+        if ctx.is_main:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                student = build_student(g, embedding, store.num_labels, head)
+            seq_len, pair, threads = cost.table.info["seq_len"], bool(embedding["pair"]), cfg.latency_threads
+            times = {}
+            for i, batch in enumerate(sorted(batches)):
+                # the teacher beside it at the smallest batch only: at batch 32 it takes a second a call
+                models = {"student": student, **({"teacher": teacher} if teacher and i == 0 else {})}
+                ms = time_models(models, seq_len, pair, (batch,), threads)
+                times[batch] = {name: ms[name][batch] for name in models}
+        return distributed.broadcast_object(times)
+
+    checked, timings = cost.check(genotype, s.net.edge_logits, s.net.depth_logits, measure)
+    for row in timings:
+        times = [
+            f"batch {b} {t['student_ms']:.2f} ms (table {t['predicted_ms']:.2f}, limit {t['limit_ms']:.2f})"
+            for b, t in row["batches"].items()
+        ]
+        log.info("the student of %d cell(s), timed: %s", row["genotype"]["num_cells"], ", ".join(times))
+    if checked != genotype:
+        log.warning("the selected genotype's student was slower than the budget; fitted again:\n%s", checked)
+    if not timings[-1]["within"]:
+        log.warning("the selected genotype's student is slower than the budget, and nothing cheaper is left")
+    return checked, timings
 
 
 def _log_start(s: Search, cfg: SearchConfig, rows: SearchRows) -> None:
