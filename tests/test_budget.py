@@ -243,3 +243,16 @@ def test_a_student_is_timed_whole_beside_the_teacher():
     models["one"] = latency.build_student(one, EMBEDDING, 2, "paper")
     ms = latency.time_models(models, seq_len=16, pair=False, batches=(1, 4), seconds=0.05)
     assert set(ms) == {"cell", "one"} and all(set(t) == {1, 4} and min(t.values()) > 0 for t in ms.values())
+
+
+def test_edited_student_code_is_timed_anew(tmp_path, monkeypatch):
+    space = get_space("adabert_cnn")
+    module = tmp_path / "student_code_under_test.py"
+    module.write_text("CELLS = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(latency, "STUDENT_MODULES", ("student_code_under_test",))
+    key = lambda: latency.table_key(space, 16, 16, (1,), 1, "sha", False)  # noqa: E731
+    before = key()
+    assert key() == before
+    module.write_text("CELLS = 2\n")
+    assert key() != before

@@ -12,9 +12,10 @@ speedup target becomes a latency in milliseconds. A student's predicted latency 
     base + depth x (cell + sum of its kept edges' op latencies)
 
 Tables are cached (``~/.cache/adabert/latency``, or ``ADABERT_CACHE``) under a key made of the space
-(its ops and the source of the files that define them), the width, length, batches, threads, the
-teacher, the machine's description and the torch version: a new machine, torch or op code measures
-anew, anything else reuses the table. Its ``sha256`` goes into the search's fingerprint.
+(its ops and the source of the files that define them and the student around them), the width,
+length, batches, threads, the teacher, the machine's description and the torch version: a new
+machine, torch, op or student code measures anew, anything else reuses the table. Its ``sha256``
+goes into the search's fingerprint.
 """
 
 from __future__ import annotations
@@ -53,13 +54,24 @@ def machine_description() -> dict[str, Any]:
     return {"cpu": model, "cores": os.cpu_count(), "machine": platform.machine(), "torch": torch.__version__}
 
 
+# the modules of the student around the ops (embeddings, cells, heads): a table timed with other
+# student code is another table
+STUDENT_MODULES = ("adabert.modules", "adabert.student.network")
+
+
 def _source_hash(space: SearchSpace) -> str:
-    """sha256 of the files that define the space's ops: edited op code is measured again."""
+    """sha256 of the files that define the space's ops and the student around them: edited code is
+    measured again."""
+    import importlib.util
+
     h = hashlib.sha256()
+    paths = []
     for name in sorted(space.ops):
         module = sys.modules.get(get_op(name).build.__module__)
-        path = getattr(module, "__file__", None)
         h.update(name.encode())
+        paths.append(getattr(module, "__file__", None))
+    paths += [getattr(importlib.util.find_spec(name), "origin", None) for name in STUDENT_MODULES]
+    for path in paths:
         if path and Path(path).is_file():
             h.update(Path(path).read_bytes())
     return h.hexdigest()
