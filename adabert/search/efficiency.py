@@ -131,9 +131,7 @@ class BudgetCost:
 
     def predicted_ms(self, genotype: Genotype, batch: int) -> float:
         """The table's milliseconds of the student of ``genotype`` at ``batch``, before any correction."""
-        b = str(batch)
-        edges = sum(self.table.ops[e.op][b] for e in genotype.edges)  # derived: never the zero op
-        return self.table.base[b] + genotype.num_cells * (self.table.cell[b] + edges)
+        return self.table.predict(genotype, batch)  # derived: never the zero op
 
     def genotype_cost(self, genotype: Genotype) -> float:
         """The cost of a derived genotype, in the target's unit."""

@@ -169,34 +169,6 @@ def build_student(genotype: Any, embedding: dict[str, Any], num_labels: int, hea
     return AdaBertStudentForSequenceClassification(config).eval()
 
 
-def time_models(
-    models: dict[str, torch.nn.Module],
-    seq_len: int,
-    pair: bool,
-    batches: tuple[int, ...],
-    threads: int = 1,
-    seconds: float = 1.0,
-) -> dict[str, dict[int, float]]:
-    """Median milliseconds per call of each model per batch size, timed call by call in turn (load on
-    the machine falls on all of them alike), with as many calls as fit in about ``seconds`` per batch
-    size (at least 3): a teacher at batch 32 takes a second a call."""
-    from adabert.report.evaluate import EvalMode, accepted_inputs, dummy_batch, time_calls
-
-    out: dict[str, dict[int, float]] = {name: {} for name in models}
-    with EvalMode(list(models.values()), threads):
-        for batch in batches:
-            calls = {}
-            for name, model in models.items():
-                inputs = accepted_inputs(model, dummy_batch(model, batch, seq_len, pair))
-                calls[name] = lambda m=model, b=inputs: m(**b)
-            first = time_calls(calls, 1, warmup=1)
-            per_round = sum(t[0] for t in first.values())
-            repeats = max(3, min(20, int(seconds / max(per_round, 1e-6))))
-            for name, times in time_calls(calls, repeats - 1, warmup=0).items():
-                out[name][batch] = 1000 * statistics.median(first[name] + times)
-    return out
-
-
 def measure_table(
     space: SearchSpace,
     hidden: int,

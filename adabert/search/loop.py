@@ -731,7 +731,8 @@ def checked_latency(
     teacher under a speedup budget; on the main process, shared with the others) and fitted again
     where it is slower than the table predicted."""
     from adabert.model_folder import load_classifier
-    from adabert.search.latency import build_student, time_models
+    from adabert.report.evaluate import compare_latency
+    from adabert.search.latency import build_student
 
     cost = s.cost
     embedding, batches = genotype_embedding(store), tuple(cost.limits())
@@ -749,8 +750,9 @@ def checked_latency(
             for i, batch in enumerate(sorted(batches)):
                 # the teacher beside it at the smallest batch only: at batch 32 it takes a second a call
                 models = {"student": student, **({"teacher": teacher} if teacher and i == 0 else {})}
-                ms = time_models(models, seq_len, pair, (batch,), threads, seconds=0.5)
-                times[batch] = {name: ms[name][batch] for name in models}
+                ms = compare_latency(models, (batch,), seq_len, repeats=10 if i == 0 else 5, warmup=1,
+                                     threads=threads, pair=pair)  # fmt: skip
+                times[batch] = {name: ms[name][str(batch)]["median_ms"] for name in models}
         return distributed.broadcast_object(times)
 
     checked, timings = cost.check(genotype, s.net.edge_logits, s.net.depth_logits, measure)
